@@ -1,0 +1,60 @@
+//! `fastpatch`: one thin binary over the library crates. Each area's crate owns its own
+//! `cli` module (clap args + `run`); this file only dispatches to them.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod cgpt;
+mod disk;
+
+#[derive(Parser)]
+#[command(
+    name = "fastpatch",
+    version,
+    about = "Atomic A/B OS updates: disk slots, signed payloads, update engine and reboot coordination",
+    long_about = None
+)]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `fastpatch_disk=debug`.
+    #[arg(long, global = true, env = "FASTPATCH_LOG", default_value = "warn")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect and change GPT slot attributes (a cgpt-compatible subset).
+    Cgpt(cgpt::CgptArgs),
+    /// Create test disk images with the Flatcar partition layout.
+    #[command(subcommand)]
+    Disk(disk::DiskCommand),
+    // Other areas add their subcommands here: one variant + one match arm each.
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    if let Err(err) = run(cli) {
+        // One line per cause: what failed, then why.
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Cgpt(args) => cgpt::run(args),
+        Command::Disk(cmd) => disk::run(cmd),
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
