@@ -16,6 +16,7 @@ mod error;
 mod gpt;
 mod layout;
 mod prio;
+mod target;
 mod types;
 mod write;
 
@@ -26,5 +27,6 @@ pub use error::{DiskError, Result};
 pub use gpt::HeaderProblem;
 pub use layout::{create, LayoutSpec};
 pub use prio::{choose_next, prioritize, BootChoice, Candidate};
+pub use target::{partition_path, split_partition_path};
 pub use types::*;
 pub use write::CUT_POINTS;
