@@ -27,7 +27,8 @@ fn last_lba(img: &std::path::Path) -> u64 {
 fn each_damaged_region_is_repaired_from_the_other_copy() {
     let dir = tempfile::tempdir().unwrap();
     // (what, byte offset to damage, which copy breaks)
-    let cases: Vec<(&str, Box<dyn Fn(&std::path::Path) -> u64>, bool)> = vec![
+    type Offset = Box<dyn Fn(&std::path::Path) -> u64>;
+    let cases: Vec<(&str, Offset, bool)> = vec![
         ("primary header", Box::new(|_| 512 + 40), true),
         (
             "primary entries",

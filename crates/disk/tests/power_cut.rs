@@ -11,6 +11,8 @@ use fastpatch_disk::{Disk, DiskError, OpenMode, SlotAttrs, CUT_POINTS, USR_A_IND
 use support::*;
 
 type Op = fn(&mut Disk) -> Result<(), DiskError>;
+/// (name, how to prepare the disk, the operation that gets cut)
+type Case = (&'static str, fn(&Path), Op);
 
 /// The slot attributes of USR-A and USR-B, as we read them.
 fn usr_state(img: &Path) -> (SlotAttrs, SlotAttrs) {
@@ -39,7 +41,7 @@ fn corrupt_primary_header(img: &Path) {
 fn every_cut_leaves_the_old_or_the_new_choice() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let ops: [(&str, fn(&Path), Op); 3] = [
+    let ops: [Case; 3] = [
         ("stage B", |_| {}, |d| d.stage(USR_B_INDEX)),
         (
             "next decrements",
