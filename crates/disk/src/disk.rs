@@ -104,6 +104,17 @@ fn read_copy(dev: &Device, ss: u64, lba: u64) -> Result<Result<(Header, Vec<u8>)
         Ok(h) => h,
         Err(p) => return Ok(Err(p)),
     };
+    let sectors = dev.len / ss;
+    let furthest = header
+        .my_lba()
+        .max(header.alternate_lba())
+        .max(header.last_usable());
+    if furthest >= sectors {
+        return Ok(Err(HeaderProblem::BeyondEnd {
+            needed: furthest + 1,
+            actual: sectors,
+        }));
+    }
     let start = header.entries_lba() * ss;
     if header.entries_lba() == 0 || start + header.entries_bytes() > dev.len {
         return Ok(Err(HeaderProblem::BadGeometry(format!(

@@ -62,6 +62,10 @@ pub enum HeaderProblem {
     WrongLocation { found: u64, expected: u64 },
     #[error("entry array geometry is invalid ({0})")]
     BadGeometry(String),
+    #[error(
+        "header describes a disk of {needed} sectors but the device has {actual} (truncated?)"
+    )]
+    BeyondEnd { needed: u64, actual: u64 },
     #[error("partition entries CRC mismatch")]
     BadEntriesCrc,
 }
