@@ -96,7 +96,8 @@ pub struct Disk {
 
 /// Reads one copy: header sector at `lba`, then its entry array.
 fn read_copy(dev: &Device, ss: u64, lba: u64) -> Result<Result<(Header, Vec<u8>), HeaderProblem>> {
-    if (lba + 1) * ss > dev.len {
+    let sectors = dev.len / ss;
+    if lba >= sectors {
         return Ok(Err(HeaderProblem::NoSignature));
     }
     let sector = dev.read_at(lba * ss, ss as usize)?;
@@ -104,26 +105,15 @@ fn read_copy(dev: &Device, ss: u64, lba: u64) -> Result<Result<(Header, Vec<u8>)
         Ok(h) => h,
         Err(p) => return Ok(Err(p)),
     };
-    let sectors = dev.len / ss;
-    let furthest = header
-        .my_lba()
-        .max(header.alternate_lba())
-        .max(header.last_usable());
-    if furthest >= sectors {
-        return Ok(Err(HeaderProblem::BeyondEnd {
-            needed: furthest + 1,
-            actual: sectors,
-        }));
+    if let Err(p) = header.check_geometry(ss, sectors) {
+        return Ok(Err(p));
     }
-    let start = header.entries_lba() * ss;
-    if header.entries_lba() == 0 || start + header.entries_bytes() > dev.len {
-        return Ok(Err(HeaderProblem::BadGeometry(format!(
-            "entry array at LBA {} lies outside the disk",
-            header.entries_lba()
-        ))));
-    }
-    let entries = dev.read_at(start, header.entries_bytes() as usize)?;
-    if let Err(p) = header.check_entries(&entries) {
+    // check_geometry bounds entries_lba by the device size, so this cannot overflow.
+    let entries = dev.read_at(header.entries_lba() * ss, header.entries_bytes() as usize)?;
+    if let Err(p) = header
+        .check_entries(&entries)
+        .and_then(|()| header.check_entry_bounds(&entries))
+    {
         return Ok(Err(p));
     }
     Ok(Ok((header, entries)))
@@ -196,7 +186,7 @@ impl Disk {
                     CopyHealth::Valid
                 };
                 let backup = if stale {
-                    backup_from_primary(&p, ss, &pe)
+                    backup_from_primary(&p, ss)
                 } else {
                     b
                 };
@@ -215,7 +205,7 @@ impl Disk {
             (Ok((p, pe)), Err(problem)) => Ok(Disk {
                 dev,
                 sector_size: ss,
-                backup: backup_from_primary(&p, ss, &pe),
+                backup: backup_from_primary(&p, ss),
                 primary: p,
                 entries: pe,
                 health: Health {
@@ -226,7 +216,7 @@ impl Disk {
             (Err(problem), Ok((b, be))) => Ok(Disk {
                 dev,
                 sector_size: ss,
-                primary: primary_from_backup(&b, &be),
+                primary: primary_from_backup(&b),
                 backup: b,
                 entries: be,
                 health: Health {
@@ -458,7 +448,7 @@ impl Disk {
 }
 
 /// The backup header that goes with a primary: same table, at the primary's alternate LBA.
-fn backup_from_primary(p: &Header, ss: u64, _entries: &[u8]) -> Header {
+fn backup_from_primary(p: &Header, ss: u64) -> Header {
     let mut b = p.clone();
     let my = p.alternate_lba();
     b.set_location(my, 1, my - p.entries_sectors(ss));
@@ -466,7 +456,7 @@ fn backup_from_primary(p: &Header, ss: u64, _entries: &[u8]) -> Header {
 }
 
 /// The primary header that goes with a backup: LBA 1, entries from LBA 2.
-fn primary_from_backup(b: &Header, _entries: &[u8]) -> Header {
+fn primary_from_backup(b: &Header) -> Header {
     let mut p = b.clone();
     p.set_location(1, b.my_lba(), 2);
     p

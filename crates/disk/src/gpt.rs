@@ -186,6 +186,65 @@ impl Header {
         self.entries_bytes().div_ceil(sector_size)
     }
 
+    /// Checks that every location the header names lies on a device of `sectors` sectors, in
+    /// the order the spec requires, so that later LBA arithmetic cannot overflow or overlap.
+    pub fn check_geometry(&self, ss: u64, sectors: u64) -> Result<(), HeaderProblem> {
+        let bad = |what: &str| Err(HeaderProblem::BadGeometry(what.to_string()));
+        let furthest = self
+            .my_lba()
+            .max(self.alternate_lba())
+            .max(self.last_usable());
+        if furthest >= sectors {
+            return Err(HeaderProblem::BeyondEnd {
+                needed: furthest.saturating_add(1),
+                actual: sectors,
+            });
+        }
+        let es = self.entries_sectors(ss);
+        let Some(entries_end) = self.entries_lba().checked_add(es) else {
+            return bad("entry array position overflows");
+        };
+        if self.my_lba() == 1 {
+            // Primary: entries between the header and the first usable LBA; backup after the end.
+            if self.entries_lba() < 2 || entries_end > self.first_usable() {
+                return bad("primary entry array overlaps the header or the usable area");
+            }
+            if self.alternate_lba() <= self.last_usable().saturating_add(es) {
+                return bad("backup header location overlaps the usable area");
+            }
+        } else if self.entries_lba() <= self.last_usable()
+            || entries_end > self.my_lba()
+            || self.alternate_lba() != 1
+        {
+            return bad("backup entry array or header out of place");
+        }
+        Ok(())
+    }
+
+    /// Checks that every used entry lies inside the usable area.
+    pub fn check_entry_bounds(&self, entries: &[u8]) -> Result<(), HeaderProblem> {
+        for i in 0..self.num_entries() {
+            let e = entry_at(entries, self.entry_size(), i);
+            if e.type_guid.is_nil() {
+                continue;
+            }
+            if e.first_lba > e.last_lba
+                || e.first_lba < self.first_usable()
+                || e.last_lba > self.last_usable()
+            {
+                return Err(HeaderProblem::BadGeometry(format!(
+                    "partition {} spans LBA {}..{}, outside the usable area {}..{}",
+                    i + 1,
+                    e.first_lba,
+                    e.last_lba,
+                    self.first_usable(),
+                    self.last_usable()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that `entries` is the array this header describes.
     pub fn check_entries(&self, entries: &[u8]) -> Result<(), HeaderProblem> {
         if crc32fast::hash(entries) == self.entries_crc() {

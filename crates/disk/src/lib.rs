@@ -16,6 +16,8 @@ mod error;
 mod gpt;
 mod layout;
 mod prio;
+#[cfg(test)]
+mod robustness_tests;
 mod target;
 mod types;
 mod write;
