@@ -56,8 +56,8 @@ pub fn assert_sgdisk_clean(path: &Path) {
     );
 }
 
-/// The attribute word of partition `index` as sgdisk reads it.
-pub fn sgdisk_attributes(path: &Path, index: u32) -> u64 {
+/// One `Field: value` line of `sgdisk -i index`.
+fn sgdisk_info_field(path: &Path, index: u32, field: &str) -> String {
     let out = Command::new("sgdisk")
         .arg("-i")
         .arg(index.to_string())
@@ -65,27 +65,23 @@ pub fn sgdisk_attributes(path: &Path, index: u32) -> u64 {
         .output()
         .expect("run sgdisk -i");
     let text = String::from_utf8_lossy(&out.stdout);
-    let hex = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Attribute flags: "))
-        .unwrap_or_else(|| panic!("no attribute line in sgdisk -i output:\n{text}"));
-    u64::from_str_radix(hex.trim(), 16).expect("hex attribute flags")
+    let prefix = format!("{field}: ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {field:?} line in sgdisk -i output:\n{text}"))
+        .trim()
+        .to_string()
+}
+
+/// The attribute word of partition `index` as sgdisk reads it.
+pub fn sgdisk_attributes(path: &Path, index: u32) -> u64 {
+    let hex = sgdisk_info_field(path, index, "Attribute flags");
+    u64::from_str_radix(&hex, 16).expect("hex attribute flags")
 }
 
 /// The unique GUID of partition `index` as sgdisk reads it (lower case).
 pub fn sgdisk_unique_guid(path: &Path, index: u32) -> String {
-    let out = Command::new("sgdisk")
-        .arg("-i")
-        .arg(index.to_string())
-        .arg(path)
-        .output()
-        .expect("run sgdisk -i");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix("Partition unique GUID: "))
-        .unwrap_or_else(|| panic!("no unique GUID in sgdisk -i output:\n{text}"))
-        .trim()
-        .to_lowercase()
+    sgdisk_info_field(path, index, "Partition unique GUID").to_lowercase()
 }
 
 pub fn read(path: &Path) -> Vec<u8> {
