@@ -1,0 +1,1 @@
+//! Omaha v3 protocol.
