@@ -1,0 +1,393 @@
+//! The engine's one decision point: `Engine::step(input) -> Vec<Action>`. Pure: no I/O, no
+//! clock, no randomness. The daemon performs the actions and feeds the outcomes back in.
+//!
+//! ```text
+//!  IDLE ─CheckDue─► CHECKING ─update─► UPDATE_AVAILABLE ─progress─► DOWNLOADING ─finished─►
+//!  VERIFYING ─verified─► FINALIZING ─staged─► UPDATED_NEED_REBOOT (pings only from here)
+//!  any busy state ─Failed─► REPORTING_ERROR_EVENT ─ErrorReported─► IDLE
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::report::{ErrorCode, Event};
+use crate::status::UpdateStatus;
+
+/// An update the server offered (already validated by the Omaha client: size > 0, sha256 set).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateOffer {
+    pub version: String,
+    /// Full payload URLs (codebase + package name), tried in order.
+    pub urls: Vec<String>,
+    pub size: u64,
+    /// Base64 SHA-256 of the payload (Omaha `action@sha256`).
+    pub sha256_b64: String,
+}
+
+/// The server's answer to an update check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckReply {
+    NoUpdate,
+    Update(UpdateOffer),
+}
+
+/// When the next check should happen (the schedule module turns this into a delay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckDelay {
+    /// First check after start.
+    Initial,
+    Regular,
+    /// After `failures` consecutive server errors.
+    Backoff {
+        failures: u32,
+    },
+    /// The server's PollInterval, in seconds.
+    Server {
+        seconds: u64,
+    },
+}
+
+/// Something that happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// The timer fired, or someone asked (D-Bus AttemptUpdate: `interactive`).
+    CheckDue { interactive: bool },
+    CheckAnswered {
+        reply: CheckReply,
+        poll_interval: Option<u64>,
+    },
+    /// The check failed; `server_error` for 5xx and timeouts (which back off).
+    CheckFailed { server_error: bool },
+    /// Payload bytes received and written so far.
+    DownloadProgress { received: u64 },
+    /// Every byte arrived and every operation's hash matched.
+    DownloadFinished,
+    /// Read-back, partition hash and signature all verified.
+    InstallVerified,
+    /// The slot is staged in the partition table.
+    Staged,
+    /// The attempt failed.
+    Failed { code: ErrorCode },
+    /// The error event went out (or gave up trying).
+    ErrorReported,
+    /// D-Bus ResetStatus.
+    ResetStatus,
+    /// The health gate marked the running boot good.
+    BootMarkedGood,
+}
+
+/// Something the daemon must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// A request with ping + updatecheck and these events.
+    SendUpdateCheck {
+        events: Vec<Event>,
+        interactive: bool,
+    },
+    /// A ping-only request (while a staged update waits for its reboot).
+    SendPing,
+    /// An event-only request. Never empty.
+    SendEvents(Vec<Event>),
+    /// Download and install the offer onto the passive slot (resuming if possible).
+    StartInstall(UpdateOffer),
+    /// Verify the written slot: read back, partition hash, signature.
+    FinishInstall,
+    /// Stage the passive slot in the partition table.
+    StageSlot,
+    /// Undo a staged slot (ResetStatus while an update waits for reboot).
+    UnstageSlot,
+    /// The durable state changed: write it (atomically) before going on.
+    Persist,
+    ScheduleCheck(CheckDelay),
+    /// The status changed: tell D-Bus listeners.
+    PublishStatus,
+}
+
+/// An update that has been (or is being) staged, remembered across reboots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedUpdate {
+    pub version: String,
+    pub from_version: String,
+    /// The boot in which it was staged.
+    pub boot_id: String,
+    /// False between deciding to stage and the partition table write completing.
+    pub gpt_staged: bool,
+}
+
+/// What must survive a restart or reboot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DurableState {
+    /// The first version ever installed (Omaha `alephversion`).
+    pub aleph_version: Option<String>,
+    pub staged: Option<StagedUpdate>,
+    /// Events the server has not acknowledged yet (sent with the next check).
+    pub pending_events: Vec<Event>,
+}
+
+/// Facts about this boot that the daemon reads at start.
+#[derive(Debug, Clone)]
+pub struct BootFacts {
+    pub current_version: String,
+    pub boot_id: String,
+    /// Whether the passive slot is staged in the partition table right now.
+    pub passive_slot_staged: bool,
+}
+
+/// The engine's whole in-memory state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Engine {
+    pub status: UpdateStatus,
+    /// 0.0 to 1.0 during a download.
+    pub progress: f64,
+    pub new_version: String,
+    pub new_size: u64,
+    pub current_version: String,
+    pub boot_id: String,
+    pub offer: Option<UpdateOffer>,
+    /// Consecutive server errors (for backoff).
+    pub server_failures: u32,
+    /// This boot runs a freshly updated version that is not marked good yet.
+    pub awaiting_good_boot: bool,
+    pub durable: DurableState,
+}
+
+impl Engine {
+    /// The engine at daemon start, from what was persisted and what this boot looks like.
+    pub fn start(durable: DurableState, boot: BootFacts) -> (Engine, Vec<Action>) {
+        let mut e = Engine {
+            status: UpdateStatus::Idle,
+            progress: 0.0,
+            new_version: String::new(),
+            new_size: 0,
+            current_version: boot.current_version.clone(),
+            boot_id: boot.boot_id.clone(),
+            offer: None,
+            server_failures: 0,
+            awaiting_good_boot: false,
+            durable,
+        };
+        let before = e.durable.clone();
+        if e.durable.aleph_version.is_none() {
+            e.durable.aleph_version = Some(boot.current_version.clone());
+        }
+        if let Some(staged) = e.durable.staged.clone() {
+            if staged.boot_id == boot.boot_id {
+                // The daemon restarted without a reboot.
+                if boot.passive_slot_staged {
+                    e.status = UpdateStatus::UpdatedNeedReboot;
+                    e.new_version = staged.version.clone();
+                    e.progress = 1.0;
+                    if let Some(s) = e.durable.staged.as_mut() {
+                        s.gpt_staged = true;
+                    }
+                } else {
+                    // Decided to stage, but the table write never happened: try again later.
+                    e.durable.staged = None;
+                }
+            } else if staged.version == boot.current_version {
+                // Rebooted into the new version: report once the health gate passes.
+                e.awaiting_good_boot = true;
+            } else {
+                if staged.gpt_staged {
+                    e.durable
+                        .pending_events
+                        .push(Event::rolled_back(&staged.version));
+                }
+                // Not staged for sure: nothing booted it, so there is nothing to report.
+                e.durable.staged = None;
+            }
+        }
+        let mut actions = Vec::new();
+        if e.durable != before {
+            actions.push(Action::Persist);
+        }
+        actions.push(Action::ScheduleCheck(CheckDelay::Initial));
+        actions.push(Action::PublishStatus);
+        (e, actions)
+    }
+
+    /// The one place that decides what happens next.
+    pub fn step(&mut self, input: Input) -> Vec<Action> {
+        use UpdateStatus as S;
+        match (self.status, input) {
+            (S::Idle, Input::CheckDue { interactive }) => {
+                self.status = S::CheckingForUpdate;
+                vec![
+                    Action::SendUpdateCheck {
+                        events: self.durable.pending_events.clone(),
+                        interactive,
+                    },
+                    Action::PublishStatus,
+                ]
+            }
+            (S::UpdatedNeedReboot, Input::CheckDue { .. }) => vec![Action::SendPing],
+            (_, Input::CheckDue { .. }) => Vec::new(), // busy: the running attempt goes on
+
+            (
+                S::CheckingForUpdate,
+                Input::CheckAnswered {
+                    reply,
+                    poll_interval,
+                },
+            ) => {
+                self.server_failures = 0;
+                let mut actions = Vec::new();
+                if !self.durable.pending_events.is_empty() {
+                    self.durable.pending_events.clear();
+                    actions.push(Action::Persist);
+                }
+                let next = poll_interval.map_or(CheckDelay::Regular, |seconds| {
+                    CheckDelay::Server { seconds }
+                });
+                match reply {
+                    CheckReply::Update(offer) if offer.version != self.current_version => {
+                        self.status = S::UpdateAvailable;
+                        self.new_version = offer.version.clone();
+                        self.new_size = offer.size;
+                        self.progress = 0.0;
+                        self.offer = Some(offer.clone());
+                        actions.extend([
+                            Action::SendEvents(vec![Event::download_started()]),
+                            Action::StartInstall(offer),
+                            Action::PublishStatus,
+                            Action::ScheduleCheck(next),
+                        ]);
+                    }
+                    _ => {
+                        self.status = S::Idle;
+                        actions.extend([Action::PublishStatus, Action::ScheduleCheck(next)]);
+                    }
+                }
+                actions
+            }
+            (S::UpdatedNeedReboot, Input::CheckAnswered { poll_interval, .. }) => {
+                self.server_failures = 0;
+                vec![Action::ScheduleCheck(
+                    poll_interval.map_or(CheckDelay::Regular, |seconds| CheckDelay::Server {
+                        seconds,
+                    }),
+                )]
+            }
+            (S::CheckingForUpdate | S::UpdatedNeedReboot, Input::CheckFailed { server_error }) => {
+                if self.status == S::CheckingForUpdate {
+                    self.status = S::Idle;
+                }
+                let delay = if server_error {
+                    self.server_failures = self.server_failures.saturating_add(1);
+                    CheckDelay::Backoff {
+                        failures: self.server_failures,
+                    }
+                } else {
+                    CheckDelay::Regular
+                };
+                vec![Action::PublishStatus, Action::ScheduleCheck(delay)]
+            }
+
+            (S::UpdateAvailable | S::Downloading, Input::DownloadProgress { received }) => {
+                self.status = S::Downloading;
+                self.progress = if self.new_size == 0 {
+                    0.0
+                } else {
+                    (received as f64 / self.new_size as f64).min(1.0)
+                };
+                vec![Action::PublishStatus]
+            }
+            (S::UpdateAvailable | S::Downloading, Input::DownloadFinished) => {
+                self.status = S::Verifying;
+                self.progress = 1.0;
+                vec![
+                    Action::SendEvents(vec![Event::download_finished()]),
+                    Action::FinishInstall,
+                    Action::PublishStatus,
+                ]
+            }
+            (S::Verifying, Input::InstallVerified) => {
+                self.status = S::Finalizing;
+                // Remember the intent before touching the table, so a restart knows.
+                self.durable.staged = Some(StagedUpdate {
+                    version: self.new_version.clone(),
+                    from_version: self.current_version.clone(),
+                    boot_id: self.boot_id.clone(),
+                    gpt_staged: false,
+                });
+                vec![Action::Persist, Action::StageSlot, Action::PublishStatus]
+            }
+            (S::Finalizing, Input::Staged) => {
+                self.status = S::UpdatedNeedReboot;
+                if let Some(s) = self.durable.staged.as_mut() {
+                    s.gpt_staged = true;
+                }
+                vec![
+                    Action::Persist,
+                    Action::SendEvents(vec![Event::installed()]),
+                    Action::PublishStatus,
+                ]
+            }
+
+            (
+                S::CheckingForUpdate
+                | S::UpdateAvailable
+                | S::Downloading
+                | S::Verifying
+                | S::Finalizing,
+                Input::Failed { code },
+            ) => {
+                let mut actions = Vec::new();
+                if self.durable.staged.as_ref().is_some_and(|s| !s.gpt_staged) {
+                    self.durable.staged = None;
+                    actions.push(Action::Persist);
+                }
+                self.status = S::ReportingErrorEvent;
+                self.offer = None;
+                self.progress = 0.0;
+                actions.extend([
+                    Action::SendEvents(vec![Event::error(code)]),
+                    Action::PublishStatus,
+                    Action::ScheduleCheck(CheckDelay::Regular),
+                ]);
+                actions
+            }
+            (S::ReportingErrorEvent, Input::ErrorReported) => {
+                self.status = S::Idle;
+                vec![Action::PublishStatus]
+            }
+
+            (S::Idle | S::ReportingErrorEvent, Input::ResetStatus) => {
+                self.status = S::Idle;
+                self.clear_attempt();
+                vec![Action::PublishStatus]
+            }
+            (S::UpdatedNeedReboot, Input::ResetStatus) => {
+                self.status = S::Idle;
+                self.clear_attempt();
+                self.durable.staged = None;
+                vec![Action::UnstageSlot, Action::Persist, Action::PublishStatus]
+            }
+
+            (_, Input::BootMarkedGood) => {
+                if !self.awaiting_good_boot {
+                    return Vec::new();
+                }
+                self.awaiting_good_boot = false;
+                if let Some(staged) = self.durable.staged.take() {
+                    self.durable
+                        .pending_events
+                        .push(Event::update_complete(&staged.from_version));
+                }
+                vec![Action::Persist]
+            }
+
+            // Anything else is a stale or out-of-order report: ignore it, loudly.
+            (status, input) => {
+                tracing::debug!(?status, ?input, "input ignored in this state");
+                Vec::new()
+            }
+        }
+    }
+
+    fn clear_attempt(&mut self) {
+        self.offer = None;
+        self.progress = 0.0;
+        self.new_version.clear();
+        self.new_size = 0;
+    }
+}

@@ -1,0 +1,388 @@
+//! Every transition of the engine, without I/O.
+
+use proptest::prelude::*;
+
+use crate::machine::*;
+use crate::report::{ErrorCode, Event};
+use crate::status::UpdateStatus as S;
+
+fn boot(version: &str, boot_id: &str, staged: bool) -> BootFacts {
+    BootFacts {
+        current_version: version.into(),
+        boot_id: boot_id.into(),
+        passive_slot_staged: staged,
+    }
+}
+
+fn offer(version: &str) -> UpdateOffer {
+    UpdateOffer {
+        version: version.into(),
+        urls: vec![format!("http://127.0.0.1/{version}/update.gz")],
+        size: 1000,
+        sha256_b64: "c2hh".into(),
+    }
+}
+
+fn fresh() -> Engine {
+    let (e, actions) = Engine::start(DurableState::default(), boot("1", "boot-1", false));
+    assert_eq!(
+        actions,
+        vec![
+            Action::Persist,
+            Action::ScheduleCheck(CheckDelay::Initial),
+            Action::PublishStatus
+        ],
+        "aleph version recorded on first start"
+    );
+    assert_eq!(e.durable.aleph_version.as_deref(), Some("1"));
+    e
+}
+
+fn events_sent(actions: &[Action]) -> Vec<Event> {
+    actions
+        .iter()
+        .flat_map(|a| match a {
+            Action::SendEvents(ev) => ev.clone(),
+            Action::SendUpdateCheck { events, .. } => events.clone(),
+            _ => vec![],
+        })
+        .collect()
+}
+
+/// Drives a fresh engine through a whole successful update; returns it in NEED_REBOOT.
+fn staged_engine() -> Engine {
+    let mut e = fresh();
+    let a = e.step(Input::CheckDue { interactive: false });
+    assert_eq!(e.status, S::CheckingForUpdate);
+    assert_eq!(
+        a[0],
+        Action::SendUpdateCheck {
+            events: vec![],
+            interactive: false
+        }
+    );
+
+    let a = e.step(Input::CheckAnswered {
+        reply: CheckReply::Update(offer("2")),
+        poll_interval: None,
+    });
+    assert_eq!(e.status, S::UpdateAvailable);
+    assert!(a.contains(&Action::StartInstall(offer("2"))));
+    assert_eq!(events_sent(&a), vec![Event::download_started()]);
+    assert_eq!((e.new_version.as_str(), e.new_size), ("2", 1000));
+
+    e.step(Input::DownloadProgress { received: 250 });
+    assert_eq!((e.status, e.progress), (S::Downloading, 0.25));
+
+    let a = e.step(Input::DownloadFinished);
+    assert_eq!(e.status, S::Verifying);
+    assert!(a.contains(&Action::FinishInstall));
+    assert_eq!(events_sent(&a), vec![Event::download_finished()]);
+
+    let a = e.step(Input::InstallVerified);
+    assert_eq!(e.status, S::Finalizing);
+    // The intent is durable before the table is touched.
+    assert_eq!(a[..2], [Action::Persist, Action::StageSlot]);
+    assert_eq!(e.durable.staged.as_ref().map(|s| s.gpt_staged), Some(false));
+
+    let a = e.step(Input::Staged);
+    assert_eq!(e.status, S::UpdatedNeedReboot);
+    assert_eq!(a[0], Action::Persist);
+    assert_eq!(events_sent(&a), vec![Event::installed()]);
+    let staged = e.durable.staged.clone().unwrap();
+    assert_eq!(
+        (
+            staged.version.as_str(),
+            staged.from_version.as_str(),
+            staged.gpt_staged
+        ),
+        ("2", "1", true)
+    );
+    e
+}
+
+#[test]
+fn full_update_then_only_pings() {
+    let mut e = staged_engine();
+    assert_eq!(
+        e.step(Input::CheckDue { interactive: true }),
+        vec![Action::SendPing]
+    );
+    let a = e.step(Input::CheckAnswered {
+        reply: CheckReply::Update(offer("3")),
+        poll_interval: Some(60),
+    });
+    assert_eq!(
+        a,
+        vec![Action::ScheduleCheck(CheckDelay::Server { seconds: 60 })]
+    );
+    assert_eq!(
+        e.status,
+        S::UpdatedNeedReboot,
+        "no second install over a staged slot"
+    );
+}
+
+#[test]
+fn reboot_into_new_version_reports_complete_only_after_the_gate() {
+    let staged = staged_engine().durable;
+    let (mut e, _) = Engine::start(staged, boot("2", "boot-2", false));
+    assert!(e.awaiting_good_boot);
+    let a = e.step(Input::CheckDue { interactive: false });
+    assert_eq!(events_sent(&a), vec![], "3/2 waits for the health gate");
+    e.step(Input::CheckAnswered {
+        reply: CheckReply::NoUpdate,
+        poll_interval: None,
+    });
+
+    assert_eq!(e.step(Input::BootMarkedGood), vec![Action::Persist]);
+    assert_eq!(e.durable.staged, None);
+    let a = e.step(Input::CheckDue { interactive: false });
+    assert_eq!(events_sent(&a), vec![Event::update_complete("1")]);
+    let a = e.step(Input::CheckAnswered {
+        reply: CheckReply::NoUpdate,
+        poll_interval: None,
+    });
+    assert!(
+        a.contains(&Action::Persist),
+        "acknowledged events are dropped durably"
+    );
+    assert!(e.durable.pending_events.is_empty());
+    assert_eq!(
+        e.step(Input::BootMarkedGood),
+        vec![],
+        "marking good twice reports nothing"
+    );
+}
+
+#[test]
+fn coming_back_on_the_old_version_reports_rollback_44() {
+    let staged = staged_engine().durable;
+    let (mut e, actions) = Engine::start(staged, boot("1", "boot-3", false));
+    assert!(actions.contains(&Action::Persist));
+    assert_eq!(e.durable.staged, None);
+    let a = e.step(Input::CheckDue { interactive: false });
+    let sent = events_sent(&a);
+    assert_eq!(sent, vec![Event::rolled_back("2")]);
+    assert_eq!(sent[0].error_code, Some(ErrorCode::ROLLED_BACK));
+}
+
+#[test]
+fn a_restart_without_reboot_keeps_need_reboot_only_if_the_table_says_so() {
+    let staged = staged_engine().durable;
+    let (e, _) = Engine::start(staged.clone(), boot("1", "boot-1", true));
+    assert_eq!(
+        (e.status, e.new_version.as_str()),
+        (S::UpdatedNeedReboot, "2")
+    );
+
+    let (e, actions) = Engine::start(staged, boot("1", "boot-1", false));
+    assert_eq!(e.status, S::Idle);
+    assert_eq!(e.durable.staged, None);
+    assert!(actions.contains(&Action::Persist));
+}
+
+#[test]
+fn crash_between_intent_and_table_write_never_reports_a_false_rollback() {
+    let mut e = fresh();
+    e.step(Input::CheckDue { interactive: false });
+    e.step(Input::CheckAnswered {
+        reply: CheckReply::Update(offer("2")),
+        poll_interval: None,
+    });
+    e.step(Input::DownloadFinished);
+    e.step(Input::InstallVerified); // intent persisted, then the power went
+    let (mut e, _) = Engine::start(e.durable.clone(), boot("1", "boot-2", false));
+    assert_eq!(e.durable.staged, None);
+    let a = e.step(Input::CheckDue { interactive: false });
+    assert_eq!(events_sent(&a), vec![]);
+}
+
+#[test]
+fn failures_in_every_busy_state_report_3_0_and_return_to_idle() {
+    let steps: Vec<(S, Vec<Input>)> = vec![
+        (
+            S::CheckingForUpdate,
+            vec![Input::CheckDue { interactive: false }],
+        ),
+        (
+            S::UpdateAvailable,
+            vec![
+                Input::CheckDue { interactive: false },
+                Input::CheckAnswered {
+                    reply: CheckReply::Update(offer("2")),
+                    poll_interval: None,
+                },
+            ],
+        ),
+        (
+            S::Downloading,
+            vec![
+                Input::CheckDue { interactive: false },
+                Input::CheckAnswered {
+                    reply: CheckReply::Update(offer("2")),
+                    poll_interval: None,
+                },
+                Input::DownloadProgress { received: 1 },
+            ],
+        ),
+        (
+            S::Verifying,
+            vec![
+                Input::CheckDue { interactive: false },
+                Input::CheckAnswered {
+                    reply: CheckReply::Update(offer("2")),
+                    poll_interval: None,
+                },
+                Input::DownloadFinished,
+            ],
+        ),
+        (
+            S::Finalizing,
+            vec![
+                Input::CheckDue { interactive: false },
+                Input::CheckAnswered {
+                    reply: CheckReply::Update(offer("2")),
+                    poll_interval: None,
+                },
+                Input::DownloadFinished,
+                Input::InstallVerified,
+            ],
+        ),
+    ];
+    for (state, inputs) in steps {
+        let mut e = fresh();
+        for i in inputs {
+            e.step(i);
+        }
+        assert_eq!(e.status, state);
+        let a = e.step(Input::Failed {
+            code: ErrorCode::PAYLOAD_HASH_MISMATCH,
+        });
+        assert_eq!(e.status, S::ReportingErrorEvent, "{state:?}");
+        assert_eq!(
+            events_sent(&a),
+            vec![Event::error(ErrorCode::PAYLOAD_HASH_MISMATCH)],
+            "{state:?}"
+        );
+        assert_eq!(
+            e.durable.staged, None,
+            "{state:?}: an unfinished stage intent is dropped"
+        );
+        e.step(Input::ErrorReported);
+        assert_eq!(e.status, S::Idle, "{state:?}");
+    }
+}
+
+#[test]
+fn server_errors_back_off_and_success_resets() {
+    let mut e = fresh();
+    for n in 1..=3 {
+        e.step(Input::CheckDue { interactive: false });
+        let a = e.step(Input::CheckFailed { server_error: true });
+        assert!(a.contains(&Action::ScheduleCheck(CheckDelay::Backoff { failures: n })));
+        assert_eq!(e.status, S::Idle);
+    }
+    e.step(Input::CheckDue { interactive: false });
+    let a = e.step(Input::CheckFailed {
+        server_error: false,
+    });
+    assert!(
+        a.contains(&Action::ScheduleCheck(CheckDelay::Regular)),
+        "a 4xx is no reason to back off"
+    );
+    e.step(Input::CheckDue { interactive: false });
+    e.step(Input::CheckAnswered {
+        reply: CheckReply::NoUpdate,
+        poll_interval: None,
+    });
+    assert_eq!(e.server_failures, 0);
+}
+
+#[test]
+fn same_version_offer_is_no_update_and_busy_checks_are_ignored() {
+    let mut e = fresh();
+    e.step(Input::CheckDue { interactive: false });
+    e.step(Input::CheckAnswered {
+        reply: CheckReply::Update(offer("1")),
+        poll_interval: None,
+    });
+    assert_eq!(e.status, S::Idle);
+    e.step(Input::CheckDue { interactive: false });
+    e.step(Input::CheckAnswered {
+        reply: CheckReply::Update(offer("2")),
+        poll_interval: None,
+    });
+    assert_eq!(e.step(Input::CheckDue { interactive: true }), vec![]);
+    assert_eq!(e.status, S::UpdateAvailable);
+}
+
+#[test]
+fn reset_status_unstages_a_waiting_update() {
+    let mut e = staged_engine();
+    let a = e.step(Input::ResetStatus);
+    assert_eq!(
+        a,
+        vec![Action::UnstageSlot, Action::Persist, Action::PublishStatus]
+    );
+    assert_eq!((e.status, e.durable.staged.clone()), (S::Idle, None));
+    // ResetStatus during a download is refused (nothing happens).
+    let mut e = fresh();
+    e.step(Input::CheckDue { interactive: false });
+    e.step(Input::CheckAnswered {
+        reply: CheckReply::Update(offer("2")),
+        poll_interval: None,
+    });
+    assert_eq!(e.step(Input::ResetStatus), vec![]);
+    assert_eq!(e.status, S::UpdateAvailable);
+}
+
+fn arb_input() -> impl Strategy<Value = Input> {
+    prop_oneof![
+        any::<bool>().prop_map(|interactive| Input::CheckDue { interactive }),
+        (
+            prop_oneof![Just(None), Just(Some("2")), Just(Some("1"))],
+            proptest::option::of(1u64..100)
+        )
+            .prop_map(|(v, poll_interval)| Input::CheckAnswered {
+                reply: v.map_or(CheckReply::NoUpdate, |v| CheckReply::Update(offer(v))),
+                poll_interval,
+            }),
+        any::<bool>().prop_map(|server_error| Input::CheckFailed { server_error }),
+        (0u64..2000).prop_map(|received| Input::DownloadProgress { received }),
+        Just(Input::DownloadFinished),
+        Just(Input::InstallVerified),
+        Just(Input::Staged),
+        (0u32..50).prop_map(|c| Input::Failed { code: ErrorCode(c) }),
+        Just(Input::ErrorReported),
+        Just(Input::ResetStatus),
+        Just(Input::BootMarkedGood),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn invariants_hold_for_any_input_sequence(inputs in prop::collection::vec(arb_input(), 0..60)) {
+        let mut e = fresh();
+        for input in inputs {
+            let was = e.status;
+            let actions = e.step(input);
+            for a in &actions {
+                if let Action::SendEvents(ev) = a {
+                    prop_assert!(!ev.is_empty(), "never an empty event request");
+                }
+                if was == S::UpdatedNeedReboot {
+                    prop_assert!(!matches!(a, Action::StartInstall(_)), "no second install over a staged slot");
+                }
+                if matches!(a, Action::StageSlot) {
+                    prop_assert_eq!(was, S::Verifying);
+                    prop_assert!(e.durable.staged.is_some(), "stage intent recorded first");
+                }
+            }
+            prop_assert!((0.0..=1.0).contains(&e.progress));
+            if e.status == S::UpdatedNeedReboot {
+                prop_assert!(e.durable.staged.as_ref().is_some_and(|s| s.gpt_staged));
+            }
+        }
+    }
+}

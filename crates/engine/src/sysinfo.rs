@@ -1,0 +1,88 @@
+//! Facts about this machine that go into every Omaha request, read under a root directory.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SysInfoError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path} has no {key}= line")]
+    Missing { path: PathBuf, key: &'static str },
+}
+
+fn read(path: PathBuf) -> Result<String, SysInfoError> {
+    std::fs::read_to_string(&path).map_err(|source| SysInfoError::Read { path, source })
+}
+
+/// `KEY=value` from an os-release style file (quotes stripped).
+pub fn os_release_value(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.trim().split_once('=')?;
+        (k == key).then(|| v.trim().trim_matches('"').trim_matches('\'').to_string())
+    })
+}
+
+/// The running OS version: `VERSION` from `/usr/lib/os-release`, else `/etc/os-release`.
+pub fn os_version(root: &Path) -> Result<String, SysInfoError> {
+    let mut last = None;
+    for rel in ["usr/lib/os-release", "etc/os-release"] {
+        let path = root.join(rel);
+        match read(path.clone()) {
+            Ok(text) => {
+                return os_release_value(&text, "VERSION").ok_or(SysInfoError::Missing {
+                    path,
+                    key: "VERSION",
+                })
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or(SysInfoError::Missing {
+        path: root.join("usr/lib/os-release"),
+        key: "VERSION",
+    }))
+}
+
+/// `/etc/machine-id` (32 hex characters).
+pub fn machine_id(root: &Path) -> Result<String, SysInfoError> {
+    Ok(read(root.join("etc/machine-id"))?.trim().to_string())
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`, or a file given in tests).
+pub fn boot_id(path: &Path) -> Result<String, SysInfoError> {
+    Ok(read(path.to_path_buf())?.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_version_from_usr_first() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("usr/lib")).unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("usr/lib/os-release"),
+            "NAME=\"Flatcar\"\nVERSION=3510.2.1\nID=flatcar\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("etc/os-release"), "VERSION=0\n").unwrap();
+        std::fs::write(
+            dir.path().join("etc/machine-id"),
+            "abce671d61774703ac7be60715220bfe\n",
+        )
+        .unwrap();
+        assert_eq!(os_version(dir.path()).unwrap(), "3510.2.1");
+        assert_eq!(
+            machine_id(dir.path()).unwrap(),
+            "abce671d61774703ac7be60715220bfe"
+        );
+        std::fs::write(dir.path().join("usr/lib/os-release"), "NAME=x\n").unwrap();
+        assert!(os_version(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("no VERSION= line"));
+    }
+}
