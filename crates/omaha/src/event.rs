@@ -1,0 +1,97 @@
+//! Omaha event codes as Flatcar's update_engine sends them.
+
+/// `eventtype` values.
+pub mod event_type {
+    pub const UNKNOWN: u32 = 0;
+    pub const DOWNLOAD_COMPLETE: u32 = 1;
+    pub const INSTALL_COMPLETE: u32 = 2;
+    /// Update applied (result 1), complete after reboot (result 2) or failed (result 0).
+    pub const UPDATE_COMPLETE: u32 = 3;
+    pub const UPDATE_DOWNLOAD_STARTED: u32 = 13;
+    pub const UPDATE_DOWNLOAD_FINISHED: u32 = 14;
+}
+
+/// `eventresult` values.
+pub mod event_result {
+    pub const ERROR: u32 = 0;
+    pub const SUCCESS: u32 = 1;
+    pub const SUCCESS_REBOOT: u32 = 2;
+    pub const UPDATE_DEFERRED: u32 = 9;
+}
+
+/// `errorcode` values (the base code, flags masked off) that matter to a server.
+pub mod error_code {
+    pub const SUCCESS: u32 = 0;
+    pub const ERROR: u32 = 1;
+    pub const DOWNLOAD_TRANSFER_ERROR: u32 = 9;
+    pub const PAYLOAD_HASH_MISMATCH: u32 = 10;
+    pub const PAYLOAD_SIZE_MISMATCH: u32 = 11;
+    pub const DOWNLOAD_PAYLOAD_VERIFICATION_ERROR: u32 = 12;
+    pub const POSTINSTALL_RUNNER_ERROR: u32 = 5;
+    pub const DOWNLOAD_WRITE_ERROR: u32 = 7;
+    pub const NEW_ROOTFS_VERIFICATION_ERROR: u32 = 8;
+    pub const OMAHA_RESPONSE_INVALID: u32 = 34;
+    /// The new version failed to boot and the machine went back to the old slot.
+    pub const ROLLED_BACK: u32 = 44;
+    /// HTTP errors are reported as 2000 + status code.
+    pub const HTTP_RESPONSE_BASE: u32 = 2000;
+
+    /// Flag bits OR-ed onto the base code.
+    pub const FLAG_DEV_MODE: u32 = 1 << 31;
+    pub const FLAG_RESUMED: u32 = 1 << 30;
+    pub const FLAG_TEST_IMAGE: u32 = 1 << 29;
+    pub const FLAG_TEST_OMAHA_URL: u32 = 1 << 28;
+    pub const FLAGS_MASK: u32 =
+        FLAG_DEV_MODE | FLAG_RESUMED | FLAG_TEST_IMAGE | FLAG_TEST_OMAHA_URL;
+}
+
+/// An `errorcode` as sent: a base code with flag bits in the top four bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ErrorCode(pub u32);
+
+impl ErrorCode {
+    /// The code without flag bits.
+    pub fn base(self) -> u32 {
+        self.0 & !error_code::FLAGS_MASK
+    }
+    pub fn flags(self) -> u32 {
+        self.0 & error_code::FLAGS_MASK
+    }
+    pub fn is_rolled_back(self) -> bool {
+        self.base() == error_code::ROLLED_BACK
+    }
+    /// update_engine formats the code with `%d`, so a set dev-mode bit arrives
+    /// negative. Accept both signed and unsigned 32-bit spellings.
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        let v: i64 = s.trim().parse().ok()?;
+        if v < i64::from(i32::MIN) || v > i64::from(u32::MAX) {
+            return None;
+        }
+        Some(ErrorCode(v as u32))
+    }
+    /// Serialised the way update_engine writes it (signed decimal).
+    pub fn to_wire(self) -> String {
+        (self.0 as i32).to_string()
+    }
+}
+
+/// What an event means, for servers tracking instance status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// 13/1
+    DownloadStarted,
+    /// 14/1
+    Downloaded,
+    /// 3/1: written to the passive slot, waiting for reboot.
+    Installed,
+    /// 3/2: the first check after booting the new version.
+    UpdateComplete,
+    /// result 0 with errorcode 44.
+    RolledBack,
+    /// result 0 with any other code.
+    Error(ErrorCode),
+    /// result 9.
+    Deferred,
+    /// Anything else (kept, not interpreted).
+    Other { event_type: u32, event_result: u32 },
+}
