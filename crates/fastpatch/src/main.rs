@@ -30,6 +30,11 @@ enum Command {
     /// Create test disk images with the Flatcar partition layout.
     #[command(subcommand)]
     Disk(disk::DiskCommand),
+    /// Signed update payloads: generate, inspect, verify, install.
+    #[command(subcommand)]
+    Payload(fastpatch_payload::cli::PayloadCommand),
+    /// Create an RSA-2048 key pair for signing payloads.
+    Keygen(fastpatch_payload::cli::KeygenArgs),
     // Other areas add their subcommands here: one variant + one match arm each.
 }
 
@@ -47,6 +52,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Cgpt(args) => cgpt::run(args),
         Command::Disk(cmd) => disk::run(cmd),
+        Command::Payload(cmd) => fastpatch_payload::cli::run(cmd),
+        Command::Keygen(args) => fastpatch_payload::cli::run_keygen(args),
     }
 }
 

@@ -1,0 +1,93 @@
+//! The one error type of the payload crate. Every variant says what is wrong with the input
+//! or the environment in words an operator can act on.
+
+use std::io;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("not a CrAU payload (magic bytes are {0:02x?}, expected \"CrAU\")")]
+    BadMagic([u8; 4]),
+    #[error("unsupported payload format version {0} (only version 1 is supported)")]
+    UnsupportedVersion(u64),
+    #[error("manifest of {0} bytes exceeds the {max} byte limit", max = crate::format::MAX_MANIFEST_LEN)]
+    ManifestTooLarge(u64),
+    #[error("manifest is not a valid DeltaArchiveManifest: {0}")]
+    ManifestDecode(#[from] prost::DecodeError),
+    #[error("invalid manifest: {0}")]
+    InvalidManifest(String),
+    #[error("operation {index}: {reason}")]
+    InvalidOperation { index: usize, reason: String },
+    #[error(
+        "operation {index} is {kind}, which this installer does not support (full payloads only)"
+    )]
+    UnsupportedOperation { index: usize, kind: String },
+    #[error("operation {index} writes blocks up to byte {end}, beyond the end of the {slot_len} byte target")]
+    ExtentOutOfRange {
+        index: usize,
+        end: u64,
+        slot_len: u64,
+    },
+    #[error("payload image is {image} bytes but the target slot holds only {slot_len} bytes")]
+    PayloadTooLarge { image: u64, slot_len: u64 },
+    #[error("payload truncated: ended after {got} bytes, {expected} expected")]
+    Truncated { got: u64, expected: u64 },
+    #[error("{0} unexpected bytes after the end of the payload")]
+    TrailingData(u64),
+    #[error("operation {index}: data SHA-256 mismatch (corrupt or tampered payload)")]
+    OperationHashMismatch { index: usize },
+    #[error("operation {index}: {reason}")]
+    Decompress { index: usize, reason: String },
+    #[error(
+        "payload is not signed (no signatures_offset/signatures_size in the manifest); refusing it"
+    )]
+    Unsigned,
+    #[error("no signature in the payload verifies with any of the {keys} trusted key(s)")]
+    BadSignature { keys: usize },
+    #[error("signature block is malformed: {0}")]
+    BadSignatureBlock(String),
+    #[error("no trusted public key configured; refusing to install or verify without one")]
+    NoTrustedKeys,
+    #[error("key {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("signing failed: {0}")]
+    Sign(String),
+    #[error("written slot does not match new_partition_info: {0}")]
+    PartitionMismatch(String),
+    #[error("read-back of the slot differs from what was written at byte {0}")]
+    ReadbackMismatch(u64),
+    #[error("target: {0}")]
+    Target(String),
+    #[error(transparent)]
+    BootControl(#[from] fastpatch_boot_control::BootControlError),
+    #[error(transparent)]
+    Disk(#[from] fastpatch_disk::DiskError),
+    #[error("resume state: {0}")]
+    State(String),
+    #[error("installer is unusable after an earlier error: {0}")]
+    Poisoned(String),
+    #[error("injected failure at {0}")]
+    Injected(String),
+}
+
+pub type Result<T, E = PayloadError> = std::result::Result<T, E>;
+
+/// Adds a context string to an io::Error.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| PayloadError::Io {
+            context: context(),
+            source,
+        })
+    }
+}
