@@ -6,12 +6,15 @@
 //! request carries ([`sysinfo`]). The daemon that performs the actions is a thin shell over
 //! these.
 
+pub mod client;
+pub mod dbus;
 pub mod health;
 pub mod machine;
 pub mod persist;
 pub mod report;
 pub mod schedule;
 pub mod status;
+pub mod status_report;
 pub mod sysinfo;
 pub mod urls;
 
