@@ -28,8 +28,13 @@ pub mod error_code {
     pub const PAYLOAD_SIZE_MISMATCH: u32 = 11;
     pub const DOWNLOAD_PAYLOAD_VERIFICATION_ERROR: u32 = 12;
     pub const POSTINSTALL_RUNNER_ERROR: u32 = 5;
-    pub const DOWNLOAD_WRITE_ERROR: u32 = 7;
-    pub const NEW_ROOTFS_VERIFICATION_ERROR: u32 = 8;
+    pub const OMAHA_REQUEST_ERROR: u32 = 2;
+    pub const INSTALL_DEVICE_OPEN_ERROR: u32 = 7;
+    pub const KERNEL_DEVICE_OPEN_ERROR: u32 = 8;
+    pub const DOWNLOAD_NEW_PARTITION_INFO_ERROR: u32 = 13;
+    pub const DOWNLOAD_WRITE_ERROR: u32 = 14;
+    pub const NEW_ROOTFS_VERIFICATION_ERROR: u32 = 15;
+    pub const DOWNLOAD_PAYLOAD_PUBKEY_VERIFICATION_ERROR: u32 = 18;
     pub const OMAHA_RESPONSE_INVALID: u32 = 34;
     /// The new version failed to boot and the machine went back to the old slot.
     pub const ROLLED_BACK: u32 = 44;
