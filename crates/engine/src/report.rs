@@ -1,6 +1,7 @@
 //! What the engine reports to the update server: Omaha event triples and update_engine's error
 //! codes. Kept free of XML; the daemon turns these into `<event>` elements.
 
+use fastpatch_omaha::error_code as omaha_codes;
 use serde::{Deserialize, Serialize};
 
 /// An update_engine error code (the numbers Omaha servers see in `errorcode`).
@@ -8,20 +9,27 @@ use serde::{Deserialize, Serialize};
 pub struct ErrorCode(pub u32);
 
 impl ErrorCode {
-    pub const SUCCESS: ErrorCode = ErrorCode(0);
-    pub const ERROR: ErrorCode = ErrorCode(1);
-    pub const OMAHA_REQUEST_ERROR: ErrorCode = ErrorCode(2);
-    pub const INSTALL_DEVICE_OPEN_ERROR: ErrorCode = ErrorCode(7);
-    pub const DOWNLOAD_TRANSFER_ERROR: ErrorCode = ErrorCode(9);
-    pub const PAYLOAD_HASH_MISMATCH: ErrorCode = ErrorCode(10);
-    pub const PAYLOAD_SIZE_MISMATCH: ErrorCode = ErrorCode(11);
-    pub const DOWNLOAD_PAYLOAD_VERIFICATION_ERROR: ErrorCode = ErrorCode(12);
-    pub const DOWNLOAD_NEW_PARTITION_INFO_ERROR: ErrorCode = ErrorCode(13);
-    pub const DOWNLOAD_WRITE_ERROR: ErrorCode = ErrorCode(14);
-    pub const POSTINSTALL_RUNNER_ERROR: ErrorCode = ErrorCode(5);
-    pub const OMAHA_RESPONSE_INVALID: ErrorCode = ErrorCode(34);
+    // The numbers are update_engine's (`error_code.h`); fastpatch-omaha owns them.
+    pub const SUCCESS: ErrorCode = ErrorCode(omaha_codes::SUCCESS);
+    pub const ERROR: ErrorCode = ErrorCode(omaha_codes::ERROR);
+    pub const OMAHA_REQUEST_ERROR: ErrorCode = ErrorCode(omaha_codes::OMAHA_REQUEST_ERROR);
+    pub const POSTINSTALL_RUNNER_ERROR: ErrorCode =
+        ErrorCode(omaha_codes::POSTINSTALL_RUNNER_ERROR);
+    pub const INSTALL_DEVICE_OPEN_ERROR: ErrorCode =
+        ErrorCode(omaha_codes::INSTALL_DEVICE_OPEN_ERROR);
+    pub const DOWNLOAD_TRANSFER_ERROR: ErrorCode = ErrorCode(omaha_codes::DOWNLOAD_TRANSFER_ERROR);
+    pub const PAYLOAD_HASH_MISMATCH: ErrorCode = ErrorCode(omaha_codes::PAYLOAD_HASH_MISMATCH);
+    pub const PAYLOAD_SIZE_MISMATCH: ErrorCode = ErrorCode(omaha_codes::PAYLOAD_SIZE_MISMATCH);
+    pub const DOWNLOAD_PAYLOAD_VERIFICATION_ERROR: ErrorCode =
+        ErrorCode(omaha_codes::DOWNLOAD_PAYLOAD_VERIFICATION_ERROR);
+    pub const DOWNLOAD_NEW_PARTITION_INFO_ERROR: ErrorCode =
+        ErrorCode(omaha_codes::DOWNLOAD_NEW_PARTITION_INFO_ERROR);
+    pub const DOWNLOAD_WRITE_ERROR: ErrorCode = ErrorCode(omaha_codes::DOWNLOAD_WRITE_ERROR);
+    pub const DOWNLOAD_PAYLOAD_PUBKEY_VERIFICATION_ERROR: ErrorCode =
+        ErrorCode(omaha_codes::DOWNLOAD_PAYLOAD_PUBKEY_VERIFICATION_ERROR);
+    pub const OMAHA_RESPONSE_INVALID: ErrorCode = ErrorCode(omaha_codes::OMAHA_RESPONSE_INVALID);
     /// The machine came back on the old version: the new one never booted good.
-    pub const ROLLED_BACK: ErrorCode = ErrorCode(44);
+    pub const ROLLED_BACK: ErrorCode = ErrorCode(omaha_codes::ROLLED_BACK);
 }
 
 /// One `<event eventtype eventresult [errorcode] [previousversion]>`.
@@ -87,5 +95,41 @@ impl Event {
             error_code: Some(ErrorCode::ROLLED_BACK),
             previous_version: Some(failed_version.to_string()),
         }
+    }
+}
+
+impl Event {
+    /// The wire form, for the Omaha request.
+    pub fn to_omaha(&self) -> fastpatch_omaha::Event {
+        fastpatch_omaha::Event {
+            event_type: self.event_type,
+            event_result: self.result,
+            error_code: self.error_code.map(|c| fastpatch_omaha::ErrorCode(c.0)),
+            previous_version: self.previous_version.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_matches_the_omaha_crate() {
+        assert_eq!(
+            Event::installed().to_omaha(),
+            fastpatch_omaha::Event::installed()
+        );
+        assert_eq!(
+            Event::download_started().to_omaha(),
+            fastpatch_omaha::Event::download_started()
+        );
+        assert_eq!(
+            Event::update_complete("1").to_omaha(),
+            fastpatch_omaha::Event::update_complete("1")
+        );
+        let rb = Event::rolled_back("2").to_omaha();
+        assert!(rb.error_code.is_some_and(|c| c.is_rolled_back()));
+        assert_eq!(ErrorCode::DOWNLOAD_WRITE_ERROR, ErrorCode(14));
     }
 }
