@@ -156,6 +156,16 @@ pub fn verify(mut reader: impl Read, trusted: &[RsaPublicKey]) -> Result<Verific
                     image.op(&plan.ops[op], &data)?;
                 }
                 Item::Signatures { blob, digest } => {
+                    if let (Some(i), Ok(sigs)) = (
+                        inspection.as_mut(),
+                        <Signatures as prost::Message>::decode(blob.as_slice()),
+                    ) {
+                        i.signature_versions = sigs
+                            .signatures
+                            .iter()
+                            .map(|s| s.version.unwrap_or(0))
+                            .collect();
+                    }
                     signature = Some(signing::verify(&digest, &blob, trusted)?);
                 }
             }

@@ -530,3 +530,38 @@ fn resumed_stream_with_corrupt_bytes_is_still_refused() {
     assert!(matches!(err, PayloadError::BadSignature { .. }), "{err}");
     assert_ne!(read_slot(&disk, usr_b(), MIB), image[..MIB]);
 }
+
+#[test]
+fn disk_rate_limit_slows_writes_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("usr.img");
+    let image = make_image(&img, 6 * MIB, 8);
+    let payload = dir.path().join("update.gz");
+    generate(&img, &payload, Compression::Zstd, &[keys().private.clone()]);
+    let disk = standard_disk(dir.path());
+    let mut o = opts(vec![keys().public.clone()]);
+    o.disk_rate = Some(8 * MIB as u64); // burst 2 MiB; 5 MiB past the held-back head
+    let start = std::time::Instant::now();
+    install_from_reader(std::fs::File::open(&payload).unwrap(), slot_b(&disk), o).unwrap();
+    let took = start.elapsed();
+    // (5 MiB - 2 MiB burst) / 8 MiB/s = 0.375 s at the very least.
+    assert!(
+        took >= std::time::Duration::from_millis(370),
+        "took {took:?}"
+    );
+    assert_eq!(read_slot(&disk, usr_b(), image.len()), image);
+}
+
+#[test]
+fn io_max_refuses_a_non_cgroup2_hierarchy() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = fastpatch_payload::ratelimit::IoMax::apply(
+        dir.path(),
+        "fastpatch-install",
+        (8, 0),
+        1 << 20,
+        std::process::id(),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::Unsupported, "{err}");
+}

@@ -1,0 +1,181 @@
+//! The `fastpatch payload …` / `fastpatch keygen` commands, run in-process through their
+//! clap definitions, on real files.
+
+mod common;
+
+use clap::Parser;
+use common::*;
+use fastpatch_payload::cli::{self, KeygenArgs, PayloadCommand};
+
+#[derive(Parser)]
+enum Cmd {
+    #[command(subcommand)]
+    Payload(PayloadCommand),
+    Keygen(KeygenArgs),
+}
+
+fn run(args: &[&str]) -> anyhow::Result<()> {
+    match Cmd::try_parse_from(std::iter::once("fastpatch").chain(args.iter().copied()))? {
+        Cmd::Payload(c) => cli::run(c),
+        Cmd::Keygen(a) => cli::run_keygen(a),
+    }
+}
+
+#[test]
+fn keygen_generate_inspect_verify_install() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let image = make_image(&dir.path().join("usr.img"), 5 << 20, 31);
+    run(&["keygen", "-o", &p("k.pem")]).unwrap();
+    run(&["keygen", "-o", &p("other.pem"), "--public", &p("other.pub")]).unwrap();
+    // PKCS#8 private, SPKI public; the private key is not world-readable.
+    let private = std::fs::read_to_string(p("k.pem")).unwrap();
+    assert!(private.starts_with("-----BEGIN PRIVATE KEY-----"));
+    assert!(std::fs::read_to_string(p("k.pem.pub.pem"))
+        .unwrap()
+        .starts_with("-----BEGIN PUBLIC KEY-----"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(p("k.pem")).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        run(&["keygen", "-o", &p("k.pem")]).is_err(),
+        "keygen overwrote a key"
+    );
+
+    run(&[
+        "payload",
+        "generate",
+        "--image",
+        &p("usr.img"),
+        "--key",
+        &p("k.pem"),
+        "-o",
+        &p("u.gz"),
+    ])
+    .unwrap();
+    run(&[
+        "payload",
+        "generate",
+        "--image",
+        &p("usr.img"),
+        "--key",
+        &p("k.pem"),
+        "-o",
+        &p("f.gz"),
+        "--flatcar-compatible",
+    ])
+    .unwrap();
+    let err = run(&[
+        "payload",
+        "generate",
+        "--image",
+        &p("usr.img"),
+        "--key",
+        &p("k.pem"),
+        "-o",
+        &p("x.gz"),
+        "--flatcar-compatible",
+        "--compression",
+        "zstd",
+    ])
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("cannot use zstd"), "{err:#}");
+    let err = run(&[
+        "payload",
+        "generate",
+        "--image",
+        &p("usr.img"),
+        "--key",
+        &p("missing.pem"),
+        "-o",
+        &p("x.gz"),
+    ])
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("cannot read"), "{err:#}");
+    assert!(!dir.path().join("x.gz").exists());
+
+    let i = fastpatch_payload::verify::inspect(std::fs::File::open(p("f.gz")).unwrap()).unwrap();
+    assert!(
+        i.op_kinds
+            .iter()
+            .all(|k| k.kind == "REPLACE" || k.kind == "REPLACE_BZ"),
+        "{:?}",
+        i.op_kinds
+    );
+    assert_eq!(i.signature_versions, vec![2]);
+    let i = fastpatch_payload::verify::inspect(std::fs::File::open(p("u.gz")).unwrap()).unwrap();
+    assert!(
+        i.op_kinds.iter().any(|k| k.kind == "REPLACE_ZSTD"),
+        "{:?}",
+        i.op_kinds
+    );
+    run(&["payload", "inspect", &p("u.gz"), "--json"]).unwrap();
+    run(&["payload", "inspect", &p("u.gz")]).unwrap();
+
+    run(&[
+        "payload",
+        "verify",
+        &p("u.gz"),
+        "--key",
+        &p("k.pem.pub.pem"),
+    ])
+    .unwrap();
+    run(&[
+        "payload",
+        "verify",
+        &p("f.gz"),
+        "--key",
+        &p("other.pub"),
+        "--key",
+        &p("k.pem.pub.pem"),
+    ])
+    .unwrap();
+    let err = run(&["payload", "verify", &p("u.gz"), "--key", &p("other.pub")]).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("no signature in the payload verifies"),
+        "{err:#}"
+    );
+    assert!(
+        run(&["payload", "verify", &p("u.gz")]).is_err(),
+        "verify without a key must fail"
+    );
+    let err = run(&["payload", "verify", &p("u.gz"), "--key", &p("nope.pem")]).unwrap_err();
+    assert!(format!("{err:#}").contains("nope.pem"), "{err:#}");
+
+    let disk = standard_disk(dir.path());
+    let disk_s = disk.to_str().unwrap();
+    let before = attrs(&disk);
+    let err = run(&[
+        "payload",
+        "install",
+        &p("u.gz"),
+        "--disk",
+        disk_s,
+        "--partition",
+        "4",
+        "--key",
+        &p("other.pub"),
+    ])
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("no signature"), "{err:#}");
+    run(&[
+        "payload",
+        "install",
+        &p("f.gz"),
+        "--disk",
+        disk_s,
+        "--partition",
+        "4",
+        "--key",
+        &p("k.pem.pub.pem"),
+        "--state-dir",
+        &p("state"),
+        "--disk-rate",
+        "1G",
+    ])
+    .unwrap();
+    assert_eq!(read_slot(&disk, usr_b(), image.len()), image);
+    assert_eq!(attrs(&disk), before);
+}
