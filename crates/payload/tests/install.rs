@@ -565,3 +565,36 @@ fn io_max_refuses_a_non_cgroup2_hierarchy() {
     .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::Unsupported, "{err}");
 }
+
+#[test]
+fn operations_without_data_hash_rely_on_signature_and_read_back() {
+    // Flatcar's full generator may omit per-operation hashes; such payloads install, and
+    // tampered data in them is still refused before the first MiB is written.
+    let fx = fixture();
+    let (mut manifest, blobs) = split(&fx.payload);
+    for op in &mut manifest.partition_operations {
+        op.data_sha256_hash = None;
+    }
+    let p = assemble(manifest, &blobs, &[keys().private.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let disk = standard_disk(dir.path());
+    install_from_reader(
+        p.as_slice(),
+        slot_b(&disk),
+        opts(vec![keys().public.clone()]),
+    )
+    .unwrap();
+    assert_eq!(read_slot(&disk, usr_b(), fx.image.len()), fx.image);
+
+    let mut bad = p.clone();
+    let at = bad.len() - 300 - 264;
+    bad[at] ^= 0x10;
+    let err = refused(&fx, &bad, None, vec![keys().public.clone()]);
+    assert!(
+        matches!(
+            err,
+            PayloadError::BadSignature { .. } | PayloadError::Decompress { .. }
+        ),
+        "{err}"
+    );
+}
