@@ -1,0 +1,126 @@
+//! A real etcd for tests and benchmarks: `/usr/bin/etcd` (Debian etcd-server) in a temporary
+//! data dir on free loopback ports, killed on drop. Can be stopped and restarted on the same
+//! ports and data (to test an etcd outage).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where the etcd binary is (override with `FASTPATCH_ETCD`).
+pub fn etcd_binary() -> PathBuf {
+    std::env::var_os("FASTPATCH_ETCD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
+}
+
+/// A free loopback TCP port (bound, read, released).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A running single-member etcd.
+pub struct EtcdServer {
+    dir: tempfile::TempDir,
+    pub client_port: u16,
+    pub peer_port: u16,
+    child: Option<Child>,
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits until it reports healthy. Fails with a clear message if the binary
+    /// is missing (install Debian `etcd-server`).
+    pub fn start() -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let mut s = EtcdServer {
+            dir,
+            client_port: free_port().map_err(|e| e.to_string())?,
+            peer_port: free_port().map_err(|e| e.to_string())?,
+            child: None,
+        };
+        s.restart()?;
+        Ok(s)
+    }
+
+    /// The client URL, `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Kills etcd (SIGKILL, like a crash) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts (again) on the same ports and data dir and waits for health.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        let bin = etcd_binary();
+        if !bin.exists() {
+            return Err(format!(
+                "{} not found: install Debian package etcd-server (or set FASTPATCH_ETCD)",
+                bin.display()
+            ));
+        }
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::File::create(self.dir.path().join("etcd.log"))
+            .map_err(|e| format!("etcd log: {e}"))?;
+        let child = Command::new(&bin)
+            .arg("--name=test")
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join("data").display()
+            ))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=test={peer}"))
+            .arg("--log-level=error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        self.child = Some(child);
+        self.wait_healthy(Duration::from_secs(20))
+    }
+
+    fn wait_healthy(&mut self, limit: Duration) -> Result<(), String> {
+        use std::io::{Read, Write};
+        let started = Instant::now();
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    let log = std::fs::read_to_string(self.dir.path().join("etcd.log"))
+                        .unwrap_or_default();
+                    return Err(format!("etcd exited with {status}: {log}"));
+                }
+            }
+            // A bare HTTP/1.0 GET /health keeps this free of an async runtime.
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.client_port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = s.write_all(b"GET /health HTTP/1.0\r\n\r\n");
+                let mut body = String::new();
+                let _ = s.read_to_string(&mut body);
+                if body.contains("\"health\":\"true\"") {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > limit {
+                return Err("etcd did not become healthy in time".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
