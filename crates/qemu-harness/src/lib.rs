@@ -1,1 +1,127 @@
+//! The QEMU boot-proof harness: everything needed to boot a fastpatch disk image in
+//! `qemu-system-x86_64 -accel tcg` and inspect it between boots.
+//!
+//! - [`Assets::ensure`] runs `scripts/qemu-assets` (QEMU, e2fsprogs and the Debian kernel with
+//!   its virtio/ext4 modules, cached).
+//! - [`build_static_init`] builds `fastpatch-boot-init` as a static binary in its own target
+//!   directory (so the `crt-static` flag does not rebuild anyone else's dependencies).
+//! - [`write_initramfs`] packs `/init` and the modules into a cpio (newc) archive.
+//! - [`write_usr_image`] makes an ext4 USR image holding `/lib/os-release` with a VERSION and
+//!   writes it into a slot of the disk image.
+//! - [`boot`] runs QEMU with a hard timeout, keeps the serial log and parses the guest's
+//!   `FASTPATCH-RESULT` lines.
+//!
+//! [`Lab`] ties these together for tests: one static init and initramfs per test process.
 
+mod assets;
+mod initramfs;
+mod qemu;
+mod usr_image;
+
+pub use assets::{build_static_init, repo_root, Assets};
+pub use initramfs::write_initramfs;
+pub use qemu::{boot, BootOutcome, BootSpec, GuestResult};
+pub use usr_image::{make_ext4_image, write_usr_image};
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Everything that went wrong in the harness, with the command or file involved.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{command} failed ({status}){}", if .stderr.is_empty() { String::new() } else { format!(":\n{}", .stderr) })]
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("disk: {0}")]
+    Disk(#[from] fastpatch_disk::DiskError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = HarnessError> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+    let what = what.into();
+    move |source| HarnessError::Io { what, source }
+}
+
+/// Runs a command to completion; a non-zero exit becomes [`HarnessError::Command`] with its
+/// stderr.
+pub(crate) fn run_command(cmd: &mut std::process::Command) -> Result<()> {
+    let command = format!("{cmd:?}");
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(io_err(format!("starting {command}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(HarnessError::Command {
+        command,
+        status: out.status.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
+/// The shared, built-once parts of a boot test: assets, the static init and the initramfs.
+#[derive(Debug)]
+pub struct Lab {
+    pub assets: Assets,
+    pub init: PathBuf,
+    pub initramfs: PathBuf,
+    /// Where serial logs go (kept after the test, for CI artifacts).
+    pub log_dir: PathBuf,
+}
+
+impl Lab {
+    /// Prepares the lab once per process under `target_tmp` (a test's `CARGO_TARGET_TMPDIR`).
+    /// Later calls return the same lab; a failure is returned to every caller.
+    pub fn get(target_tmp: &Path) -> Result<&'static Lab, String> {
+        static LAB: OnceLock<Result<Lab, String>> = OnceLock::new();
+        LAB.get_or_init(|| Lab::prepare(target_tmp).map_err(|e| format!("{e}")))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn prepare(target_tmp: &Path) -> Result<Lab> {
+        let assets = Assets::ensure()?;
+        // A sibling of the test's tmp dir: inside the same target directory, but its own
+        // cargo target dir because of the different RUSTFLAGS.
+        let target = target_tmp.parent().unwrap_or(target_tmp);
+        let init = build_static_init(&target.join("boot-init-static"))?;
+        let dir = target_tmp.join("qemu-lab");
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let initramfs = dir.join(format!("initramfs-{}.cpio", std::process::id()));
+        write_initramfs(&initramfs, &init, &assets.modules_dir)?;
+        let log_dir = std::env::var_os("FASTPATCH_QEMU_LOGS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| target.join("qemu-logs"));
+        std::fs::create_dir_all(&log_dir)
+            .map_err(io_err(format!("creating {}", log_dir.display())))?;
+        Ok(Lab {
+            assets,
+            init,
+            initramfs,
+            log_dir,
+        })
+    }
+
+    /// A boot of `disk` with this lab's kernel and initramfs; `name` names the serial log.
+    pub fn spec(&self, name: &str, disk: &Path) -> BootSpec {
+        BootSpec::new(
+            &self.assets.kernel,
+            &self.initramfs,
+            disk,
+            &self.log_dir.join(format!("{name}.log")),
+        )
+    }
+}

@@ -1,0 +1,238 @@
+//! The init sequence, from an empty initramfs to the exec of the OS.
+
+use std::fs::{self, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use fastpatch_boot_init::{
+    describe_choice, describe_slots, module_load_order, result_line, slot_name, BootConfig,
+    GuestExit, BOOT_ENV_FILE, GUEST_ADDR, GUEST_PREFIX, HOST_GATEWAY, MODULE_DIR,
+    MODULE_ORDER_FILE, OS_MODE_ARGV0, USR_MOUNT,
+};
+use fastpatch_disk::{partition_path, Disk, OpenMode, Partition};
+
+use crate::sys::{self, ModuleLoad};
+
+/// Runs the init; returns only on failure (success execs the OS).
+pub fn run() -> GuestExit {
+    let started = Instant::now();
+    match boot(started) {
+        Ok(never) => match never {},
+        Err(Failure { exit, error }) => {
+            eprintln!("fastpatch-init: FAILED: {error:#}");
+            eprintln!(
+                "{}",
+                result_line("init-failed", &[("exit", &format!("{exit:?}"))])
+            );
+            exit
+        }
+    }
+}
+
+struct Failure {
+    exit: GuestExit,
+    error: anyhow::Error,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure {
+            exit: GuestExit::InitFailed,
+            error,
+        }
+    }
+}
+
+enum Never {}
+
+fn boot(started: Instant) -> Result<Never, Failure> {
+    mount_api_filesystems()?;
+    let cmdline = fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
+    let cfg = BootConfig::from_cmdline(&cmdline).map_err(anyhow::Error::from)?;
+    load_modules()?;
+    wait_for(Path::new(&cfg.disk), cfg.disk_timeout)?;
+    eprintln!(
+        "fastpatch-init: boot disk {} after {} ms",
+        cfg.disk,
+        started.elapsed().as_millis()
+    );
+    if cfg.net {
+        // The network is for the OS; a machine without it still boots and reports.
+        if let Err(e) = bring_up_network() {
+            tracing::warn!("network setup failed: {e:#}");
+        }
+    }
+    let chosen = choose_slot(Path::new(&cfg.disk))?;
+    let dev = partition_path(Path::new(&cfg.disk), chosen.index);
+    wait_for(&dev, cfg.disk_timeout)?;
+    let dev_str = dev.to_string_lossy().into_owned();
+    sys::mount(&dev_str, USR_MOUNT, "ext4", libc::MS_RDONLY, None)
+        .with_context(|| format!("mounting {dev_str} read-only on {USR_MOUNT} as ext4"))?;
+    eprintln!(
+        "fastpatch-init: mounted USR-{} ({dev_str}) read-only on {USR_MOUNT} after {} ms",
+        slot_name(chosen.index),
+        started.elapsed().as_millis()
+    );
+    Err(handover(&cfg, &chosen).into())
+}
+
+fn mount_api_filesystems() -> Result<()> {
+    let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    for (fstype, target, flags) in [
+        ("proc", "/proc", nosuid),
+        ("sysfs", "/sys", nosuid),
+        ("devtmpfs", "/dev", libc::MS_NOSUID),
+        ("tmpfs", "/run", libc::MS_NOSUID | libc::MS_NODEV),
+    ] {
+        fs::create_dir_all(target).with_context(|| format!("creating {target}"))?;
+        match sys::mount(fstype, target, fstype, flags, None) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            Err(e) => return Err(e).with_context(|| format!("mounting {fstype} on {target}")),
+        }
+    }
+    fs::create_dir_all(USR_MOUNT).with_context(|| format!("creating {USR_MOUNT}"))?;
+    // The kernel opened /dev/console from the initramfs before devtmpfs existed; use the
+    // devtmpfs node from here on so output keeps flowing to the serial console.
+    if let Ok(console) = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors of this process.
+            unsafe { libc::dup2(console.as_raw_fd(), fd) };
+        }
+    }
+    Ok(())
+}
+
+fn load_modules() -> Result<()> {
+    let list = match fs::read_to_string(MODULE_ORDER_FILE) {
+        Ok(list) => list,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!("{MODULE_ORDER_FILE} missing: no modules loaded");
+            return Ok(());
+        }
+        Err(e) => return Err(e).context(format!("reading {MODULE_ORDER_FILE}")),
+    };
+    let mut loaded = 0;
+    for name in module_load_order(&list) {
+        let path = PathBuf::from(MODULE_DIR).join(&name);
+        match sys::load_module(&path) {
+            Ok(ModuleLoad::Loaded) => loaded += 1,
+            Ok(ModuleLoad::AlreadyThere) => {}
+            // Some modules only fit some CPUs (crc32c-intel needs SSE4.2, absent under TCG).
+            Err(e) => tracing::warn!("module {name}: {e}"),
+        }
+    }
+    eprintln!("fastpatch-init: loaded {loaded} modules");
+    Ok(())
+}
+
+fn wait_for(path: &Path, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !path.exists() {
+        if Instant::now() >= deadline {
+            bail!(
+                "{} did not appear within {} ms",
+                path.display(),
+                timeout.as_millis()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+fn bring_up_network() -> Result<()> {
+    sys::interface_up("lo", Some(([127, 0, 0, 1], 8))).context("bringing up lo")?;
+    let Some(eth) = sys::ethernet_interfaces()
+        .context("listing /sys/class/net")?
+        .into_iter()
+        .next()
+    else {
+        bail!("no network interface besides lo");
+    };
+    sys::interface_up(&eth, Some((GUEST_ADDR, GUEST_PREFIX)))
+        .with_context(|| format!("configuring {eth}"))?;
+    sys::add_default_route(HOST_GATEWAY).context("adding the default route")?;
+    let [a, b, c, d] = GUEST_ADDR;
+    eprintln!("fastpatch-init: {eth} up as {a}.{b}.{c}.{d}/{GUEST_PREFIX}");
+    Ok(())
+}
+
+/// The boot chooser: gptprio.next on the boot disk, tries decremented on disk before return.
+fn choose_slot(disk_path: &Path) -> Result<Partition, Failure> {
+    let mut disk = Disk::open(disk_path, OpenMode::ReadWrite)
+        .with_context(|| format!("reading the GPT of {}", disk_path.display()))?;
+    let usr: Vec<Partition> = disk
+        .partitions()
+        .into_iter()
+        .filter(|p| p.is_usr())
+        .collect();
+    for line in describe_slots(&usr) {
+        eprintln!("fastpatch-init: {line}");
+    }
+    let Some((partition, choice)) = disk
+        .boot_next()
+        .with_context(|| format!("writing the boot choice to {}", disk_path.display()))?
+    else {
+        return Err(Failure {
+            exit: GuestExit::NoBootableSlot,
+            error: anyhow::anyhow!(
+                "no bootable USR slot on {} (every slot has priority 0, or no tries left \
+                 and was never marked successful)",
+                disk_path.display()
+            ),
+        });
+    };
+    eprintln!(
+        "fastpatch-init: {}",
+        describe_choice(choice.index, choice.before, choice.after)
+    );
+    eprintln!(
+        "{}",
+        result_line(
+            "chooser",
+            &[
+                ("slot", &slot_name(choice.index)),
+                ("partition", &choice.index.to_string()),
+                ("priority", &choice.after.priority.to_string()),
+                ("tries_before", &choice.before.tries.to_string()),
+                ("tries_after", &choice.after.tries.to_string()),
+                ("successful", &u8::from(choice.after.successful).to_string()),
+            ]
+        )
+    );
+    Ok(partition)
+}
+
+/// Writes the boot facts and execs the OS. Returns only the reason the exec failed.
+fn handover(cfg: &BootConfig, chosen: &Partition) -> anyhow::Error {
+    let facts = [
+        ("FASTPATCH_BOOT_DISK", cfg.disk.clone()),
+        ("FASTPATCH_BOOTED_SLOT", slot_name(chosen.index)),
+        ("FASTPATCH_BOOTED_PARTITION", chosen.index.to_string()),
+        ("FASTPATCH_BOOTED_PARTUUID", chosen.unique_guid.to_string()),
+    ];
+    let text: String = facts.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    if let Some(dir) = Path::new(BOOT_ENV_FILE).parent() {
+        if let Err(e) = fs::create_dir_all(dir).and_then(|()| fs::write(BOOT_ENV_FILE, text)) {
+            tracing::warn!("writing {BOOT_ENV_FILE}: {e}");
+        }
+    }
+    let (program, argv0) = match &cfg.os {
+        Some(path) => (PathBuf::from(path), path.clone()),
+        None => (PathBuf::from("/proc/self/exe"), OS_MODE_ARGV0.to_string()),
+    };
+    eprintln!("fastpatch-init: handing over to {}", program.display());
+    let err = std::process::Command::new(&program)
+        .arg0(argv0)
+        .envs(facts)
+        .exec();
+    anyhow::Error::new(err).context(format!("executing the OS {}", program.display()))
+}

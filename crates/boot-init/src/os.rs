@@ -1,0 +1,75 @@
+//! The stand-in "OS" (argv\[0\] `fastpatch-os`): reports the version of the mounted USR slot,
+//! optionally fetches a URL from the host and marks the booted slot good, then ends the
+//! machine. The fastpatch engine with its health gate takes this place later.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use fastpatch_boot_init::{os_release_version, result_line, BootConfig, GuestExit, USR_MOUNT};
+use fastpatch_disk::{Disk, OpenMode};
+
+pub fn run() -> GuestExit {
+    let mut fields: Vec<(&str, String)> = Vec::new();
+    let outcome = report(&mut fields);
+    if let Err(e) = &outcome {
+        eprintln!("fastpatch-os: FAILED: {e:#}");
+        fields.push(("error", "1".to_string()));
+    }
+    let borrowed: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    eprintln!("{}", result_line("os", &borrowed));
+    match outcome {
+        Ok(()) => GuestExit::OsOk,
+        Err(_) => GuestExit::OsFailed,
+    }
+}
+
+fn report(fields: &mut Vec<(&'static str, String)>) -> Result<()> {
+    let slot = std::env::var("FASTPATCH_BOOTED_SLOT").unwrap_or_default();
+    let partition = std::env::var("FASTPATCH_BOOTED_PARTITION").unwrap_or_default();
+    fields.push(("slot", slot.clone()));
+    fields.push(("partition", partition.clone()));
+    let os_release = Path::new(USR_MOUNT).join("lib/os-release");
+    let text = std::fs::read_to_string(&os_release)
+        .with_context(|| format!("reading {}", os_release.display()))?;
+    let version = os_release_version(&text)
+        .with_context(|| format!("{} has no VERSION=", os_release.display()))?;
+    eprintln!("fastpatch-os: running version {version} from USR-{slot} (partition {partition})");
+    fields.push(("version", version));
+
+    let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
+    let cfg = BootConfig::from_cmdline(&cmdline)?;
+    if let Some(url) = &cfg.probe {
+        let body = probe(url)?;
+        let first = body.lines().next().unwrap_or("").trim().replace(' ', "_");
+        eprintln!("fastpatch-os: {url} answered: {body:?}");
+        fields.push(("probe", first));
+    }
+    if cfg.mark_good {
+        let index: u32 = partition
+            .parse()
+            .with_context(|| format!("booted partition {partition:?} is not a number"))?;
+        let mut disk = Disk::open(Path::new(&cfg.disk), OpenMode::ReadWrite)
+            .with_context(|| format!("opening {}", cfg.disk))?;
+        disk.mark_good(index)
+            .with_context(|| format!("marking partition {index} good"))?;
+        eprintln!("fastpatch-os: marked USR-{slot} good");
+        fields.push(("marked_good", "1".to_string()));
+    }
+    Ok(())
+}
+
+fn probe(url: &str) -> Result<String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut response = agent
+        .get(url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
+    response
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("reading the body of {url}"))
+}

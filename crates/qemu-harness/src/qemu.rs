@@ -1,0 +1,227 @@
+//! One QEMU boot: `qemu-system-x86_64 -accel tcg` with the kernel, initramfs and disk image,
+//! the serial console captured to a log file, a hard timeout, and the guest's outcome read
+//! from the isa-debug-exit status and its `FASTPATCH-RESULT` lines.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fastpatch_boot_init::{parse_result_line, GuestExit};
+
+use crate::{io_err, Result};
+
+/// What to boot and how.
+#[derive(Debug, Clone)]
+pub struct BootSpec {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub disk: PathBuf,
+    /// The serial console goes here (overwritten; kept after the boot).
+    pub log: PathBuf,
+    /// Extra kernel command line words, e.g. `fastpatch.probe=...`.
+    pub cmdline: Vec<String>,
+    /// QEMU is killed after this long. Default 90 s (a boot takes ~7 s under TCG), or
+    /// `FASTPATCH_QEMU_TIMEOUT_SECS`.
+    pub timeout: Duration,
+    pub memory_mib: u32,
+    /// Attach a virtio-net NIC on QEMU user networking (the host is 10.0.2.2).
+    pub net: bool,
+}
+
+impl BootSpec {
+    pub fn new(kernel: &Path, initrd: &Path, disk: &Path, log: &Path) -> BootSpec {
+        let timeout = std::env::var("FASTPATCH_QEMU_TIMEOUT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map_or(Duration::from_secs(90), Duration::from_secs);
+        BootSpec {
+            kernel: kernel.to_path_buf(),
+            initrd: initrd.to_path_buf(),
+            disk: disk.to_path_buf(),
+            log: log.to_path_buf(),
+            cmdline: Vec::new(),
+            timeout,
+            memory_mib: 512,
+            net: true,
+        }
+    }
+
+    /// Adds a kernel command line word.
+    pub fn arg(mut self, word: impl Into<String>) -> BootSpec {
+        self.cmdline.push(word.into());
+        self
+    }
+
+    /// The full kernel command line.
+    pub fn kernel_cmdline(&self) -> String {
+        // panic=-1: if /init dies the kernel reboots at once, which -no-reboot turns into exit.
+        let mut words = vec![
+            "console=ttyS0".to_string(),
+            "panic=-1".to_string(),
+            "quiet".to_string(),
+            "fastpatch.disk=/dev/vda".to_string(),
+        ];
+        words.extend(self.cmdline.iter().cloned());
+        words.join(" ")
+    }
+
+    /// The QEMU command for this boot.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-accel", "tcg", "-m"])
+            .arg(self.memory_mib.to_string())
+            .args(["-nographic", "-no-reboot", "-kernel"])
+            .arg(&self.kernel)
+            .arg("-initrd")
+            .arg(&self.initrd)
+            .arg("-append")
+            .arg(self.kernel_cmdline())
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=virtio,cache=writeback",
+                self.disk.display()
+            ))
+            .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+        if self.net {
+            cmd.args([
+                "-netdev",
+                "user,id=n0",
+                "-device",
+                "virtio-net-pci,netdev=n0,romfile=",
+            ]);
+        } else {
+            cmd.args(["-nic", "none"]);
+        }
+        cmd
+    }
+}
+
+/// One `FASTPATCH-RESULT <stage> k=v ...` line from the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestResult {
+    pub stage: String,
+    pub fields: Vec<(String, String)>,
+}
+
+impl GuestResult {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How a boot ended.
+#[derive(Debug, Clone)]
+pub struct BootOutcome {
+    /// QEMU's exit status; `None` when it was killed (timeout) or died by a signal.
+    pub status: Option<i32>,
+    pub timed_out: bool,
+    pub elapsed: Duration,
+    pub log_path: PathBuf,
+    pub log: String,
+    pub results: Vec<GuestResult>,
+}
+
+impl BootOutcome {
+    /// The guest's outcome from the debug-exit status.
+    pub fn exit(&self) -> Option<GuestExit> {
+        self.status.and_then(GuestExit::from_qemu_status)
+    }
+
+    /// The last result line of `stage`.
+    pub fn result(&self, stage: &str) -> Option<&GuestResult> {
+        self.results.iter().rev().find(|r| r.stage == stage)
+    }
+
+    /// The last `n` lines of the serial log.
+    pub fn tail(&self, n: usize) -> String {
+        let lines: Vec<&str> = self.log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// A report for a failed assertion: status, time, where the log is, and its tail.
+    pub fn describe(&self) -> String {
+        let how = if self.timed_out {
+            "timed out and was killed".to_string()
+        } else {
+            match (self.status, self.exit()) {
+                (Some(s), Some(e)) => format!("exited with status {s} ({e:?})"),
+                (Some(s), None) => format!("exited with status {s} (no guest verdict)"),
+                (None, _) => "died by a signal".to_string(),
+            }
+        };
+        format!(
+            "QEMU {how} after {:.1} s; serial log kept at {}; last lines:\n{}",
+            self.elapsed.as_secs_f64(),
+            self.log_path.display(),
+            self.tail(40)
+        )
+    }
+
+    /// Ok when the guest ended with `expected`, else the [`BootOutcome::describe`] report.
+    pub fn expect_exit(&self, expected: GuestExit) -> Result<&BootOutcome, String> {
+        if self.exit() == Some(expected) {
+            Ok(self)
+        } else {
+            Err(format!(
+                "expected the guest to end {expected:?}: {}",
+                self.describe()
+            ))
+        }
+    }
+}
+
+/// Boots once and waits for QEMU to end, killing it at the spec's timeout. Only harness
+/// problems (QEMU missing, log not writable) are errors; every guest outcome is a
+/// [`BootOutcome`].
+pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
+    let log =
+        File::create(&spec.log).map_err(io_err(format!("creating {}", spec.log.display())))?;
+    let log_err = log
+        .try_clone()
+        .map_err(io_err(format!("duplicating {}", spec.log.display())))?;
+    let mut cmd = spec.command();
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .map_err(io_err(
+            "starting qemu-system-x86_64 (scripts/qemu-assets installs it)",
+        ))?;
+    let deadline = started + spec.timeout;
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait().map_err(io_err("waiting for QEMU"))? {
+            Some(status) => break status,
+            None if Instant::now() >= deadline => {
+                timed_out = true;
+                // Kill errors only mean it already ended; wait reaps it either way.
+                let _ = child.kill();
+                break child.wait().map_err(io_err("reaping QEMU"))?;
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let elapsed = started.elapsed();
+    let bytes =
+        std::fs::read(&spec.log).map_err(io_err(format!("reading {}", spec.log.display())))?;
+    let log = String::from_utf8_lossy(&bytes).into_owned();
+    let results = log
+        .lines()
+        .filter_map(parse_result_line)
+        .map(|(stage, fields)| GuestResult { stage, fields })
+        .collect();
+    Ok(BootOutcome {
+        status: if timed_out { None } else { status.code() },
+        timed_out,
+        elapsed,
+        log_path: spec.log.clone(),
+        log,
+        results,
+    })
+}

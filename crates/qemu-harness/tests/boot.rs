@@ -1,0 +1,200 @@
+//! Real boots in QEMU (TCG): the initramfs /init runs the gptprio boot chooser on the disk
+//! image, mounts the chosen USR slot and hands over to the stand-in OS, which reports and
+//! powers off through isa-debug-exit. Between boots the tests read the GPT of the image.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use fastpatch_boot_init::GuestExit;
+use fastpatch_disk::{create, Disk, LayoutSpec, OpenMode, SlotAttrs, USR_A_INDEX, USR_B_INDEX};
+use fastpatch_qemu_harness::{boot, write_usr_image, BootOutcome, BootSpec, Lab};
+
+const MIB: u64 = 1 << 20;
+
+fn lab() -> &'static Lab {
+    Lab::get(Path::new(env!("CARGO_TARGET_TMPDIR")))
+        .unwrap_or_else(|e| panic!("QEMU lab setup failed: {e}"))
+}
+
+/// A small Flatcar-like disk (the `fastpatch disk create` layout) with version 1 in USR-A.
+fn new_disk(dir: &Path) -> PathBuf {
+    let path = dir.join("disk.img");
+    let spec = LayoutSpec {
+        total_size: 72 * MIB,
+        efi_size: 2 * MIB,
+        bios_boot_size: MIB,
+        usr_size: 16 * MIB,
+        oem_size: 2 * MIB,
+        ..LayoutSpec::default()
+    };
+    create(&path, &spec, false).expect("creating the disk image");
+    write_usr_image(&path, USR_A_INDEX, "1").expect("writing version 1 to USR-A");
+    path
+}
+
+fn attrs(disk: &Path, index: u32) -> SlotAttrs {
+    let d = Disk::open(disk, OpenMode::ReadOnly).expect("opening the image after the boot");
+    assert!(
+        d.health().is_clean(),
+        "GPT not clean after the boot: {}",
+        d.health().describe()
+    );
+    d.partition(index).expect("reading the partition").attrs
+}
+
+fn sgdisk_verifies(disk: &Path) {
+    let out = Command::new("sgdisk")
+        .arg("-v")
+        .arg(disk)
+        .output()
+        .expect("running sgdisk -v");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("No problems found"),
+        "sgdisk -v {}:\n{text}",
+        disk.display()
+    );
+}
+
+fn run(spec: &BootSpec, expected: GuestExit) -> BootOutcome {
+    let outcome = boot(spec).expect("running QEMU");
+    eprintln!(
+        "boot {} took {:.1} s",
+        spec.log.display(),
+        outcome.elapsed.as_secs_f64()
+    );
+    if let Err(report) = outcome.expect_exit(expected) {
+        panic!("{report}");
+    }
+    outcome
+}
+
+fn field<'a>(o: &'a BootOutcome, stage: &str, key: &str) -> &'a str {
+    o.result(stage)
+        .and_then(|r| r.get(key))
+        .unwrap_or_else(|| panic!("no {stage} {key}= in the serial log: {}", o.describe()))
+}
+
+#[test]
+fn boots_usr_a_and_reads_version_1() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = new_disk(dir.path());
+    let before = attrs(&disk, USR_A_INDEX);
+
+    let o = run(&lab.spec("boots_usr_a", &disk), GuestExit::OsOk);
+    assert_eq!(field(&o, "chooser", "slot"), "A");
+    assert_eq!(field(&o, "chooser", "partition"), "3");
+    assert_eq!(field(&o, "os", "version"), "1", "{}", o.describe());
+    assert!(
+        o.log.contains("highest priority bootable slot"),
+        "{}",
+        o.describe()
+    );
+
+    // A good slot spends no tries: the table is unchanged.
+    assert_eq!(attrs(&disk, USR_A_INDEX), before);
+    assert_eq!(attrs(&disk, USR_B_INDEX).priority, 0);
+    sgdisk_verifies(&disk);
+}
+
+#[test]
+fn staged_usr_b_boots_once_then_falls_back_to_a() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = new_disk(dir.path());
+    write_usr_image(&disk, USR_B_INDEX, "2").unwrap();
+    Disk::open(&disk, OpenMode::ReadWrite)
+        .unwrap()
+        .stage(USR_B_INDEX)
+        .unwrap();
+    let staged = attrs(&disk, USR_B_INDEX);
+    assert_eq!((staged.tries, staged.successful), (1, false));
+    let a_before = attrs(&disk, USR_A_INDEX);
+
+    // Trial boot of B: the chooser spends B's only try on disk before mounting it.
+    let o = run(&lab.spec("staged_b_first_boot", &disk), GuestExit::OsOk);
+    assert_eq!(field(&o, "chooser", "slot"), "B");
+    assert_eq!(field(&o, "chooser", "tries_before"), "1");
+    assert_eq!(field(&o, "chooser", "tries_after"), "0");
+    assert_eq!(field(&o, "os", "version"), "2");
+    let b = attrs(&disk, USR_B_INDEX);
+    assert_eq!(
+        b,
+        SlotAttrs { tries: 0, ..staged },
+        "the tries decrement must be on the disk image after the guest powered off"
+    );
+    assert_eq!(attrs(&disk, USR_A_INDEX), a_before);
+    sgdisk_verifies(&disk);
+
+    // B was never marked good: the next boot falls back to A.
+    let o = run(&lab.spec("staged_b_fallback_boot", &disk), GuestExit::OsOk);
+    assert_eq!(field(&o, "chooser", "slot"), "A");
+    assert_eq!(field(&o, "os", "version"), "1");
+    assert!(
+        o.log
+            .contains("USR-B (partition 4, USR-B): priority=2 tries=0 successful=0 (not bootable"),
+        "{}",
+        o.describe()
+    );
+    assert_eq!(attrs(&disk, USR_B_INDEX), b);
+    assert_eq!(attrs(&disk, USR_A_INDEX), a_before);
+}
+
+/// Serves one HTTP request on the host's loopback; returns the port and the request line.
+fn one_shot_http(body: &'static str) -> (u16, std::thread::JoinHandle<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("accepting the guest's connection");
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line).unwrap();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                break;
+            }
+        }
+        let mut stream = stream;
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        request_line.trim().to_string()
+    });
+    (port, handle)
+}
+
+#[test]
+fn updated_slot_reaches_the_host_over_http_and_is_marked_good() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = new_disk(dir.path());
+    write_usr_image(&disk, USR_B_INDEX, "2").unwrap();
+    Disk::open(&disk, OpenMode::ReadWrite)
+        .unwrap()
+        .stage(USR_B_INDEX)
+        .unwrap();
+    let (port, server) = one_shot_http("hello-from-host");
+
+    let spec = lab
+        .spec("host_http_mark_good", &disk)
+        .arg(format!("fastpatch.probe=http://10.0.2.2:{port}/v1/ping"))
+        .arg("fastpatch.mark_good=1");
+    let o = run(&spec, GuestExit::OsOk);
+    assert_eq!(field(&o, "os", "version"), "2");
+    assert_eq!(field(&o, "os", "probe"), "hello-from-host");
+    assert_eq!(field(&o, "os", "marked_good"), "1");
+    assert!(server.join().unwrap().starts_with("GET /v1/ping HTTP/1."));
+
+    let b = attrs(&disk, USR_B_INDEX);
+    let a = attrs(&disk, USR_A_INDEX);
+    assert_eq!((b.tries, b.successful), (0, true));
+    assert!(b.priority > a.priority, "B must be on top: A {a:?} B {b:?}");
+    sgdisk_verifies(&disk);
+}
