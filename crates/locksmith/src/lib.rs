@@ -1,8 +1,12 @@
 //! Reboot coordination, locksmith compatible: the etcd semaphore (v3 API), the strategies as a
 //! pure state machine, reboot windows, `locksmithd` / `locksmithctl`, and FleetLock.
 
+pub mod ctl;
+pub mod dbus;
 pub mod etcd;
+pub mod flags;
 pub mod keys;
+pub mod reboot;
 pub mod semaphore;
 pub mod store;
 pub mod strategy;
