@@ -27,6 +27,9 @@ pub struct BootSpec {
     pub memory_mib: u32,
     /// Attach a virtio-net NIC on QEMU user networking (the host is 10.0.2.2).
     pub net: bool,
+    /// Simulated power cut: QEMU is killed (SIGKILL) as soon as the serial log contains this
+    /// text. Writes the guest already flushed are in the image; nothing after is.
+    pub kill_on: Option<String>,
 }
 
 impl BootSpec {
@@ -44,7 +47,20 @@ impl BootSpec {
             timeout,
             memory_mib: 512,
             net: true,
+            kill_on: None,
         }
+    }
+
+    /// Kills QEMU (a power cut) once the serial log shows `marker`.
+    pub fn kill_on(mut self, marker: impl Into<String>) -> BootSpec {
+        self.kill_on = Some(marker.into());
+        self
+    }
+
+    /// Overrides the timeout.
+    pub fn timeout(mut self, timeout: Duration) -> BootSpec {
+        self.timeout = timeout;
+        self
     }
 
     /// Adds a kernel command line word.
@@ -119,6 +135,8 @@ pub struct BootOutcome {
     /// QEMU's exit status; `None` when it was killed (timeout) or died by a signal.
     pub status: Option<i32>,
     pub timed_out: bool,
+    /// QEMU was killed because the log showed [`BootSpec::kill_on`].
+    pub cut: bool,
     pub elapsed: Duration,
     pub log_path: PathBuf,
     pub log: String,
@@ -146,6 +164,8 @@ impl BootOutcome {
     pub fn describe(&self) -> String {
         let how = if self.timed_out {
             "timed out and was killed".to_string()
+        } else if self.cut {
+            "was killed at the power-cut marker".to_string()
         } else {
             match (self.status, self.exit()) {
                 (Some(s), Some(e)) => format!("exited with status {s} ({e:?})"),
@@ -194,18 +214,25 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
             "starting qemu-system-x86_64 (scripts/qemu-assets installs it)",
         ))?;
     let deadline = started + spec.timeout;
-    let mut timed_out = false;
+    let mut watcher = spec
+        .kill_on
+        .as_deref()
+        .map(|m| LogWatcher::new(&spec.log, m));
+    let (mut timed_out, mut cut) = (false, false);
     let status = loop {
-        match child.try_wait().map_err(io_err("waiting for QEMU"))? {
-            Some(status) => break status,
-            None if Instant::now() >= deadline => {
-                timed_out = true;
-                // Kill errors only mean it already ended; wait reaps it either way.
-                let _ = child.kill();
-                break child.wait().map_err(io_err("reaping QEMU"))?;
-            }
-            None => std::thread::sleep(Duration::from_millis(20)),
+        if let Some(status) = child.try_wait().map_err(io_err("waiting for QEMU"))? {
+            break status;
         }
+        timed_out = Instant::now() >= deadline;
+        if let Some(w) = watcher.as_mut() {
+            cut = w.seen()?;
+        }
+        if timed_out || cut {
+            // Kill errors only mean it already ended; wait reaps it either way.
+            let _ = child.kill();
+            break child.wait().map_err(io_err("reaping QEMU"))?;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     };
     let elapsed = started.elapsed();
     let bytes =
@@ -217,11 +244,58 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
         .map(|(stage, fields)| GuestResult { stage, fields })
         .collect();
     Ok(BootOutcome {
-        status: if timed_out { None } else { status.code() },
+        status: if timed_out || cut {
+            None
+        } else {
+            status.code()
+        },
         timed_out,
+        cut,
         elapsed,
         log_path: spec.log.clone(),
         log,
         results,
     })
+}
+
+/// Follows a growing log file and reports when a marker has appeared.
+struct LogWatcher {
+    path: PathBuf,
+    marker: Vec<u8>,
+    offset: u64,
+    /// The unsearched tail kept across reads, so a marker split between reads is found.
+    carry: Vec<u8>,
+}
+
+impl LogWatcher {
+    fn new(path: &Path, marker: &str) -> LogWatcher {
+        LogWatcher {
+            path: path.to_path_buf(),
+            marker: marker.as_bytes().to_vec(),
+            offset: 0,
+            carry: Vec::new(),
+        }
+    }
+
+    fn seen(&mut self) -> Result<bool> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f =
+            File::open(&self.path).map_err(io_err(format!("reading {}", self.path.display())))?;
+        f.seek(SeekFrom::Start(self.offset))
+            .map_err(io_err(format!("seeking in {}", self.path.display())))?;
+        let mut new = Vec::new();
+        f.read_to_end(&mut new)
+            .map_err(io_err(format!("reading {}", self.path.display())))?;
+        self.offset += new.len() as u64;
+        self.carry.extend_from_slice(&new);
+        let found = self
+            .carry
+            .windows(self.marker.len().max(1))
+            .any(|w| w == self.marker.as_slice());
+        let keep = self.marker.len().saturating_sub(1);
+        if self.carry.len() > keep {
+            self.carry.drain(..self.carry.len() - keep);
+        }
+        Ok(found)
+    }
 }

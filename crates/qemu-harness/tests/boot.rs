@@ -198,3 +198,83 @@ fn updated_slot_reaches_the_host_over_http_and_is_marked_good() {
     assert!(b.priority > a.priority, "B must be on top: A {a:?} B {b:?}");
     sgdisk_verifies(&disk);
 }
+
+#[test]
+fn power_cut_right_after_the_chooser_costs_the_try_and_falls_back() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = new_disk(dir.path());
+    write_usr_image(&disk, USR_B_INDEX, "2").unwrap();
+    Disk::open(&disk, OpenMode::ReadWrite)
+        .unwrap()
+        .stage(USR_B_INDEX)
+        .unwrap();
+
+    // The chooser prints its verdict only after the decrement is durable; cut power there.
+    let spec = lab
+        .spec("cut_after_chooser", &disk)
+        .kill_on("FASTPATCH-RESULT chooser");
+    let o = boot(&spec).expect("running QEMU");
+    assert!(o.cut, "QEMU was not cut at the chooser: {}", o.describe());
+    assert_eq!(field(&o, "chooser", "slot"), "B");
+    let b = attrs(&disk, USR_B_INDEX);
+    assert_eq!(
+        (b.tries, b.successful),
+        (0, false),
+        "the spent try must be on disk"
+    );
+
+    let o = run(
+        &lab.spec("cut_after_chooser_next_boot", &disk),
+        GuestExit::OsOk,
+    );
+    assert_eq!(field(&o, "chooser", "slot"), "A");
+    assert_eq!(field(&o, "os", "version"), "1");
+}
+
+#[test]
+fn no_bootable_slot_is_a_clear_guest_failure() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = new_disk(dir.path());
+    let mut d = Disk::open(&disk, OpenMode::ReadWrite).unwrap();
+    d.set_attrs(
+        USR_A_INDEX,
+        SlotAttrs {
+            priority: 0,
+            tries: 0,
+            successful: true,
+        },
+    )
+    .unwrap();
+    drop(d);
+
+    let o = run(
+        &lab.spec("no_bootable_slot", &disk).arg("fastpatch.net=0"),
+        GuestExit::NoBootableSlot,
+    );
+    assert!(
+        o.log.contains("no bootable USR slot on /dev/vda"),
+        "{}",
+        o.describe()
+    );
+    assert!(o.result("os").is_none(), "no OS may run: {}", o.describe());
+}
+
+#[test]
+fn a_hung_guest_is_killed_at_the_timeout() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = new_disk(dir.path());
+    let spec = lab
+        .spec("timeout", &disk)
+        .timeout(std::time::Duration::from_millis(300));
+    let o = boot(&spec).expect("running QEMU");
+    assert!(o.timed_out && o.status.is_none(), "{}", o.describe());
+    assert!(
+        o.elapsed < std::time::Duration::from_secs(5),
+        "{}",
+        o.describe()
+    );
+    assert!(o.describe().contains("timed out"));
+}
