@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use fastpatch_boot_init::{
     describe_choice, describe_slots, module_load_order, result_line, slot_name, BootConfig,
     GuestExit, BOOT_ENV_FILE, GUEST_ADDR, GUEST_PREFIX, HOST_GATEWAY, MODULE_DIR,
-    MODULE_ORDER_FILE, OS_MODE_ARGV0, USR_MOUNT,
+    MODULE_ORDER_FILE, OS_MODE_ARGV0, ROOT_MOUNT, USR_MOUNT,
 };
 use fastpatch_disk::{partition_path, Disk, OpenMode, Partition};
 
@@ -76,7 +76,35 @@ fn boot(started: Instant) -> Result<Never, Failure> {
         slot_name(chosen.index),
         started.elapsed().as_millis()
     );
-    Err(handover(&cfg, &chosen).into())
+    let root_mounted = match cfg.root {
+        Some(index) => match mount_root(&cfg, index) {
+            Ok(()) => true,
+            // A machine without a ROOT file system still boots /usr; state just is not kept.
+            Err(e) => {
+                tracing::warn!("ROOT not mounted, state will not survive a reboot: {e:#}");
+                false
+            }
+        },
+        None => false,
+    };
+    Err(handover(&cfg, &chosen, root_mounted).into())
+}
+
+fn mount_root(cfg: &BootConfig, index: u32) -> Result<()> {
+    let dev = partition_path(Path::new(&cfg.disk), index);
+    wait_for(&dev, cfg.disk_timeout)?;
+    let dev_str = dev.to_string_lossy().into_owned();
+    fs::create_dir_all(ROOT_MOUNT).with_context(|| format!("creating {ROOT_MOUNT}"))?;
+    sys::mount(
+        &dev_str,
+        ROOT_MOUNT,
+        "ext4",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        None,
+    )
+    .with_context(|| format!("mounting {dev_str} read-write on {ROOT_MOUNT} as ext4"))?;
+    eprintln!("fastpatch-init: mounted ROOT ({dev_str}) read-write on {ROOT_MOUNT}");
+    Ok(())
 }
 
 fn mount_api_filesystems() -> Result<()> {
@@ -212,8 +240,9 @@ fn choose_slot(disk_path: &Path) -> Result<Partition, Failure> {
 }
 
 /// Writes the boot facts and execs the OS. Returns only the reason the exec failed.
-fn handover(cfg: &BootConfig, chosen: &Partition) -> anyhow::Error {
+fn handover(cfg: &BootConfig, chosen: &Partition, root_mounted: bool) -> anyhow::Error {
     let facts = [
+        ("FASTPATCH_ROOT_MOUNTED", u8::from(root_mounted).to_string()),
         ("FASTPATCH_BOOT_DISK", cfg.disk.clone()),
         ("FASTPATCH_BOOTED_SLOT", slot_name(chosen.index)),
         ("FASTPATCH_BOOTED_PARTITION", chosen.index.to_string()),

@@ -12,6 +12,9 @@
 //! - `fastpatch.probe=http://10.0.2.2:PORT/PATH` — the OS mode fetches this URL and prints it.
 //! - `fastpatch.mark_good=1` — the OS mode marks the booted slot good before powering off.
 //! - `fastpatch.disk_timeout_ms=10000` — how long to wait for the boot disk to appear.
+//! - `fastpatch.root=9` — the partition number of ROOT (Flatcar: 9), mounted read-write on
+//!   `/var` when it holds an ext4 file system: the state that must survive a reboot lives
+//!   there. `fastpatch.root=0` leaves it alone.
 
 use std::time::Duration;
 
@@ -19,6 +22,10 @@ use fastpatch_disk::{Partition, SlotAttrs, USR_A_INDEX, USR_B_INDEX};
 
 /// Where the chosen USR slot is mounted, read-only.
 pub const USR_MOUNT: &str = "/usr";
+/// Where the ROOT partition is mounted read-write (state that survives reboots).
+pub const ROOT_MOUNT: &str = "/var";
+/// Flatcar's ROOT partition number.
+pub const ROOT_INDEX: u32 = 9;
 /// The file in the initramfs listing the modules to load, dependencies first.
 pub const MODULE_ORDER_FILE: &str = "/lib/modules/load-order";
 /// The directory of the (uncompressed) modules in the initramfs.
@@ -89,6 +96,8 @@ pub struct BootConfig {
     pub probe: Option<String>,
     pub mark_good: bool,
     pub disk_timeout: Duration,
+    /// The ROOT partition number; `None` leaves ROOT unmounted.
+    pub root: Option<u32>,
 }
 
 impl Default for BootConfig {
@@ -100,6 +109,7 @@ impl Default for BootConfig {
             probe: None,
             mark_good: false,
             disk_timeout: Duration::from_secs(10),
+            root: Some(ROOT_INDEX),
         }
     }
 }
@@ -155,6 +165,12 @@ impl BootConfig {
                         .parse()
                         .map_err(|_| invalid("expected milliseconds"))?;
                     cfg.disk_timeout = Duration::from_millis(ms);
+                }
+                "root" => {
+                    let n: u32 = value
+                        .parse()
+                        .map_err(|_| invalid("expected a partition number"))?;
+                    cfg.root = (n != 0).then_some(n);
                 }
                 _ => tracing::warn!("unknown kernel parameter {word}, ignored"),
             }
@@ -279,9 +295,10 @@ mod tests {
         let cfg = BootConfig::from_cmdline(
             "console=ttyS0 fastpatch.disk=/dev/vdb fastpatch.net=0 fastpatch.mark_good \
              fastpatch.probe=http://10.0.2.2:8080/x fastpatch.os=/usr/bin/os \
-             fastpatch.disk_timeout_ms=250",
+             fastpatch.disk_timeout_ms=250 fastpatch.root=0",
         )
         .unwrap();
+        assert_eq!(cfg.root, None);
         assert_eq!(cfg.disk, "/dev/vdb");
         assert!(!cfg.net);
         assert!(cfg.mark_good);
@@ -298,6 +315,7 @@ mod tests {
             "fastpatch.probe=https://x",
             "fastpatch.os=init",
             "fastpatch.disk_timeout_ms=soon",
+            "fastpatch.root=nine",
         ] {
             let err = BootConfig::from_cmdline(bad).unwrap_err();
             assert!(err.to_string().contains("is not valid"), "{bad}: {err}");

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use fastpatch_boot_init::{os_release_version, result_line, BootConfig, GuestExit, USR_MOUNT};
+use fastpatch_boot_init::{
+    os_release_version, result_line, BootConfig, GuestExit, ROOT_MOUNT, USR_MOUNT,
+};
 use fastpatch_disk::{Disk, OpenMode};
 
 pub fn run() -> GuestExit {
@@ -37,6 +39,15 @@ fn report(fields: &mut Vec<(&'static str, String)>) -> Result<()> {
     eprintln!("fastpatch-os: running version {version} from USR-{slot} (partition {partition})");
     fields.push(("version", version));
 
+    if let Ok(id) = std::fs::read_to_string("/etc/machine-id") {
+        fields.push(("machine_id", id.trim().to_string()));
+    }
+    if std::env::var("FASTPATCH_ROOT_MOUNTED").as_deref() == Ok("1") {
+        let boots = count_boot().context("counting boots on ROOT")?;
+        eprintln!("fastpatch-os: boot number {boots} of this machine (kept on ROOT)");
+        fields.push(("boots", boots.to_string()));
+    }
+
     let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
     let cfg = BootConfig::from_cmdline(&cmdline)?;
     if let Some(url) = &cfg.probe {
@@ -57,6 +68,34 @@ fn report(fields: &mut Vec<(&'static str, String)>) -> Result<()> {
         fields.push(("marked_good", "1".to_string()));
     }
     Ok(())
+}
+
+/// Increments the boot counter on ROOT durably (tmp + fsync + rename + dir fsync).
+fn count_boot() -> Result<u64> {
+    use std::io::Write;
+    let dir = Path::new(ROOT_MOUNT).join("lib/fastpatch-os");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("boot-count");
+    let previous: u64 = match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .with_context(|| format!("{} holds {text:?}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let boots = previous + 1;
+    let tmp = dir.join("boot-count.tmp");
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    writeln!(f, "{boots}")
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
+    Ok(boots)
 }
 
 fn probe(url: &str) -> Result<String> {

@@ -63,19 +63,19 @@ const INIT_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// Builds `fastpatch-boot-init` statically linked (glibc, `crt-static`) into `target_dir`
 /// and returns the binary. Cargo makes this a quick no-op when nothing changed.
 pub fn build_static_init(target_dir: &Path) -> Result<PathBuf> {
+    build_static_binary(target_dir, "fastpatch-boot-init", "fastpatch-boot-init")
+}
+
+/// Builds binary `bin` of workspace package `package` statically linked into `target_dir`
+/// (e.g. the engine, to run as the guest's OS) and returns its path.
+pub fn build_static_binary(target_dir: &Path, package: &str, bin: &str) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
     let root = repo_root();
     run_command(
         Command::new(cargo)
             .current_dir(&root)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "fastpatch-boot-init",
-                "--target",
-                INIT_TARGET,
-            ])
+            .args(["build", "--quiet", "-p", package, "--bin", bin, "--target"])
+            .arg(INIT_TARGET)
             .arg("--manifest-path")
             .arg(root.join("Cargo.toml"))
             .env("CARGO_TARGET_DIR", target_dir)
@@ -86,14 +86,12 @@ pub fn build_static_init(target_dir: &Path) -> Result<PathBuf> {
                 "-C target-feature=+crt-static -C debuginfo=0 -C strip=symbols",
             ),
     )?;
-    let bin = target_dir
-        .join(INIT_TARGET)
-        .join("debug/fastpatch-boot-init");
-    if !bin.is_file() {
+    let path = target_dir.join(INIT_TARGET).join("debug").join(bin);
+    if !path.is_file() {
         return Err(HarnessError::Invalid(format!(
-            "cargo built fastpatch-boot-init but {} is missing",
-            bin.display()
+            "cargo built {package} but {} is missing",
+            path.display()
         )));
     }
-    Ok(bin)
+    Ok(path)
 }

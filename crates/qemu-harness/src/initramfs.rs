@@ -9,7 +9,12 @@ use std::path::Path;
 use cpio::newc::{trailer, Builder, ModeFileType};
 use fastpatch_boot_init::{MODULE_DIR, MODULE_ORDER_FILE};
 
-use crate::{io_err, HarnessError, Result};
+use crate::{io_err, FsFile, HarnessError, Result};
+
+/// The directories every initramfs has: API mounts, the USR and ROOT mount points, modules.
+const FIXED_DIRS: [&str; 8] = [
+    "/dev", "/proc", "/sys", "/run", "/usr", "/var", "/lib", MODULE_DIR,
+];
 
 struct Archive<W: Write> {
     out: Option<W>,
@@ -63,12 +68,22 @@ impl<W: Write> Archive<W> {
 /// Writes the initramfs to `out`: `init` as `/init`, every module named in
 /// `modules_dir/load-order` under [`MODULE_DIR`], and the load order itself.
 pub fn write_initramfs(out: &Path, init: &Path, modules_dir: &Path) -> Result<()> {
+    write_initramfs_with(out, init, modules_dir, &[])
+}
+
+/// Like [`write_initramfs`], plus `extra` files (their parent directories are created).
+pub fn write_initramfs_with(
+    out: &Path,
+    init: &Path,
+    modules_dir: &Path,
+    extra: &[FsFile],
+) -> Result<()> {
     let file = File::create(out).map_err(io_err(format!("creating {}", out.display())))?;
     let mut ar = Archive {
         out: Some(BufWriter::new(file)),
         ino: 0,
     };
-    for dir in ["/dev", "/proc", "/sys", "/run", "/usr", "/lib", MODULE_DIR] {
+    for dir in FIXED_DIRS {
         ar.entry(dir, ModeFileType::Directory, 0o755, &[])?;
     }
     ar.char_device("/dev/console", 5, 1)?;
@@ -99,6 +114,26 @@ pub fn write_initramfs(out: &Path, init: &Path, modules_dir: &Path) -> Result<()
         0o644,
         order.as_bytes(),
     )?;
+    // Parent directories of the extra files, each once (the fixed ones exist already).
+    let mut dirs: std::collections::BTreeSet<String> = FIXED_DIRS
+        .iter()
+        .map(|d| d.trim_start_matches('/').to_string())
+        .collect();
+    for file in extra {
+        let rel = file.relative()?.to_string_lossy().into_owned();
+        let mut prefix = String::new();
+        let parts: Vec<&str> = rel.split('/').collect();
+        for part in &parts[..parts.len() - 1] {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            if dirs.insert(prefix.clone()) {
+                ar.entry(&prefix, ModeFileType::Directory, 0o755, &[])?;
+            }
+        }
+        ar.entry(&rel, ModeFileType::Regular, file.mode, &file.data)?;
+    }
     let out_w = ar
         .out
         .take()

@@ -6,8 +6,9 @@
 //! - [`build_static_init`] builds `fastpatch-boot-init` as a static binary in its own target
 //!   directory (so the `crt-static` flag does not rebuild anyone else's dependencies).
 //! - [`write_initramfs`] packs `/init` and the modules into a cpio (newc) archive.
-//! - [`write_usr_image`] makes an ext4 USR image holding `/lib/os-release` with a VERSION and
-//!   writes it into a slot of the disk image.
+//! - [`write_usr_image`] makes an ext4 USR image holding `/lib/os-release` with a VERSION (and
+//!   with [`write_usr_image_with`], more files: the OS program, update.conf) and writes it into
+//!   a slot of the disk image; [`format_root`] puts an ext4 on ROOT for state across reboots.
 //! - [`boot`] runs QEMU with a hard timeout, keeps the serial log and parses the guest's
 //!   `FASTPATCH-RESULT` lines.
 //!
@@ -18,10 +19,13 @@ mod initramfs;
 mod qemu;
 mod usr_image;
 
-pub use assets::{build_static_init, repo_root, Assets};
-pub use initramfs::write_initramfs;
+pub use assets::{build_static_binary, build_static_init, repo_root, Assets};
+pub use initramfs::{write_initramfs, write_initramfs_with};
 pub use qemu::{boot, BootOutcome, BootSpec, GuestResult};
-pub use usr_image::{make_ext4_image, write_usr_image};
+pub use usr_image::{
+    format_root, make_ext4_image, os_release, write_filesystem, write_usr_image,
+    write_usr_image_with, FsFile,
+};
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -113,6 +117,16 @@ impl Lab {
             initramfs,
             log_dir,
         })
+    }
+
+    /// A separate initramfs with `extra` files added (e.g. a static engine binary and
+    /// `/etc/machine-id`), written as `<name>.cpio` next to the default one.
+    pub fn initramfs_with(&self, name: &str, extra: &[FsFile]) -> Result<PathBuf> {
+        let out = self
+            .initramfs
+            .with_file_name(format!("{name}-{}.cpio", std::process::id()));
+        write_initramfs_with(&out, &self.init, &self.assets.modules_dir, extra)?;
+        Ok(out)
     }
 
     /// A boot of `disk` with this lab's kernel and initramfs; `name` names the serial log.

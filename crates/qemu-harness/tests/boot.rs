@@ -9,7 +9,9 @@ use std::process::Command;
 
 use fastpatch_boot_init::GuestExit;
 use fastpatch_disk::{create, Disk, LayoutSpec, OpenMode, SlotAttrs, USR_A_INDEX, USR_B_INDEX};
-use fastpatch_qemu_harness::{boot, write_usr_image, BootOutcome, BootSpec, Lab};
+use fastpatch_qemu_harness::{
+    boot, format_root, write_usr_image, write_usr_image_with, BootOutcome, BootSpec, FsFile, Lab,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -18,7 +20,8 @@ fn lab() -> &'static Lab {
         .unwrap_or_else(|e| panic!("QEMU lab setup failed: {e}"))
 }
 
-/// A small Flatcar-like disk (the `fastpatch disk create` layout) with version 1 in USR-A.
+/// A small Flatcar-like disk (the `fastpatch disk create` layout) with version 1 in USR-A and
+/// an empty ext4 on ROOT.
 fn new_disk(dir: &Path) -> PathBuf {
     let path = dir.join("disk.img");
     let spec = LayoutSpec {
@@ -31,6 +34,7 @@ fn new_disk(dir: &Path) -> PathBuf {
     };
     create(&path, &spec, false).expect("creating the disk image");
     write_usr_image(&path, USR_A_INDEX, "1").expect("writing version 1 to USR-A");
+    format_root(&path, &[]).expect("formatting ROOT");
     path
 }
 
@@ -84,7 +88,22 @@ fn boots_usr_a_and_reads_version_1() {
     let disk = new_disk(dir.path());
     let before = attrs(&disk, USR_A_INDEX);
 
-    let o = run(&lab.spec("boots_usr_a", &disk), GuestExit::OsOk);
+    let machine_id = "0123456789abcdef0123456789abcdef";
+    let initrd = lab
+        .initramfs_with(
+            "machine-id",
+            &[FsFile::new(
+                "etc/machine-id",
+                format!("{machine_id}\n"),
+                0o444,
+            )],
+        )
+        .expect("building an initramfs with /etc/machine-id");
+    let mut spec = lab.spec("boots_usr_a", &disk);
+    spec.initrd = initrd;
+    let o = run(&spec, GuestExit::OsOk);
+    assert_eq!(field(&o, "os", "machine_id"), machine_id);
+    assert_eq!(field(&o, "os", "boots"), "1");
     assert_eq!(field(&o, "chooser", "slot"), "A");
     assert_eq!(field(&o, "chooser", "partition"), "3");
     assert_eq!(field(&o, "os", "version"), "1", "{}", o.describe());
@@ -120,6 +139,7 @@ fn staged_usr_b_boots_once_then_falls_back_to_a() {
     assert_eq!(field(&o, "chooser", "tries_before"), "1");
     assert_eq!(field(&o, "chooser", "tries_after"), "0");
     assert_eq!(field(&o, "os", "version"), "2");
+    assert_eq!(field(&o, "os", "boots"), "1");
     let b = attrs(&disk, USR_B_INDEX);
     assert_eq!(
         b,
@@ -175,7 +195,10 @@ fn updated_slot_reaches_the_host_over_http_and_is_marked_good() {
     let lab = lab();
     let dir = tempfile::tempdir().unwrap();
     let disk = new_disk(dir.path());
-    write_usr_image(&disk, USR_B_INDEX, "2").unwrap();
+    // The OS program lives in the slot itself (as the engine will): /usr/bin/fastpatch-os.
+    let os_program = std::fs::read(&lab.init).unwrap();
+    let extra = [FsFile::new("bin/fastpatch-os", os_program, 0o755)];
+    write_usr_image_with(&disk, USR_B_INDEX, "2", &extra).unwrap();
     Disk::open(&disk, OpenMode::ReadWrite)
         .unwrap()
         .stage(USR_B_INDEX)
@@ -184,12 +207,18 @@ fn updated_slot_reaches_the_host_over_http_and_is_marked_good() {
 
     let spec = lab
         .spec("host_http_mark_good", &disk)
+        .arg("fastpatch.os=/usr/bin/fastpatch-os")
         .arg(format!("fastpatch.probe=http://10.0.2.2:{port}/v1/ping"))
         .arg("fastpatch.mark_good=1");
     let o = run(&spec, GuestExit::OsOk);
     assert_eq!(field(&o, "os", "version"), "2");
     assert_eq!(field(&o, "os", "probe"), "hello-from-host");
     assert_eq!(field(&o, "os", "marked_good"), "1");
+    assert!(
+        o.log.contains("handing over to /usr/bin/fastpatch-os"),
+        "{}",
+        o.describe()
+    );
     assert!(server.join().unwrap().starts_with("GET /v1/ping HTTP/1."));
 
     let b = attrs(&disk, USR_B_INDEX);
