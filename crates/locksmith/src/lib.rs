@@ -1,10 +1,13 @@
 //! Reboot coordination, locksmith compatible: the etcd semaphore (v3 API), the strategies as a
 //! pure state machine, reboot windows, `locksmithd` / `locksmithctl`, and FleetLock.
 
+pub mod config;
 pub mod ctl;
+pub mod daemon;
 pub mod dbus;
 pub mod etcd;
 pub mod flags;
+pub mod fleetlock;
 pub mod keys;
 pub mod reboot;
 pub mod semaphore;

@@ -37,7 +37,8 @@ pub fn broadcast_message(now: DateTime<Local>, delay: chrono::Duration) -> Strin
         let m = delay.num_minutes();
         format!("{m} minute{}", if m == 1 { "" } else { "s" })
     } else {
-        format!("{} seconds", delay.num_seconds())
+        let n = delay.num_seconds();
+        format!("{n} second{}", if n == 1 { "" } else { "s" })
     };
     format!(
         "\r\nBroadcast message from locksmithd at {}:\r\nSystem reboot in {when}!\r\n\r\n",

@@ -167,6 +167,21 @@ impl<S: LockStore> Coordinator<S> {
         Ok(out)
     }
 
+    /// Moves an existing hold of `id` onto `lease` (after a restart with a new lease); does
+    /// nothing if `id` holds no slot. Returns whether it holds one.
+    pub async fn adopt(&self, id: &str, lease: i64) -> Result<bool, CoordError> {
+        let (held, _) = self
+            .update(|sem, w, _| {
+                let held = sem.is_holder(id);
+                if held {
+                    w.attach.push((id.to_string(), lease));
+                }
+                Ok(held)
+            })
+            .await?;
+        Ok(held)
+    }
+
     /// Releases `id`'s slot. After an unanswered write, "holder does not exist" means our
     /// earlier write landed, so it counts as success (no holder lost, none released twice).
     pub async fn unlock(&self, id: &str) -> Result<(), CoordError> {

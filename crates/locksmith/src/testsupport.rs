@@ -124,3 +124,102 @@ impl Drop for EtcdServer {
         self.kill();
     }
 }
+
+/// A private `dbus-daemon --session` (Debian `dbus`), killed on drop.
+pub struct DbusDaemon {
+    child: Child,
+    /// The bus address to connect to.
+    pub address: String,
+}
+
+impl DbusDaemon {
+    pub fn start() -> Result<Self, String> {
+        use std::io::BufRead;
+        let mut child = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--nopidfile", "--print-address=1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting dbus-daemon (install Debian package dbus): {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| format!("reading dbus-daemon address: {e}"))?;
+        let address = line.trim().to_string();
+        if address.is_empty() {
+            let _ = child.kill();
+            return Err("dbus-daemon printed no address".into());
+        }
+        Ok(DbusDaemon { child, address })
+    }
+}
+
+impl Drop for DbusDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A stand-in update engine on a bus: answers `GetStatus` and emits `StatusUpdate` like
+/// update_engine's `com.coreos.update1` (for tests of locksmithd against a real dbus-daemon).
+pub struct FakeEngine {
+    pub status: SharedStatus,
+}
+
+use std::sync::Arc;
+
+/// The fake engine's status: (last_checked_time, progress, operation, version, size).
+pub type SharedStatus = Arc<std::sync::Mutex<(i64, f64, String, String, i64)>>;
+
+#[zbus::interface(name = "com.coreos.update1.Manager")]
+impl FakeEngine {
+    fn get_status(&self) -> (i64, f64, String, String, i64) {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    #[zbus(signal)]
+    async fn status_update(
+        emitter: &zbus::object_server::SignalEmitter<'_>,
+        last_checked_time: i64,
+        progress: f64,
+        current_operation: &str,
+        new_version: &str,
+        new_size: i64,
+    ) -> zbus::Result<()>;
+}
+
+impl FakeEngine {
+    /// Registers the engine as `com.coreos.update1` on the bus at `address`.
+    pub async fn serve(address: &str, op: &str) -> zbus::Result<(zbus::Connection, SharedStatus)> {
+        let status = Arc::new(std::sync::Mutex::new((
+            0,
+            0.0,
+            op.to_string(),
+            String::new(),
+            0,
+        )));
+        let conn = zbus::connection::Builder::address(address)
+            .name(crate::dbus::ENGINE_NAME)
+            .serve_at(
+                crate::dbus::ENGINE_PATH,
+                FakeEngine {
+                    status: status.clone(),
+                },
+            )
+            .build()
+            .await?;
+        Ok((conn, status))
+    }
+
+    /// Sets the status and emits `StatusUpdate`.
+    pub async fn set(conn: &zbus::Connection, status: &SharedStatus, op: &str) -> zbus::Result<()> {
+        if let Ok(mut s) = status.lock() {
+            s.2 = op.to_string();
+        }
+        let emitter = zbus::object_server::SignalEmitter::new(conn, crate::dbus::ENGINE_PATH)?;
+        FakeEngine::status_update(&emitter, 0, 1.0, op, "9999.0.0", 1).await
+    }
+}

@@ -1,0 +1,274 @@
+//! locksmithd configuration: update.conf (`<root>/etc/flatcar/update.conf`, then
+//! `<root>/usr/share/flatcar/update.conf`; the first file that sets a key wins; `KEY=VALUE`,
+//! quotes stripped), overridden by `LOCKSMITHD_*` environment variables. Window keys are read
+//! both plain (`REBOOT_WINDOW_START`) and prefixed (`LOCKSMITHD_REBOOT_WINDOW_START`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::etcd::EtcdConfig;
+use crate::strategy::Strategy;
+use crate::window::{parse_length, parse_zone, Window, WindowError};
+
+/// Errors in the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "unknown REBOOT_STRATEGY {0:?} (want reboot, etcd-lock, off, best-effort or fleetlock)"
+    )]
+    Strategy(String),
+    #[error(transparent)]
+    Window(#[from] WindowError),
+    #[error("invalid {key}: {value:?}")]
+    Value { key: String, value: String },
+    #[error("strategy fleetlock needs LOCKSMITHD_FLEETLOCK_URL")]
+    NoFleetlockUrl,
+}
+
+/// Parses update.conf text: `KEY=VALUE` lines, `#` comments, surrounding quotes stripped.
+pub fn parse_update_conf(text: &str) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|x| x.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')))
+                .unwrap_or(v);
+            m.insert(k.trim().to_string(), v.to_string());
+        }
+    }
+    m
+}
+
+/// The merged key/value view: env (LOCKSMITHD_*) over /etc over /usr/share.
+pub struct Settings {
+    file: BTreeMap<String, String>,
+    env: BTreeMap<String, String>,
+}
+
+impl Settings {
+    /// Reads the update.conf files under `root` and the given environment.
+    pub fn load(root: &Path, env: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut file = BTreeMap::new();
+        for p in ["usr/share/flatcar/update.conf", "etc/flatcar/update.conf"] {
+            if let Ok(t) = std::fs::read_to_string(root.join(p)) {
+                // Later (more specific) files override: /etc wins over /usr/share.
+                file.extend(parse_update_conf(&t));
+            }
+        }
+        let env = env
+            .into_iter()
+            .filter(|(k, v)| k.starts_with("LOCKSMITHD_") && !v.is_empty())
+            .collect();
+        Settings { file, env }
+    }
+
+    /// Only `LOCKSMITHD_<key>` (env, then file): for keys whose plain name means something else
+    /// in update.conf (`GROUP` is the update channel there).
+    pub fn get_prefixed(&self, key: &str) -> Option<String> {
+        let pre = format!("LOCKSMITHD_{key}");
+        self.env
+            .get(&pre)
+            .or_else(|| self.file.get(&pre))
+            .filter(|v| !v.is_empty())
+            .cloned()
+    }
+
+    /// `LOCKSMITHD_<key>` from the environment, then the file's `LOCKSMITHD_<key>`, then the
+    /// file's plain `<key>`.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let pre = format!("LOCKSMITHD_{key}");
+        self.env
+            .get(&pre)
+            .or_else(|| self.file.get(&pre))
+            .or_else(|| self.file.get(key))
+            .filter(|v| !v.is_empty())
+            .cloned()
+    }
+}
+
+/// Everything locksmithd needs.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub root: PathBuf,
+    pub strategy: Strategy,
+    pub window: Option<Window>,
+    pub group: String,
+    pub etcd: Option<EtcdConfig>,
+    pub fleetlock_url: Option<String>,
+    /// Tie our hold to an etcd lease of this TTL (stale-holder recovery); `None`: plain holder.
+    pub lease_ttl: Option<Duration>,
+    pub reboot_command: Option<String>,
+    pub reboot_delay: Duration,
+    pub broadcast: bool,
+    pub lock_retry: Duration,
+    pub machine_id_file: PathBuf,
+    pub dbus_address: Option<String>,
+    /// Command whose success means "the booted slot is marked good"; `None`: good at start.
+    pub boot_good_command: Option<String>,
+}
+
+fn duration(s: &Settings, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+    match s.get(key) {
+        None => Ok(default),
+        Some(v) => parse_length(&v)
+            .ok()
+            .and_then(|d| d.to_std().ok())
+            .ok_or(ConfigError::Value {
+                key: key.into(),
+                value: v,
+            }),
+    }
+}
+
+impl DaemonConfig {
+    pub fn from_settings(root: &Path, s: &Settings) -> Result<Self, ConfigError> {
+        let strategy_raw = s.get("REBOOT_STRATEGY").unwrap_or_default();
+        let strategy =
+            Strategy::parse(&strategy_raw).ok_or(ConfigError::Strategy(strategy_raw.clone()))?;
+        let zone = match s.get("REBOOT_WINDOW_TIMEZONE") {
+            Some(z) => parse_zone(&z)?,
+            None => local_zone(root),
+        };
+        let window = Window::from_config(
+            s.get("REBOOT_WINDOW_START").as_deref(),
+            s.get("REBOOT_WINDOW_LENGTH").as_deref(),
+            zone,
+        )?;
+        let etcd = s.get("ENDPOINT").map(|e| {
+            let mut c = EtcdConfig::local().with_endpoints(&e);
+            c.ca_file = s.get("ETCD_CAFILE").map(PathBuf::from);
+            c.cert_file = s.get("ETCD_CERTFILE").map(PathBuf::from);
+            c.key_file = s.get("ETCD_KEYFILE").map(PathBuf::from);
+            c.username = s.get("ETCD_USERNAME");
+            c.password = s.get("ETCD_PASSWORD");
+            c
+        });
+        let fleetlock_url = s.get("FLEETLOCK_URL");
+        if strategy == Strategy::FleetLock && fleetlock_url.is_none() {
+            return Err(ConfigError::NoFleetlockUrl);
+        }
+        let lease_ttl = match s.get("LEASE_TTL") {
+            None => None,
+            Some(_) => Some(duration(s, "LEASE_TTL", Duration::ZERO)?),
+        };
+        let broadcast = match s.get("BROADCAST").as_deref() {
+            None | Some("true") | Some("1") | Some("yes") => true,
+            Some("false") | Some("0") | Some("no") => false,
+            Some(v) => {
+                return Err(ConfigError::Value {
+                    key: "BROADCAST".into(),
+                    value: v.into(),
+                })
+            }
+        };
+        Ok(DaemonConfig {
+            root: root.to_path_buf(),
+            strategy,
+            window,
+            group: s.get_prefixed("GROUP").unwrap_or_default(),
+            etcd,
+            fleetlock_url,
+            lease_ttl,
+            reboot_command: s.get("REBOOT_COMMAND"),
+            reboot_delay: duration(s, "REBOOT_DELAY", Duration::from_secs(300))?,
+            broadcast,
+            lock_retry: duration(s, "LOCK_RETRY", Duration::from_secs(30))?,
+            machine_id_file: s
+                .get("MACHINE_ID_FILE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("etc/machine-id")),
+            dbus_address: s.get("DBUS_ADDRESS"),
+            boot_good_command: s.get("BOOT_GOOD_COMMAND"),
+        })
+    }
+}
+
+/// The machine's zone from `<root>/etc/localtime` (a link into zoneinfo), else UTC.
+pub fn local_zone(root: &Path) -> chrono_tz::Tz {
+    std::fs::read_link(root.join("etc/localtime"))
+        .ok()
+        .and_then(|p| {
+            let s = p.to_string_lossy().into_owned();
+            s.split_once("zoneinfo/").map(|(_, z)| z.to_string())
+        })
+        .and_then(|z| parse_zone(&z).ok())
+        .unwrap_or(chrono_tz::Tz::UTC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_and_env() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("etc/flatcar")).unwrap();
+        std::fs::create_dir_all(r.join("usr/share/flatcar")).unwrap();
+        std::fs::write(
+            r.join("usr/share/flatcar/update.conf"),
+            "GROUP=stable\nREBOOT_STRATEGY=reboot\nREBOOT_WINDOW_LENGTH=1h\n",
+        )
+        .unwrap();
+        std::fs::write(
+            r.join("etc/flatcar/update.conf"),
+            "# ours\nREBOOT_STRATEGY=\"etcd-lock\"\nLOCKSMITHD_REBOOT_WINDOW_START='Thu 04:00'\n",
+        )
+        .unwrap();
+        let s = Settings::load(
+            r,
+            vec![
+                (
+                    "LOCKSMITHD_ENDPOINT".into(),
+                    "http://a:2379,http://b:2379".into(),
+                ),
+                ("LOCKSMITHD_ETCD_CAFILE".into(), "/ca.pem".into()),
+                (
+                    "LOCKSMITHD_REBOOT_WINDOW_TIMEZONE".into(),
+                    "Europe/Berlin".into(),
+                ),
+                ("OTHER".into(), "x".into()),
+            ],
+        );
+        let c = DaemonConfig::from_settings(r, &s).unwrap();
+        assert_eq!(c.strategy, Strategy::EtcdLock);
+        let w = c.window.unwrap();
+        assert_eq!(w.length, chrono::Duration::hours(1));
+        assert_eq!(w.zone, chrono_tz::Europe::Berlin);
+        let e = c.etcd.unwrap();
+        assert_eq!(e.endpoints, vec!["http://a:2379", "http://b:2379"]);
+        assert_eq!(e.ca_file.as_deref(), Some(Path::new("/ca.pem")));
+        assert_eq!(c.reboot_delay, Duration::from_secs(300));
+        assert!(c.broadcast);
+        // update.conf's GROUP is the update channel, not the lock group.
+        assert_eq!(c.group, "");
+        // Defaults: best-effort, no window.
+        let empty = tempfile::tempdir().unwrap();
+        let c = DaemonConfig::from_settings(empty.path(), &Settings::load(empty.path(), vec![]))
+            .unwrap();
+        assert_eq!(c.strategy, Strategy::BestEffort);
+        assert!(c.window.is_none());
+        // Bad values are errors.
+        let bad = |k: &str, v: &str| {
+            let s = Settings::load(
+                empty.path(),
+                vec![(format!("LOCKSMITHD_{k}"), v.to_string())],
+            );
+            DaemonConfig::from_settings(empty.path(), &s)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("REBOOT_STRATEGY", "sometimes").contains("unknown REBOOT_STRATEGY"));
+        assert!(bad("REBOOT_WINDOW_START", "04:00").contains("must be set together"));
+        assert!(bad("REBOOT_STRATEGY", "fleetlock").contains("FLEETLOCK_URL"));
+        assert!(bad("LEASE_TTL", "soon").contains("LEASE_TTL"));
+    }
+}

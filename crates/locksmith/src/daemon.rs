@@ -1,0 +1,289 @@
+//! locksmithd's driver: performs the state machine's actions (lock, unlock, broadcast,
+//! reboot, timers) and feeds results back as events. All decisions live in
+//! [`crate::strategy::step`].
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::config::DaemonConfig;
+use crate::dbus::UpdateStatusSource;
+use crate::etcd::{EtcdConfig, EtcdStore};
+use crate::fleetlock;
+use crate::store::{Coordinator, RetryPolicy};
+use crate::strategy::{step, Action, CoordState, Event, Mode, Policy, State, Strategy};
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Where the lock is taken.
+enum Backend {
+    None,
+    Etcd {
+        coord: Box<Coordinator<EtcdStore>>,
+        lease: Option<Arc<AtomicI64>>,
+    },
+    FleetLock(fleetlock::Client),
+}
+
+/// Writes `<root>/run/update-engine/coordinator.conf` (atomically).
+pub fn write_coordinator_conf(
+    root: &Path,
+    strategy: Strategy,
+    state: CoordState,
+) -> std::io::Result<()> {
+    let dir = root.join("run/update-engine");
+    std::fs::create_dir_all(&dir)?;
+    let tmp = dir.join(".coordinator.conf.tmp");
+    std::fs::write(
+        &tmp,
+        format!(
+            "NAME=locksmithd\nSTRATEGY={}\nSTATE={}\n",
+            strategy.as_str(),
+            state.as_str()
+        ),
+    )?;
+    std::fs::rename(tmp, dir.join("coordinator.conf"))
+}
+
+async fn connect_etcd(cfg: &EtcdConfig) -> Result<EtcdStore, DaemonError> {
+    EtcdStore::connect(cfg)
+        .await
+        .map_err(|e| DaemonError::Setup(format!("Error initializing etcd client: {e}")))
+}
+
+/// Runs locksmithd until the process ends.
+pub async fn run(cfg: DaemonConfig, updates: impl UpdateStatusSource) -> Result<(), DaemonError> {
+    let id = crate::ctl::read_machine_id(&cfg.machine_id_file).map_err(DaemonError::Setup)?;
+    let set_state = |s: CoordState| {
+        if let Err(e) = write_coordinator_conf(&cfg.root, cfg.strategy, s) {
+            warn!(error = %e, "cannot write coordinator.conf");
+        }
+    };
+    set_state(CoordState::Starting);
+
+    // Resolve the strategy into a mode and a lock backend.
+    let etcd_cfg = cfg.etcd.clone();
+    let (mode, backend) = match cfg.strategy {
+        Strategy::Off => (Mode::Off, Backend::None),
+        Strategy::Reboot => (Mode::Uncoordinated, Backend::None),
+        Strategy::FleetLock => {
+            let url = cfg.fleetlock_url.clone().unwrap_or_default();
+            (
+                Mode::Coordinated,
+                Backend::FleetLock(fleetlock::Client::new(&url, &cfg.group, &id)),
+            )
+        }
+        Strategy::EtcdLock => {
+            let store = connect_etcd(&etcd_cfg.unwrap_or_else(EtcdConfig::local)).await?;
+            (Mode::Coordinated, etcd_backend(&cfg, store, &id).await)
+        }
+        Strategy::BestEffort => match etcd_cfg {
+            Some(e) => match EtcdStore::connect(&e).await {
+                Ok(store) if store.healthy().await => {
+                    info!("best-effort: etcd reachable, using etcd-lock");
+                    (Mode::Coordinated, etcd_backend(&cfg, store, &id).await)
+                }
+                _ => {
+                    info!("best-effort: etcd unreachable, using reboot");
+                    (Mode::Uncoordinated, Backend::None)
+                }
+            },
+            None => (Mode::Uncoordinated, Backend::None),
+        },
+    };
+
+    let window = cfg.window.clone();
+    let mut policy = Policy::new(mode, window);
+    policy.reboot_delay = chrono::Duration::from_std(cfg.reboot_delay).unwrap_or_default();
+    policy.lock_retry = chrono::Duration::from_std(cfg.lock_retry).unwrap_or_default();
+
+    let mut rx = match updates.subscribe().await {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            warn!(error = %e, "cannot watch the update engine on D-Bus");
+            None
+        }
+    };
+    let mut state = State::Idle;
+    let mut timer: Option<Instant> = None;
+    let mut queue = std::collections::VecDeque::from([Event::Start]);
+    let mut boot_poll = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        while let Some(ev) = queue.pop_front() {
+            let (next, actions) = step(&policy, state, ev, chrono::Utc::now());
+            state = next;
+            for a in actions {
+                if let Some(ev) = perform(&cfg, &backend, &id, &a, &mut timer, &set_state).await {
+                    queue.push_back(ev);
+                }
+            }
+        }
+        let waiting_boot = matches!(state, State::WaitBootGood { .. });
+        tokio::select! {
+            st = async { rx.as_mut().unwrap().recv().await }, if rx.is_some() => match st {
+                Some(st) if st.need_reboot() => queue.push_back(Event::UpdateStaged),
+                Some(_) => {}
+                None => rx = None,
+            },
+            _ = async { tokio::time::sleep_until(timer.unwrap()).await }, if timer.is_some() => {
+                timer = None;
+                queue.push_back(Event::Tick);
+            }
+            _ = boot_poll.tick(), if waiting_boot => {
+                if boot_good(cfg.boot_good_command.as_deref()).await {
+                    queue.push_back(Event::BootGood);
+                }
+            }
+        }
+    }
+}
+
+/// The etcd backend; with a lease TTL, grants a lease, keeps it alive, and moves a hold from
+/// before the reboot onto it.
+async fn etcd_backend(cfg: &DaemonConfig, store: EtcdStore, id: &str) -> Backend {
+    let coord = Coordinator::new(
+        store.clone(),
+        &cfg.group,
+        RetryPolicy::patient(Duration::from_secs(60)),
+    );
+    let Some(ttl) = cfg.lease_ttl else {
+        return Backend::Etcd {
+            coord: Box::new(coord),
+            lease: None,
+        };
+    };
+    let lease = Arc::new(AtomicI64::new(0));
+    let (l, c, s, id2) = (lease.clone(), coord.clone(), store, id.to_string());
+    tokio::spawn(async move {
+        loop {
+            let cur = l.load(Ordering::SeqCst);
+            let alive = cur != 0 && s.keep_alive_once(cur).await.unwrap_or(false);
+            if !alive {
+                match s.grant_lease(ttl).await {
+                    Ok(new) => {
+                        l.store(new, Ordering::SeqCst);
+                        if let Err(e) = c.adopt(&id2, new).await {
+                            warn!(error = %e, "cannot move our hold onto the new lease");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "cannot grant an etcd lease"),
+                }
+            }
+            tokio::time::sleep((ttl / 3).max(Duration::from_millis(200))).await;
+        }
+    });
+    Backend::Etcd {
+        coord: Box::new(coord),
+        lease: Some(lease),
+    }
+}
+
+async fn boot_good(cmd: Option<&str>) -> bool {
+    match cmd {
+        None => true,
+        Some(c) => tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(c)
+            .status()
+            .await
+            .map(|s| s.success())
+            .unwrap_or(false),
+    }
+}
+
+/// Performs one action; returns the event it produced, if any.
+async fn perform(
+    cfg: &DaemonConfig,
+    backend: &Backend,
+    id: &str,
+    action: &Action,
+    timer: &mut Option<Instant>,
+    set_state: &impl Fn(CoordState),
+) -> Option<Event> {
+    match action {
+        Action::SetState(s) => {
+            set_state(*s);
+            None
+        }
+        Action::WakeAfter(d) => {
+            *timer = Some(Instant::now() + d.to_std().unwrap_or_default());
+            None
+        }
+        Action::Lock => {
+            let r = match backend {
+                Backend::None => Ok(()),
+                Backend::Etcd { coord, lease } => {
+                    let l = lease
+                        .as_ref()
+                        .map(|l| l.load(Ordering::SeqCst))
+                        .filter(|l| *l != 0);
+                    coord
+                        .lock(id, l)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+                Backend::FleetLock(c) => c.pre_reboot().await.map_err(|e| e.to_string()),
+            };
+            Some(match r {
+                Ok(()) => {
+                    info!("reboot lock taken");
+                    Event::Locked
+                }
+                Err(e) => {
+                    info!(error = %e, "reboot lock not available yet");
+                    Event::LockFailed(e)
+                }
+            })
+        }
+        Action::Unlock => {
+            let r = match backend {
+                Backend::None => Ok(()),
+                Backend::Etcd { coord, .. } => match coord.unlock(id).await {
+                    Ok(()) => Ok(()),
+                    Err(crate::store::CoordError::Semaphore(
+                        crate::semaphore::SemaphoreError::NotHolder,
+                    )) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                },
+                Backend::FleetLock(c) => c.steady_state().await.map_err(|e| e.to_string()),
+            };
+            Some(match r {
+                Ok(()) => Event::Unlocked,
+                Err(e) => {
+                    warn!(error = %e, "releasing the reboot lock failed; will retry");
+                    Event::UnlockFailed(e)
+                }
+            })
+        }
+        Action::Broadcast => {
+            let told = if cfg.broadcast {
+                let delay = chrono::Duration::from_std(cfg.reboot_delay).unwrap_or_default();
+                let msg = crate::reboot::broadcast_message(chrono::Local::now(), delay);
+                crate::reboot::broadcast(&cfg.root, &msg)
+            } else {
+                0
+            };
+            Some(Event::Broadcasted { told })
+        }
+        Action::Reboot => {
+            info!("rebooting");
+            if let Err(e) =
+                crate::reboot::reboot(cfg.reboot_command.as_deref(), cfg.dbus_address.as_deref())
+                    .await
+            {
+                warn!(error = %e, "reboot failed");
+            }
+            None
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! FleetLock (Zincati's reboot-lock protocol) on the same etcd semaphore: an axum server and a
+//! reqwest client.
+//!
+//! `POST /v1/pre-reboot` takes a slot (re-entrant), `POST /v1/steady-state` releases it
+//! (idempotent). Both need the header `fleet-lock-protocol: true` and the body
+//! `{"client_params":{"id":"..","group":".."}}`. FleetLock group `default` is locksmith's default
+//! semaphore key; any other group `g` is locksmith's group `g`. Slot counts per group come from a
+//! config file (`GROUP=SLOTS` lines) that is re-read when it changes, and are applied to the
+//! semaphore's max on the next request (never below the current holders).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::etcd::EtcdStore;
+use crate::semaphore::SemaphoreError;
+use crate::store::{CoordError, Coordinator, RetryPolicy};
+
+/// The FleetLock group that maps to locksmith's default semaphore.
+pub const DEFAULT_GROUP: &str = "default";
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct ClientParams {
+    pub id: String,
+    pub group: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct Request {
+    pub client_params: ClientParams,
+}
+
+/// The protocol's error body.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ErrorBody {
+    pub kind: String,
+    pub value: String,
+}
+
+fn error(status: StatusCode, kind: &str, value: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            kind: kind.into(),
+            value: value.into(),
+        }),
+    )
+        .into_response()
+}
+
+/// Whether a group name is acceptable (`^[a-zA-Z0-9.-]+$`).
+pub fn valid_group(g: &str) -> bool {
+    !g.is_empty()
+        && g.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+}
+
+type Stamp = Option<(SystemTime, u64)>;
+
+/// The group → slots file, re-read when its modification time or size changes.
+pub struct GroupConfig {
+    path: PathBuf,
+    cache: Mutex<(Stamp, BTreeMap<String, i64>)>,
+}
+
+impl GroupConfig {
+    pub fn new(path: PathBuf) -> Self {
+        GroupConfig {
+            path,
+            cache: Mutex::new((None, BTreeMap::new())),
+        }
+    }
+
+    /// The current slot counts (the last good reading if the file is unreadable).
+    pub fn groups(&self) -> BTreeMap<String, i64> {
+        let stamp = std::fs::metadata(&self.path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if stamp.is_some() && stamp != cache.0 {
+            if let Ok(text) = std::fs::read_to_string(&self.path) {
+                let parsed: BTreeMap<String, i64> = crate::config::parse_update_conf(&text)
+                    .into_iter()
+                    .filter_map(|(k, v)| {
+                        let n = v.parse::<i64>().ok().filter(|n| *n >= 0);
+                        if n.is_none() || !valid_group(&k) {
+                            tracing::warn!(group = %k, value = %v, "ignoring bad group line");
+                        }
+                        Some((k, n?))
+                    })
+                    .filter(|(k, _)| valid_group(k))
+                    .collect();
+                *cache = (stamp, parsed);
+            }
+        }
+        cache.1.clone()
+    }
+}
+
+/// Server state.
+pub struct Server {
+    store: EtcdStore,
+    groups: GroupConfig,
+}
+
+impl Server {
+    pub fn new(store: EtcdStore, groups: GroupConfig) -> Arc<Self> {
+        Arc::new(Server { store, groups })
+    }
+
+    fn coordinator(&self, group: &str) -> Coordinator<EtcdStore> {
+        let g = if group == DEFAULT_GROUP { "" } else { group };
+        Coordinator::new(
+            self.store.clone(),
+            g,
+            RetryPolicy::patient(std::time::Duration::from_secs(10)),
+        )
+    }
+}
+
+/// The axum router.
+pub fn router(server: Arc<Server>) -> Router {
+    Router::new()
+        .route("/v1/pre-reboot", post(pre_reboot))
+        .route("/v1/steady-state", post(steady_state))
+        .with_state(server)
+}
+
+/// Validates header and body; returns (id, group, slots).
+#[allow(clippy::result_large_err)]
+fn parse(
+    server: &Server,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(String, String, i64), Response> {
+    let ok_header = headers
+        .get("fleet-lock-protocol")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() == "true");
+    if !ok_header {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "missing_protocol_header",
+            "header fleet-lock-protocol: true is required",
+        ));
+    }
+    let req: Request = serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_body",
+            format!("body is not {{\"client_params\":{{\"id\",\"group\"}}}}: {e}"),
+        )
+    })?;
+    let ClientParams { id, group } = req.client_params;
+    if id.trim().is_empty() || !valid_group(&group) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_client_identity",
+            "id must be non-empty and group must match ^[a-zA-Z0-9.-]+$",
+        ));
+    }
+    let slots = server.groups.groups().get(&group).copied().ok_or_else(|| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "unknown_group",
+            format!("group {group:?} is not configured"),
+        )
+    })?;
+    Ok((id, group, slots))
+}
+
+async fn pre_reboot(
+    State(server): State<Arc<Server>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (id, group, slots) = match parse(&server, &headers, &body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let c = server.coordinator(&group);
+    let result = c
+        .update(|sem, _, _| {
+            // Apply a changed slot count first; never below the current holders.
+            if sem.max != slots {
+                let target = slots.max(sem.holders().len() as i64);
+                sem.set_max(target)?;
+            }
+            sem.lock(&id)
+        })
+        .await;
+    match result {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(CoordError::Semaphore(SemaphoreError::Full(_))) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failed_lock",
+            format!("all {slots} semaphore slots currently locked"),
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failed_lock",
+            e.to_string(),
+        ),
+    }
+}
+
+async fn steady_state(
+    State(server): State<Arc<Server>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (id, group, _) = match parse(&server, &headers, &body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match server.coordinator(&group).unlock(&id).await {
+        Ok(()) | Err(CoordError::Semaphore(SemaphoreError::NotHolder)) => {
+            StatusCode::OK.into_response()
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failed_unlock",
+            e.to_string(),
+        ),
+    }
+}
+
+/// Serves until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, server: Arc<Server>) -> std::io::Result<()> {
+    axum::serve(listener, router(server)).await
+}
+
+/// FleetLock client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("FleetLock request failed: {0}")]
+    Http(String),
+    #[error("FleetLock server said {status}: {kind}: {value}")]
+    Refused {
+        status: u16,
+        kind: String,
+        value: String,
+    },
+}
+
+/// The client side (locksmithd's `fleetlock` strategy).
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    group: String,
+    id: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str, group: &str, id: &str) -> Self {
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            group: if group.is_empty() {
+                DEFAULT_GROUP.into()
+            } else {
+                group.into()
+            },
+            id: id.into(),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    async fn call(&self, path: &str) -> Result<(), ClientError> {
+        let body = Request {
+            client_params: ClientParams {
+                id: self.id.clone(),
+                group: self.group.clone(),
+            },
+        };
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("fleet-lock-protocol", "true")
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let e: ErrorBody = serde_json::from_str(&text).unwrap_or(ErrorBody {
+            kind: "unknown".into(),
+            value: text,
+        });
+        Err(ClientError::Refused {
+            status: status.as_u16(),
+            kind: e.kind,
+            value: e.value,
+        })
+    }
+
+    /// Takes a reboot slot.
+    pub async fn pre_reboot(&self) -> Result<(), ClientError> {
+        self.call("/v1/pre-reboot").await
+    }
+
+    /// Releases the slot.
+    pub async fn steady_state(&self) -> Result<(), ClientError> {
+        self.call("/v1/steady-state").await
+    }
+}

@@ -1,0 +1,221 @@
+//! The locksmithd binary against a real etcd and a real private dbus-daemon with a stand-in
+//! update engine registered on it.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fastpatch_locksmith::dbus::NEED_REBOOT;
+use fastpatch_locksmith::etcd::{EtcdConfig, EtcdStore};
+use fastpatch_locksmith::reboot::utmp_record;
+use fastpatch_locksmith::store::{Coordinator, RetryPolicy};
+use fastpatch_locksmith::testsupport::{DbusDaemon, EtcdServer, FakeEngine};
+
+const MID: &str = "feedfacefeedfacefeedfacefeedface";
+
+struct Daemon(Child);
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn setup_root(root: &Path, conf: &str) {
+    std::fs::create_dir_all(root.join("etc/flatcar")).unwrap();
+    std::fs::create_dir_all(root.join("run")).unwrap();
+    std::fs::create_dir_all(root.join("dev/pts")).unwrap();
+    std::fs::write(root.join("etc/flatcar/update.conf"), conf).unwrap();
+    std::fs::write(root.join("etc/machine-id"), format!("{MID}\n")).unwrap();
+    std::fs::write(root.join("run/utmp"), utmp_record(7, "pts/0", "core")).unwrap();
+    std::fs::write(root.join("dev/pts/0"), "").unwrap();
+}
+
+fn start(root: &Path, etcd: &str, bus: &str, extra: &[(&str, String)]) -> Daemon {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_locksmithd"));
+    c.arg("--root")
+        .arg(root)
+        .env("LOCKSMITHD_ENDPOINT", etcd)
+        .env("LOCKSMITHD_DBUS_ADDRESS", bus)
+        .env(
+            "LOCKSMITHD_REBOOT_COMMAND",
+            format!("touch {}", root.join("rebooted").display()),
+        )
+        .env("LOCKSMITHD_REBOOT_DELAY", "1s")
+        .env("LOCKSMITHD_LOCK_RETRY", "200ms")
+        .env(
+            "LOCKSMITHD_LOG",
+            "fastpatch_locksmith=debug,locksmithd=debug",
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(root.join("daemon.log")).unwrap());
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    Daemon(c.spawn().expect("start locksmithd"))
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn coordinator_conf(root: &Path) -> String {
+    std::fs::read_to_string(root.join("run/update-engine/coordinator.conf")).unwrap_or_default()
+}
+
+async fn coord(e: &EtcdServer) -> Coordinator<EtcdStore> {
+    let s = EtcdStore::connect(&EtcdConfig::local().with_endpoints(&e.endpoint()))
+        .await
+        .unwrap();
+    Coordinator::new(s, "", RetryPolicy::short())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_lock_waits_for_slot_reboots_and_releases_after_good_boot() {
+    let e = EtcdServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let bus = DbusDaemon::start().unwrap_or_else(|e| panic!("{e}"));
+    let (engine, status) = FakeEngine::serve(&bus.address, "UPDATE_STATUS_IDLE")
+        .await
+        .unwrap();
+    let c = coord(&e).await;
+    c.lock("other-machine", None).await.unwrap(); // max 1: full
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    setup_root(root, "GROUP=stable\nREBOOT_STRATEGY=\"etcd-lock\"\n");
+
+    let d = start(root, &e.endpoint(), &bus.address, &[]);
+    wait_for("STATE=running", Duration::from_secs(15), || {
+        coordinator_conf(root).contains("STATE=running")
+    });
+    assert_eq!(
+        coordinator_conf(root),
+        "NAME=locksmithd\nSTRATEGY=etcd-lock\nSTATE=running\n"
+    );
+    FakeEngine::set(&engine, &status, NEED_REBOOT)
+        .await
+        .unwrap();
+    wait_for("reboot-planned", Duration::from_secs(10), || {
+        coordinator_conf(root).contains("STATE=reboot-planned")
+    });
+    // The semaphore is full: no reboot while the other machine holds it.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        !root.join("rebooted").exists(),
+        "{}",
+        std::fs::read_to_string(root.join("daemon.log")).unwrap()
+    );
+    c.unlock("other-machine").await.unwrap();
+    wait_for("reboot", Duration::from_secs(15), || {
+        root.join("rebooted").exists()
+    });
+    let told = std::fs::read_to_string(root.join("dev/pts/0")).unwrap();
+    assert!(
+        told.contains("Broadcast message from locksmithd at "),
+        "{told}"
+    );
+    assert!(told.contains("System reboot in 1 second!"), "{told}");
+    assert!(coordinator_conf(root).contains("STATE=rebooting"));
+    assert_eq!(c.get().await.unwrap().holders(), [MID]);
+    drop(d);
+
+    // "After the reboot": the engine is idle; the hold is released once the boot is good.
+    std::fs::remove_file(root.join("rebooted")).unwrap();
+    FakeEngine::set(&engine, &status, "UPDATE_STATUS_IDLE")
+        .await
+        .unwrap();
+    let good = root.join("boot-good");
+    let _d = start(
+        root,
+        &e.endpoint(),
+        &bus.address,
+        &[(
+            "LOCKSMITHD_BOOT_GOOD_COMMAND",
+            format!("test -e {}", good.display()),
+        )],
+    );
+    wait_for("STATE=starting", Duration::from_secs(10), || {
+        coordinator_conf(root).contains("STATE=starting")
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        c.get().await.unwrap().holders(),
+        [MID],
+        "released before the boot was good"
+    );
+    std::fs::write(&good, "").unwrap();
+    wait_for("release", Duration::from_secs(15), || {
+        coordinator_conf(root).contains("STATE=running")
+    });
+    assert!(c.get().await.unwrap().holders().is_empty());
+    assert!(!root.join("rebooted").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_daemon_hold_is_freed_after_lease_ttl() {
+    let e = EtcdServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let bus = DbusDaemon::start().unwrap_or_else(|e| panic!("{e}"));
+    let (_engine, _status) = FakeEngine::serve(&bus.address, NEED_REBOOT).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // No logged-in users: no broadcast wait.
+    setup_root(root, "REBOOT_STRATEGY=etcd-lock\nLOCKSMITHD_LEASE_TTL=2s\n");
+    std::fs::remove_file(root.join("run/utmp")).unwrap();
+    let mut d = start(root, &e.endpoint(), &bus.address, &[]);
+    wait_for("reboot", Duration::from_secs(15), || {
+        root.join("rebooted").exists()
+    });
+    let c = coord(&e).await;
+    assert_eq!(c.get().await.unwrap().holders(), [MID]);
+    // While the daemon lives, the hold outlives the TTL.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(c.get().await.unwrap().holders(), [MID]);
+    d.0.kill().unwrap();
+    d.0.wait().unwrap();
+    assert_eq!(
+        c.lock("next", None).await.unwrap_err().to_string(),
+        "semaphore is at 0"
+    );
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    c.lock("next", None).await.unwrap();
+    assert_eq!(c.get().await.unwrap().holders(), ["next"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reboot_strategy_reacts_to_send_need_reboot_and_off_does_not() {
+    let bus = DbusDaemon::start().unwrap_or_else(|e| panic!("{e}"));
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut daemons = vec![];
+    for (dir, strategy) in dirs.iter().zip(["reboot", "off"]) {
+        setup_root(dir.path(), &format!("REBOOT_STRATEGY={strategy}\n"));
+        std::fs::remove_file(dir.path().join("run/utmp")).unwrap();
+        daemons.push(start(dir.path(), "http://127.0.0.1:1", &bus.address, &[]));
+    }
+    for dir in &dirs {
+        wait_for("running", Duration::from_secs(10), || {
+            coordinator_conf(dir.path()).contains("STATE=running")
+        });
+    }
+    // No engine on the bus; locksmithctl emits the signal like locksmith's test helper.
+    let o = Command::new(env!("CARGO_BIN_EXE_locksmithctl"))
+        .args(["-dbus-address", &bus.address, "send-need-reboot"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    wait_for("reboot", Duration::from_secs(10), || {
+        dirs[0].path().join("rebooted").exists()
+    });
+    assert_eq!(
+        coordinator_conf(dirs[0].path()),
+        "NAME=locksmithd\nSTRATEGY=reboot\nSTATE=rebooting\n"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!dirs[1].path().join("rebooted").exists());
+    assert_eq!(
+        coordinator_conf(dirs[1].path()),
+        "NAME=locksmithd\nSTRATEGY=off\nSTATE=running\n"
+    );
+}
