@@ -507,3 +507,9 @@ fn pump(
         progress(installer);
     }
 }
+
+// The engine moves an installer into a blocking task of its async runtime.
+const _: fn() = || {
+    fn assert_send<T: Send>() {}
+    assert_send::<Installer>();
+};

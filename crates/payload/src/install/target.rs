@@ -23,6 +23,9 @@ pub trait InstallTarget: Send + Sync {
     /// A stable identity (device path + range) recorded in the resume state, so progress is
     /// never resumed onto a different target.
     fn identity(&self) -> String;
+    /// Hint: start writing back `[offset, offset + len)` now, without waiting, so the final
+    /// `sync` has little left to do. Errors surface at `sync`.
+    fn start_writeback(&self, _offset: u64, _len: u64) {}
 }
 
 /// A byte range of a regular file or block device.
@@ -140,6 +143,21 @@ impl InstallTarget for FileRange {
 
     fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn start_writeback(&self, offset: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        if let Ok(at) = self.check(offset, len as usize) {
+            // SAFETY: a plain syscall on a file descriptor we own; no memory is passed.
+            unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    at as libc::off64_t,
+                    len as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        }
     }
 
     fn identity(&self) -> String {

@@ -12,6 +12,8 @@ use crate::install::target::InstallTarget;
 use crate::install::writer::VerifyMsg;
 
 const READ_CHUNK: usize = 1 << 20;
+/// Verified bytes between write-back hints (overlaps the disk flush with the install).
+const WRITEBACK_EVERY: u64 = 16 << 20;
 
 pub struct Streaming {
     hasher: Sha256,
@@ -29,6 +31,7 @@ pub fn run(
     let mut state: Option<Streaming> = None;
     let mut broken = false;
     let mut buf = vec![0u8; READ_CHUNK];
+    let mut flushed = 0u64;
     for msg in msgs {
         if broken {
             continue;
@@ -58,6 +61,10 @@ pub fn run(
                 let end = (off + len).min(size);
                 read_into(&*target, &mut s.hasher, off, end, &mut buf)?;
                 s.watermark = end;
+                if end - flushed >= WRITEBACK_EVERY {
+                    target.start_writeback(flushed, end - flushed);
+                    flushed = end;
+                }
             }
             VerifyMsg::Head(_) | VerifyMsg::Reset => broken = true,
         }
