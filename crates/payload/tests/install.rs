@@ -598,3 +598,59 @@ fn operations_without_data_hash_rely_on_signature_and_read_back() {
         "{err}"
     );
 }
+
+#[test]
+fn unusable_or_foreign_resume_state_means_starting_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("usr.img");
+    let image = make_image(&img, 10 * MIB, 9);
+    let payload_path = dir.path().join("update.gz");
+    generate(
+        &img,
+        &payload_path,
+        Compression::Zstd,
+        &[keys().private.clone()],
+    );
+    let payload = std::fs::read(&payload_path).unwrap();
+    let disk = standard_disk(dir.path());
+    let state = dir.path().join("state");
+    let mut o = opts(vec![keys().public.clone()]);
+    o.state_dir = Some(state.clone());
+    o.checkpoint_bytes = 2 * MIB as u64;
+    let mut first = Installer::new(slot_b(&disk), o.clone()).unwrap();
+    first.feed(&payload[..payload.len() / 2]).unwrap();
+    drop(first);
+    assert!(
+        Installer::new(slot_b(&disk), o.clone())
+            .unwrap()
+            .resume_offset()
+            > 0
+    );
+
+    // Another target (USR-A of another disk) never resumes USR-B's state.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = standard_disk(other_dir.path());
+    let other_target: Arc<dyn InstallTarget> = Arc::new(FileRange::partition(&other, 4).unwrap());
+    assert_eq!(
+        Installer::new(other_target, o.clone())
+            .unwrap()
+            .resume_offset(),
+        0
+    );
+
+    // A saved manifest that no longer matches the state, or a garbled state file: start over,
+    // and the fresh install still succeeds.
+    std::fs::write(state.join("manifest.bin"), b"not the manifest").unwrap();
+    assert_eq!(
+        Installer::new(slot_b(&disk), o.clone())
+            .unwrap()
+            .resume_offset(),
+        0
+    );
+    std::fs::write(state.join("state.json"), b"{ garbage").unwrap();
+    let mut fresh = Installer::new(slot_b(&disk), o).unwrap();
+    assert_eq!(fresh.resume_offset(), 0);
+    fresh.feed(&payload).unwrap();
+    fresh.finish().unwrap();
+    assert_eq!(read_slot(&disk, usr_b(), image.len()), image);
+}
