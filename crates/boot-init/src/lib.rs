@@ -32,6 +32,10 @@ pub const MODULE_ORDER_FILE: &str = "/lib/modules/load-order";
 pub const MODULE_DIR: &str = "/lib/modules";
 /// argv\[0\] that selects the built-in "OS" mode of the init binary.
 pub const OS_MODE_ARGV0: &str = "fastpatch-os";
+/// argv\[0\] that selects the health-check mode: exit 0 when the slot says it is healthy.
+pub const HEALTH_MODE_ARGV0: &str = "fastpatch-health";
+/// The test OS's health marker inside a USR slot (`ok` = healthy), at /usr/lib/... when mounted.
+pub const HEALTH_FILE: &str = "/usr/lib/fastpatch-test/health";
 /// The boot facts the init hands to the OS, as KEY=VALUE lines (also passed in the environment).
 pub const BOOT_ENV_FILE: &str = "/run/fastpatch/boot.env";
 /// Prefix of the one machine-readable summary line each stage prints to the console.
@@ -192,6 +196,16 @@ pub fn os_release_version(text: &str) -> Option<String> {
     })
 }
 
+/// The test OS's health verdict from the content of [`HEALTH_FILE`] (`None`: file missing).
+/// Only `ok` is healthy: a slot must say so, so a broken image is never taken for a good one.
+pub fn health_verdict(content: Option<&str>) -> Result<(), String> {
+    match content.map(str::trim) {
+        Some("ok") => Ok(()),
+        Some(other) => Err(format!("{HEALTH_FILE} says {other:?}")),
+        None => Err(format!("{HEALTH_FILE} is missing")),
+    }
+}
+
 /// The module file names of a load-order file, skipping blanks and `#` comments.
 pub fn module_load_order(text: &str) -> Vec<String> {
     text.lines()
@@ -350,6 +364,15 @@ mod tests {
             Some("3975.2.0")
         );
         assert_eq!(os_release_version("VERSION_ID=2\n"), None);
+    }
+
+    #[test]
+    fn only_ok_is_healthy() {
+        assert_eq!(health_verdict(Some("ok\n")), Ok(()));
+        assert!(health_verdict(Some("fail"))
+            .unwrap_err()
+            .contains("\"fail\""));
+        assert!(health_verdict(None).unwrap_err().contains("missing"));
     }
 
     #[test]

@@ -2,13 +2,15 @@
 //! ext4 modules, waits for the boot disk, runs the gptprio boot chooser (fastpatch-disk's
 //! `boot_next`, the code behind `fastpatch cgpt next`), mounts the chosen USR slot read-only at
 //! /usr, and execs the "OS". Started as `fastpatch-os` it is that OS: a stand-in that reports
-//! what booted, optionally probes the host over HTTP and marks the slot good, then powers off.
+//! what booted, optionally probes the host over HTTP and, when the slot's health check passes,
+//! marks the slot good and powers off (else reboots, so the boot chooser falls back). Started
+//! as `fastpatch-health` it is only that health check (exit 0 = healthy).
 
 mod init;
 mod os;
 mod sys;
 
-use fastpatch_boot_init::{GuestExit, OS_MODE_ARGV0};
+use fastpatch_boot_init::{GuestExit, HEALTH_MODE_ARGV0, OS_MODE_ARGV0};
 
 fn main() {
     tracing_subscriber::fmt()
@@ -18,11 +20,29 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let argv0 = std::env::args_os().next().unwrap_or_default();
-    let is_os = std::path::Path::new(&argv0)
+    let name = std::path::Path::new(&argv0)
         .file_name()
-        .is_some_and(|n| n == OS_MODE_ARGV0);
-    let exit = if is_os { os::run() } else { init::run() };
-    finish(exit);
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name == HEALTH_MODE_ARGV0 {
+        // An ordinary command (for the engine's health gate), not PID 1: just exit.
+        std::process::exit(if os::health_check() { 0 } else { 1 });
+    }
+    match if name == OS_MODE_ARGV0 {
+        os::run()
+    } else {
+        os::Ending::Exit(init::run())
+    } {
+        os::Ending::Exit(exit) => finish(exit),
+        os::Ending::Reboot => reboot(),
+    }
+}
+
+/// Reboots (with `-no-reboot`, QEMU exits with status 0: "the guest asked for a reboot").
+fn reboot() -> ! {
+    let err = sys::reboot();
+    tracing::error!("reboot failed: {err}");
+    std::process::exit(1);
 }
 
 /// Ends the machine with this outcome: QEMU's debug-exit port when present, else power-off.

@@ -7,11 +7,19 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use fastpatch_boot_init::{
-    os_release_version, result_line, BootConfig, GuestExit, ROOT_MOUNT, USR_MOUNT,
+    health_verdict, os_release_version, result_line, BootConfig, GuestExit, HEALTH_FILE,
+    ROOT_MOUNT, USR_MOUNT,
 };
 use fastpatch_disk::{Disk, OpenMode};
 
-pub fn run() -> GuestExit {
+/// How the OS ends the machine.
+pub enum Ending {
+    Exit(GuestExit),
+    /// The health gate failed: reboot so the chooser falls back to the other slot.
+    Reboot,
+}
+
+pub fn run() -> Ending {
     let mut fields: Vec<(&str, String)> = Vec::new();
     let outcome = report(&mut fields);
     if let Err(e) = &outcome {
@@ -21,12 +29,34 @@ pub fn run() -> GuestExit {
     let borrowed: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
     eprintln!("{}", result_line("os", &borrowed));
     match outcome {
-        Ok(()) => GuestExit::OsOk,
-        Err(_) => GuestExit::OsFailed,
+        Ok(Gate::Passed) => Ending::Exit(GuestExit::OsOk),
+        Ok(Gate::Failed) => {
+            eprintln!("fastpatch-os: health gate failed: not marking good, rebooting");
+            Ending::Reboot
+        }
+        Err(_) => Ending::Exit(GuestExit::OsFailed),
     }
 }
 
-fn report(fields: &mut Vec<(&'static str, String)>) -> Result<()> {
+enum Gate {
+    /// Healthy, or no gate asked for.
+    Passed,
+    Failed,
+}
+
+/// The test OS's health check (the stand-in for the engine's health gate).
+pub fn health_check() -> bool {
+    let content = std::fs::read_to_string(HEALTH_FILE).ok();
+    match health_verdict(content.as_deref()) {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("fastpatch-health: unhealthy: {why}");
+            false
+        }
+    }
+}
+
+fn report(fields: &mut Vec<(&'static str, String)>) -> Result<Gate> {
     let slot = std::env::var("FASTPATCH_BOOTED_SLOT").unwrap_or_default();
     let partition = std::env::var("FASTPATCH_BOOTED_PARTITION").unwrap_or_default();
     fields.push(("slot", slot.clone()));
@@ -57,6 +87,12 @@ fn report(fields: &mut Vec<(&'static str, String)>) -> Result<()> {
         fields.push(("probe", first));
     }
     if cfg.mark_good {
+        // The health gate: a slot is only marked good when its check passes.
+        if !health_check() {
+            fields.push(("health", "fail".to_string()));
+            return Ok(Gate::Failed);
+        }
+        fields.push(("health", "ok".to_string()));
         let index: u32 = partition
             .parse()
             .with_context(|| format!("booted partition {partition:?} is not a number"))?;
@@ -67,7 +103,7 @@ fn report(fields: &mut Vec<(&'static str, String)>) -> Result<()> {
         eprintln!("fastpatch-os: marked USR-{slot} good");
         fields.push(("marked_good", "1".to_string()));
     }
-    Ok(())
+    Ok(Gate::Passed)
 }
 
 /// Increments the boot counter on ROOT durably (tmp + fsync + rename + dir fsync).

@@ -102,6 +102,16 @@ pub fn power_off() -> io::Error {
     io::Error::last_os_error()
 }
 
+/// Flushes file systems and reboots (with `-no-reboot`, QEMU exits with 0).
+pub fn reboot() -> io::Error {
+    // SAFETY: sync and reboot take no pointers; reboot only returns on failure.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_AUTOBOOT);
+    }
+    io::Error::last_os_error()
+}
+
 /// The names of the network interfaces other than loopback, sorted.
 pub fn ethernet_interfaces() -> io::Result<Vec<String>> {
     let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")?

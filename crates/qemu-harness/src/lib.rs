@@ -23,7 +23,7 @@ pub use assets::{build_static_binary, build_static_init, repo_root, Assets};
 pub use initramfs::{write_initramfs, write_initramfs_with};
 pub use qemu::{boot, BootOutcome, BootSpec, GuestResult};
 pub use usr_image::{
-    format_root, make_ext4_image, os_release, write_filesystem, write_usr_image,
+    format_root, health_file, make_ext4_image, os_release, write_filesystem, write_usr_image,
     write_usr_image_with, FsFile,
 };
 

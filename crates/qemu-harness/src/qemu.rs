@@ -57,6 +57,12 @@ impl BootSpec {
         self
     }
 
+    /// Another serial log file (for the next boot of the same machine).
+    pub fn with_log(mut self, log: &Path) -> BootSpec {
+        self.log = log.to_path_buf();
+        self
+    }
+
     /// Overrides the timeout.
     pub fn timeout(mut self, timeout: Duration) -> BootSpec {
         self.timeout = timeout;
@@ -147,6 +153,12 @@ impl BootOutcome {
     /// The guest's outcome from the debug-exit status.
     pub fn exit(&self) -> Option<GuestExit> {
         self.status.and_then(GuestExit::from_qemu_status)
+    }
+
+    /// The guest asked for a reboot: QEMU (with `-no-reboot`) exited with status 0 on its own,
+    /// and the kernel did not panic.
+    pub fn rebooted(&self) -> bool {
+        self.status == Some(0) && !self.log.contains("Kernel panic")
     }
 
     /// The last result line of `stage`.

@@ -61,6 +61,12 @@ pub fn os_release(version: &str) -> Result<FsFile> {
     Ok(FsFile::new("lib/os-release", text, 0o644))
 }
 
+/// The test OS's health marker (see `fastpatch_boot_init::HEALTH_FILE`): `ok` or `fail`.
+pub fn health_file(healthy: bool) -> FsFile {
+    let rel = fastpatch_boot_init::HEALTH_FILE.trim_start_matches("/usr/");
+    FsFile::new(rel, if healthy { "ok\n" } else { "fail\n" }, 0o644)
+}
+
 fn mkfs_ext4() -> &'static str {
     if Path::new("/usr/sbin/mkfs.ext4").exists() {
         "/usr/sbin/mkfs.ext4"

@@ -10,7 +10,8 @@ use std::process::Command;
 use fastpatch_boot_init::GuestExit;
 use fastpatch_disk::{create, Disk, LayoutSpec, OpenMode, SlotAttrs, USR_A_INDEX, USR_B_INDEX};
 use fastpatch_qemu_harness::{
-    boot, format_root, write_usr_image, write_usr_image_with, BootOutcome, BootSpec, FsFile, Lab,
+    boot, format_root, health_file, write_usr_image, write_usr_image_with, BootOutcome, BootSpec,
+    FsFile, Lab,
 };
 
 const MIB: u64 = 1 << 20;
@@ -33,7 +34,8 @@ fn new_disk(dir: &Path) -> PathBuf {
         ..LayoutSpec::default()
     };
     create(&path, &spec, false).expect("creating the disk image");
-    write_usr_image(&path, USR_A_INDEX, "1").expect("writing version 1 to USR-A");
+    write_usr_image_with(&path, USR_A_INDEX, "1", &[health_file(true)])
+        .expect("writing version 1 to USR-A");
     format_root(&path, &[]).expect("formatting ROOT");
     path
 }
@@ -197,7 +199,10 @@ fn updated_slot_reaches_the_host_over_http_and_is_marked_good() {
     let disk = new_disk(dir.path());
     // The OS program lives in the slot itself (as the engine will): /usr/bin/fastpatch-os.
     let os_program = std::fs::read(&lab.init).unwrap();
-    let extra = [FsFile::new("bin/fastpatch-os", os_program, 0o755)];
+    let extra = [
+        FsFile::new("bin/fastpatch-os", os_program, 0o755),
+        health_file(true),
+    ];
     write_usr_image_with(&disk, USR_B_INDEX, "2", &extra).unwrap();
     Disk::open(&disk, OpenMode::ReadWrite)
         .unwrap()
@@ -213,6 +218,7 @@ fn updated_slot_reaches_the_host_over_http_and_is_marked_good() {
     let o = run(&spec, GuestExit::OsOk);
     assert_eq!(field(&o, "os", "version"), "2");
     assert_eq!(field(&o, "os", "probe"), "hello-from-host");
+    assert_eq!(field(&o, "os", "health"), "ok");
     assert_eq!(field(&o, "os", "marked_good"), "1");
     assert!(
         o.log.contains("handing over to /usr/bin/fastpatch-os"),
@@ -306,4 +312,48 @@ fn a_hung_guest_is_killed_at_the_timeout() {
         o.describe()
     );
     assert!(o.describe().contains("timed out"));
+}
+
+#[test]
+fn unhealthy_update_is_not_marked_good_and_falls_back() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = new_disk(dir.path());
+    write_usr_image_with(&disk, USR_B_INDEX, "3", &[health_file(false)]).unwrap();
+    Disk::open(&disk, OpenMode::ReadWrite)
+        .unwrap()
+        .stage(USR_B_INDEX)
+        .unwrap();
+
+    // Version 3 boots, its health gate fails: no mark, a reboot (QEMU exits 0).
+    let spec = lab.spec("unhealthy_b", &disk).arg("fastpatch.mark_good=1");
+    let o = boot(&spec).expect("running QEMU");
+    assert!(
+        o.rebooted(),
+        "the guest must ask for a reboot: {}",
+        o.describe()
+    );
+    assert_eq!(field(&o, "os", "version"), "3");
+    assert_eq!(field(&o, "os", "health"), "fail");
+    let b = attrs(&disk, USR_B_INDEX);
+    assert_eq!((b.tries, b.successful), (0, false));
+
+    // The next boot falls back to version 1, healthy, which stays the good slot on top.
+    let o = run(
+        &spec
+            .clone()
+            .with_log(&lab.log_dir.join("unhealthy_b_fallback.log")),
+        GuestExit::OsOk,
+    );
+    assert_eq!(field(&o, "chooser", "slot"), "A");
+    assert_eq!(field(&o, "os", "version"), "1");
+    assert_eq!(field(&o, "os", "marked_good"), "1");
+    // Marking A good puts it on top; B stays spent and never successful.
+    let (a, b_after) = (attrs(&disk, USR_A_INDEX), attrs(&disk, USR_B_INDEX));
+    assert!(
+        a.successful && a.priority > b_after.priority,
+        "A {a:?} B {b_after:?}"
+    );
+    assert_eq!((b_after.tries, b_after.successful), (b.tries, b.successful));
+    sgdisk_verifies(&disk);
 }
