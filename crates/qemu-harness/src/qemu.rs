@@ -82,9 +82,18 @@ impl BootSpec {
             "console=ttyS0".to_string(),
             "panic=-1".to_string(),
             "quiet".to_string(),
+            // A throw-away test guest under TCG: skip speculative-execution mitigations and
+            // the TSC checks (about 1 s of emulated time per boot).
+            "mitigations=off".to_string(),
+            "tsc=reliable".to_string(),
+            "no_timer_check".to_string(),
             "fastpatch.disk=/dev/vda".to_string(),
         ];
         words.extend(self.cmdline.iter().cloned());
+        // For debugging a guest by hand, e.g. FASTPATCH_QEMU_APPEND="loglevel=7".
+        if let Ok(extra) = std::env::var("FASTPATCH_QEMU_APPEND") {
+            words.extend(extra.split_whitespace().map(str::to_string));
+        }
         words.join(" ")
     }
 
