@@ -78,6 +78,14 @@ pub fn write_initramfs_with(
     modules_dir: &Path,
     extra: &[FsFile],
 ) -> Result<()> {
+    // Built under a private name and renamed into place, so concurrent test processes (and a
+    // QEMU still reading the previous archive) never see a half-written one.
+    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
+    write_archive(&tmp, init, modules_dir, extra)?;
+    std::fs::rename(&tmp, out).map_err(io_err(format!("renaming to {}", out.display())))
+}
+
+fn write_archive(out: &Path, init: &Path, modules_dir: &Path, extra: &[FsFile]) -> Result<()> {
     let file = File::create(out).map_err(io_err(format!("creating {}", out.display())))?;
     let mut ar = Archive {
         out: Some(BufWriter::new(file)),

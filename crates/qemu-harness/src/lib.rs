@@ -104,7 +104,7 @@ impl Lab {
         let init = build_static_init(&target.join("boot-init-static"))?;
         let dir = target_tmp.join("qemu-lab");
         std::fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
-        let initramfs = dir.join(format!("initramfs-{}.cpio", std::process::id()));
+        let initramfs = dir.join("initramfs.cpio");
         write_initramfs(&initramfs, &init, &assets.modules_dir)?;
         let log_dir = std::env::var_os("FASTPATCH_QEMU_LOGS")
             .map(PathBuf::from)
@@ -122,9 +122,7 @@ impl Lab {
     /// A separate initramfs with `extra` files added (e.g. a static engine binary and
     /// `/etc/machine-id`), written as `<name>.cpio` next to the default one.
     pub fn initramfs_with(&self, name: &str, extra: &[FsFile]) -> Result<PathBuf> {
-        let out = self
-            .initramfs
-            .with_file_name(format!("{name}-{}.cpio", std::process::id()));
+        let out = self.initramfs.with_file_name(format!("{name}.cpio"));
         write_initramfs_with(&out, &self.init, &self.assets.modules_dir, extra)?;
         Ok(out)
     }
