@@ -8,19 +8,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use fastpatch_boot_init::{
-    describe_choice, describe_slots, module_load_order, result_line, slot_name, BootConfig,
-    GuestExit, BOOT_ENV_FILE, GUEST_ADDR, GUEST_PREFIX, HOST_GATEWAY, MODULE_DIR,
+    describe_choice, describe_slots, module_load_order, os_exit_verdict, result_line, slot_name,
+    BootConfig, GuestExit, BOOT_ENV_FILE, GUEST_ADDR, GUEST_PREFIX, HOST_GATEWAY, MODULE_DIR,
     MODULE_ORDER_FILE, OS_MODE_ARGV0, ROOT_MOUNT, USR_MOUNT,
 };
 use fastpatch_disk::{partition_path, Disk, OpenMode, Partition};
 
 use crate::sys::{self, ModuleLoad};
 
-/// Runs the init; returns only on failure (success execs the OS).
+/// Runs the init and the OS; returns how the machine should end.
 pub fn run() -> GuestExit {
     let started = Instant::now();
     match boot(started) {
-        Ok(never) => match never {},
+        Ok(exit) => exit,
         Err(Failure { exit, error }) => {
             eprintln!("fastpatch-init: FAILED: {error:#}");
             eprintln!(
@@ -46,9 +46,7 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-enum Never {}
-
-fn boot(started: Instant) -> Result<Never, Failure> {
+fn boot(started: Instant) -> Result<GuestExit, Failure> {
     mount_api_filesystems()?;
     let cmdline = fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
     let cfg = BootConfig::from_cmdline(&cmdline).map_err(anyhow::Error::from)?;
@@ -87,7 +85,7 @@ fn boot(started: Instant) -> Result<Never, Failure> {
         },
         None => false,
     };
-    Err(handover(&cfg, &chosen, root_mounted).into())
+    Ok(handover(&cfg, &chosen, root_mounted)?)
 }
 
 fn mount_root(cfg: &BootConfig, index: u32) -> Result<()> {
@@ -239,8 +237,9 @@ fn choose_slot(disk_path: &Path) -> Result<Partition, Failure> {
     Ok(partition)
 }
 
-/// Writes the boot facts and execs the OS. Returns only the reason the exec failed.
-fn handover(cfg: &BootConfig, chosen: &Partition, root_mounted: bool) -> anyhow::Error {
+/// Writes the boot facts, starts the OS and waits for it (reaping orphans, as PID 1 must).
+/// The OS normally ends the machine itself; if it exits instead, that decides the verdict.
+fn handover(cfg: &BootConfig, chosen: &Partition, root_mounted: bool) -> Result<GuestExit> {
     let facts = [
         ("FASTPATCH_ROOT_MOUNTED", u8::from(root_mounted).to_string()),
         ("FASTPATCH_BOOT_DISK", cfg.disk.clone()),
@@ -259,9 +258,39 @@ fn handover(cfg: &BootConfig, chosen: &Partition, root_mounted: bool) -> anyhow:
         None => (PathBuf::from("/proc/self/exe"), OS_MODE_ARGV0.to_string()),
     };
     eprintln!("fastpatch-init: handing over to {}", program.display());
-    let err = std::process::Command::new(&program)
+    let child = std::process::Command::new(&program)
         .arg0(argv0)
+        .args(&cfg.os_args)
         .envs(facts)
-        .exec();
-    anyhow::Error::new(err).context(format!("executing the OS {}", program.display()))
+        .spawn()
+        .with_context(|| format!("starting the OS {}", program.display()))?;
+    let code = wait_reaping(child.id()).context("waiting for the OS")?;
+    let exit = os_exit_verdict(code);
+    let shown = code.map_or("signal".to_string(), |c| c.to_string());
+    eprintln!(
+        "fastpatch-init: the OS {} exited ({shown})",
+        program.display()
+    );
+    eprintln!("{}", result_line("os-exit", &[("status", &shown)]));
+    Ok(exit)
+}
+
+/// Waits until process `pid` ends, reaping any other child on the way. Its exit code, or
+/// `None` when a signal ended it.
+fn wait_reaping(pid: u32) -> std::io::Result<Option<i32>> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid writes one c_int through the pointer.
+        let got = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if got < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(err);
+        }
+        if u32::try_from(got) == Ok(pid) {
+            return Ok(libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)));
+        }
+    }
 }

@@ -6,7 +6,10 @@
 //! - `fastpatch.disk=/dev/vda` — the boot disk whose GPT holds the USR slots.
 //! - `fastpatch.os=/init` — the program the init execs after mounting the chosen USR slot at
 //!   `/usr` (a path in the initramfs, or inside the slot when it starts with `/usr/`).
-//!   Default: this same binary in its "OS" mode (argv\[0\] `fastpatch-os`).
+//!   Default: this same binary in its "OS" mode (argv\[0\] `fastpatch-os`). The init stays
+//!   PID 1: it starts the OS as a child, reaps orphans, and when the OS exits ends the machine
+//!   with [`GuestExit::OsOk`] (status 0) or [`GuestExit::OsFailed`] (anything else).
+//! - `fastpatch.os_arg=WORD` (repeatable) — arguments for the OS program, in order.
 //! - `fastpatch.net=0` — leave the network down (default: bring up the first non-loopback
 //!   interface with QEMU user-net addresses).
 //! - `fastpatch.probe=http://10.0.2.2:PORT/PATH` — the OS mode fetches this URL and prints it.
@@ -96,6 +99,7 @@ pub struct BootConfig {
     pub disk: String,
     /// The OS program; `None` means this binary's own OS mode.
     pub os: Option<String>,
+    pub os_args: Vec<String>,
     pub net: bool,
     pub probe: Option<String>,
     pub mark_good: bool,
@@ -109,6 +113,7 @@ impl Default for BootConfig {
         BootConfig {
             disk: "/dev/vda".to_string(),
             os: None,
+            os_args: Vec::new(),
             net: true,
             probe: None,
             mark_good: false,
@@ -160,6 +165,7 @@ impl BootConfig {
                 "disk" => return Err(invalid("expected an absolute device path")),
                 "os" if value.starts_with('/') => cfg.os = Some(value.to_string()),
                 "os" => return Err(invalid("expected an absolute path")),
+                "os_arg" => cfg.os_args.push(value.to_string()),
                 "net" => cfg.net = parse_bool(word, value)?,
                 "probe" if value.starts_with("http://") => cfg.probe = Some(value.to_string()),
                 "probe" => return Err(invalid("expected an http:// URL")),
@@ -180,6 +186,15 @@ impl BootConfig {
             }
         }
         Ok(cfg)
+    }
+}
+
+/// How the machine ends when the OS program exits on its own: its exit code, or `None` when
+/// a signal killed it.
+pub fn os_exit_verdict(code: Option<i32>) -> GuestExit {
+    match code {
+        Some(0) => GuestExit::OsOk,
+        _ => GuestExit::OsFailed,
     }
 }
 
@@ -309,9 +324,11 @@ mod tests {
         let cfg = BootConfig::from_cmdline(
             "console=ttyS0 fastpatch.disk=/dev/vdb fastpatch.net=0 fastpatch.mark_good \
              fastpatch.probe=http://10.0.2.2:8080/x fastpatch.os=/usr/bin/os \
-             fastpatch.disk_timeout_ms=250 fastpatch.root=0",
+             fastpatch.disk_timeout_ms=250 fastpatch.root=0 fastpatch.os_arg=--root \
+             fastpatch.os_arg=/var",
         )
         .unwrap();
+        assert_eq!(cfg.os_args, ["--root", "/var"]);
         assert_eq!(cfg.root, None);
         assert_eq!(cfg.disk, "/dev/vdb");
         assert!(!cfg.net);
@@ -364,6 +381,13 @@ mod tests {
             Some("3975.2.0")
         );
         assert_eq!(os_release_version("VERSION_ID=2\n"), None);
+    }
+
+    #[test]
+    fn only_a_clean_os_exit_is_ok() {
+        assert_eq!(os_exit_verdict(Some(0)), GuestExit::OsOk);
+        assert_eq!(os_exit_verdict(Some(1)), GuestExit::OsFailed);
+        assert_eq!(os_exit_verdict(None), GuestExit::OsFailed);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! /usr, and execs the "OS". Started as `fastpatch-os` it is that OS: a stand-in that reports
 //! what booted, optionally probes the host over HTTP and, when the slot's health check passes,
 //! marks the slot good and powers off (else reboots, so the boot chooser falls back). Started
-//! as `fastpatch-health` it is only that health check (exit 0 = healthy).
+//! as `fastpatch-health` (or `/init health`) it is only that health check (exit 0 = healthy);
+//! `/init reboot` reboots (the reboot command for an OS such as the engine).
 
 mod init;
 mod os;
@@ -24,6 +25,17 @@ fn main() {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // Subcommands for programs the OS runs (not as PID 1, where the kernel may pass stray
+    // command line words): `/init health`, `/init reboot`, `/init os`.
+    // SAFETY: getpid has no preconditions.
+    let is_pid1 = unsafe { libc::getpid() } == 1;
+    let sub = std::env::args().nth(1).filter(|_| !is_pid1);
+    let name = match sub.as_deref() {
+        Some("health") => HEALTH_MODE_ARGV0.to_string(),
+        Some("os") => OS_MODE_ARGV0.to_string(),
+        Some("reboot") => reboot(),
+        _ => name,
+    };
     if name == HEALTH_MODE_ARGV0 {
         // An ordinary command (for the engine's health gate), not PID 1: just exit.
         std::process::exit(if os::health_check() { 0 } else { 1 });

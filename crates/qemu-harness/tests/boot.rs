@@ -357,3 +357,25 @@ fn unhealthy_update_is_not_marked_good_and_falls_back() {
     assert_eq!((b_after.tries, b_after.successful), (b.tries, b.successful));
     sgdisk_verifies(&disk);
 }
+
+#[test]
+fn an_os_program_that_exits_decides_the_verdict_through_init() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = new_disk(dir.path());
+    write_usr_image_with(&disk, USR_A_INDEX, "1", &[health_file(false)]).unwrap();
+
+    // The OS here is `/init health` (a child of PID 1, as the engine will be): it exits 1 in
+    // an unhealthy slot, and the init turns that into the OsFailed verdict.
+    let spec = lab
+        .spec("os_exits", &disk)
+        .arg("fastpatch.os=/init")
+        .arg("fastpatch.os_arg=health");
+    let o = run(&spec, GuestExit::OsFailed);
+    assert_eq!(field(&o, "os-exit", "status"), "1");
+    assert!(
+        o.log.contains("fastpatch-health: unhealthy"),
+        "{}",
+        o.describe()
+    );
+}
