@@ -35,6 +35,9 @@ enum Command {
     Payload(fastpatch_payload::cli::PayloadCommand),
     /// Create an RSA-2048 key pair for signing payloads.
     Keygen(fastpatch_payload::cli::KeygenArgs),
+    /// FleetLock reboot-lock server on the etcd reboot semaphore.
+    #[command(subcommand)]
+    Fleetlock(fastpatch_locksmith::cli::FleetlockCommand),
     // Other areas add their subcommands here: one variant + one match arm each.
 }
 
@@ -54,6 +57,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Disk(cmd) => disk::run(cmd),
         Command::Payload(cmd) => fastpatch_payload::cli::run(cmd),
         Command::Keygen(args) => fastpatch_payload::cli::run_keygen(args),
+        Command::Fleetlock(cmd) => fastpatch_locksmith::cli::run(cmd),
     }
 }
 

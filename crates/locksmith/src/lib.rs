@@ -1,6 +1,7 @@
 //! Reboot coordination, locksmith compatible: the etcd semaphore (v3 API), the strategies as a
 //! pure state machine, reboot windows, `locksmithd` / `locksmithctl`, and FleetLock.
 
+pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
