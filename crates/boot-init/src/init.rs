@@ -63,8 +63,16 @@ fn boot(started: Instant) -> Result<GuestExit, Failure> {
             tracing::warn!("network setup failed: {e:#}");
         }
     }
-    let chosen = choose_slot(Path::new(&cfg.disk))?;
+    let (chosen, repaired) = choose_slot(Path::new(&cfg.disk))?;
     let dev = partition_path(Path::new(&cfg.disk), chosen.index);
+    if repaired {
+        // The kernel read the table while it was damaged (with a broken primary it may have
+        // found no partitions at all); show it the repaired one. Nothing is mounted yet.
+        match sys::reread_partitions(Path::new(&cfg.disk)) {
+            Ok(()) => eprintln!("fastpatch-init: kernel re-read the repaired partition table"),
+            Err(e) => tracing::warn!("re-reading the partition table of {}: {e}", cfg.disk),
+        }
+    }
     wait_for(&dev, cfg.disk_timeout)?;
     let dev_str = dev.to_string_lossy().into_owned();
     sys::mount(&dev_str, USR_MOUNT, "ext4", libc::MS_RDONLY, None)
@@ -192,7 +200,12 @@ fn bring_up_network() -> Result<()> {
 }
 
 /// The boot chooser: gptprio.next on the boot disk, tries decremented on disk before return.
-fn choose_slot(disk_path: &Path) -> Result<Partition, Failure> {
+/// Also says whether the table had to be repaired (opening it read-write repairs it).
+fn choose_slot(disk_path: &Path) -> Result<(Partition, bool), Failure> {
+    let repaired = !Disk::open(disk_path, OpenMode::ReadOnly)
+        .with_context(|| format!("reading the GPT of {}", disk_path.display()))?
+        .health()
+        .is_clean();
     let mut disk = Disk::open(disk_path, OpenMode::ReadWrite)
         .with_context(|| format!("reading the GPT of {}", disk_path.display()))?;
     let usr: Vec<Partition> = disk
@@ -234,7 +247,7 @@ fn choose_slot(disk_path: &Path) -> Result<Partition, Failure> {
             ]
         )
     );
-    Ok(partition)
+    Ok((partition, repaired))
 }
 
 /// Writes the boot facts, starts the OS and waits for it (reaping orphans, as PID 1 must).

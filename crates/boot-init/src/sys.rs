@@ -112,6 +112,15 @@ pub fn reboot() -> io::Error {
     io::Error::last_os_error()
 }
 
+/// Asks the kernel to re-read the partition table of a whole-disk device (BLKRRPART). Only
+/// works while none of its partitions is in use.
+pub fn reread_partitions(disk: &Path) -> io::Result<()> {
+    const BLKRRPART: libc::c_ulong = 0x125f;
+    let file = File::open(disk)?;
+    // SAFETY: BLKRRPART takes no argument; the fd is open.
+    check(unsafe { libc::ioctl(file.as_raw_fd(), BLKRRPART as _) })
+}
+
 /// The names of the network interfaces other than loopback, sorted.
 pub fn ethernet_interfaces() -> io::Result<Vec<String>> {
     let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")?

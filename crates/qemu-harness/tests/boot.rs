@@ -379,3 +379,51 @@ fn an_os_program_that_exits_decides_the_verdict_through_init() {
         o.describe()
     );
 }
+
+#[test]
+fn a_corrupt_primary_gpt_is_repaired_by_the_chooser_at_boot() {
+    use std::os::unix::fs::FileExt;
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = new_disk(dir.path());
+    write_usr_image(&disk, USR_B_INDEX, "2").unwrap();
+    Disk::open(&disk, OpenMode::ReadWrite)
+        .unwrap()
+        .stage(USR_B_INDEX)
+        .unwrap();
+    // Scribble over the primary header (LBA 1): only the backup copy is valid now.
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.write_all_at(&[0xa5; 512], 512).unwrap();
+    drop(f);
+    let d = Disk::open(&disk, OpenMode::ReadOnly).unwrap();
+    assert!(!d.health().is_clean());
+    drop(d);
+
+    let o = run(&lab.spec("corrupt_primary", &disk), GuestExit::OsOk);
+    assert!(
+        o.log.contains("primary GPT is corrupt") && o.log.contains("rebuilt from the backup"),
+        "the repair must be reported on the console: {}",
+        o.describe()
+    );
+    // The backup's choice (staged B) was honoured, and both copies are whole again.
+    assert_eq!(field(&o, "chooser", "slot"), "B");
+    let b = attrs(&disk, USR_B_INDEX);
+    assert_eq!((b.tries, b.successful), (0, false));
+    sgdisk_verifies(&disk);
+}
+
+#[test]
+fn a_disk_without_gpt_fails_the_init_with_a_clear_message() {
+    let lab = lab();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("blank.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(8 * MIB)
+        .unwrap();
+
+    let spec = lab.spec("no_gpt", &disk).arg("fastpatch.net=0");
+    let o = run(&spec, GuestExit::InitFailed);
+    assert!(o.log.contains("has no valid GPT"), "{}", o.describe());
+    assert!(o.result("chooser").is_none() && o.result("os").is_none());
+}
