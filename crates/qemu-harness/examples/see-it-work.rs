@@ -13,12 +13,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use fastpatch_disk::{create, Disk, LayoutSpec, OpenMode, USR_A_INDEX, USR_B_INDEX};
+use fastpatch_disk::{create, Disk, OpenMode, USR_A_INDEX, USR_B_INDEX};
 use fastpatch_qemu_harness::{
-    boot, format_root, health_file, write_usr_image_with, BootOutcome, Lab,
+    boot, format_root, health_file, test_layout, write_usr_image_with, BootOutcome, Lab,
 };
-
-const MIB: u64 = 1 << 20;
 
 fn main() -> Result<()> {
     // The example binary lives in <target>/debug/examples/.
@@ -33,15 +31,7 @@ fn main() -> Result<()> {
 
     let dir = tempfile::tempdir()?;
     let disk: PathBuf = dir.path().join("disk.img");
-    let spec = LayoutSpec {
-        total_size: 72 * MIB,
-        efi_size: 2 * MIB,
-        bios_boot_size: MIB,
-        usr_size: 16 * MIB,
-        oem_size: 2 * MIB,
-        ..LayoutSpec::default()
-    };
-    create(&disk, &spec, false)?;
+    create(&disk, &test_layout(), false)?;
     write_usr_image_with(&disk, USR_A_INDEX, "1", &[health_file(true)])?;
     format_root(&disk, &[])?;
     show_table(&disk, "new disk: version 1 on USR-A")?;

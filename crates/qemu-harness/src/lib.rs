@@ -12,15 +12,18 @@
 //! - [`boot`] runs QEMU with a hard timeout, keeps the serial log and parses the guest's
 //!   `FASTPATCH-RESULT` lines.
 //!
-//! [`Lab`] ties these together for tests: one static init and initramfs per test process.
+//! [`Lab`] ties these together for tests: one static init and initramfs per test process;
+//! [`Machine`] is one disk image booted again and again with numbered serial logs.
 
 mod assets;
 mod initramfs;
+mod machine;
 mod qemu;
 mod usr_image;
 
 pub use assets::{build_static_binary, build_static_init, repo_root, Assets};
 pub use initramfs::{write_initramfs, write_initramfs_with};
+pub use machine::{test_layout, Machine};
 pub use qemu::{boot, BootOutcome, BootSpec, GuestResult};
 pub use usr_image::{
     format_root, health_file, make_ext4_image, os_release, write_filesystem, write_usr_image,

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use fastpatch_boot_init::GuestExit;
-use fastpatch_disk::{create, Disk, LayoutSpec, OpenMode, SlotAttrs, USR_A_INDEX, USR_B_INDEX};
+use fastpatch_disk::{create, Disk, OpenMode, SlotAttrs, USR_A_INDEX, USR_B_INDEX};
 use fastpatch_qemu_harness::{
-    boot, format_root, health_file, write_usr_image, write_usr_image_with, BootOutcome, BootSpec,
-    FsFile, Lab,
+    boot, format_root, health_file, test_layout, write_usr_image, write_usr_image_with,
+    BootOutcome, BootSpec, FsFile, Lab, Machine,
 };
 
 const MIB: u64 = 1 << 20;
@@ -25,15 +25,7 @@ fn lab() -> &'static Lab {
 /// an empty ext4 on ROOT.
 fn new_disk(dir: &Path) -> PathBuf {
     let path = dir.join("disk.img");
-    let spec = LayoutSpec {
-        total_size: 72 * MIB,
-        efi_size: 2 * MIB,
-        bios_boot_size: MIB,
-        usr_size: 16 * MIB,
-        oem_size: 2 * MIB,
-        ..LayoutSpec::default()
-    };
-    create(&path, &spec, false).expect("creating the disk image");
+    create(&path, &test_layout(), false).expect("creating the disk image");
     write_usr_image_with(&path, USR_A_INDEX, "1", &[health_file(true)])
         .expect("writing version 1 to USR-A");
     format_root(&path, &[]).expect("formatting ROOT");
@@ -316,46 +308,44 @@ fn a_hung_guest_is_killed_at_the_timeout() {
 
 #[test]
 fn unhealthy_update_is_not_marked_good_and_falls_back() {
-    let lab = lab();
     let dir = tempfile::tempdir().unwrap();
-    let disk = new_disk(dir.path());
-    write_usr_image_with(&disk, USR_B_INDEX, "3", &[health_file(false)]).unwrap();
-    Disk::open(&disk, OpenMode::ReadWrite)
+    let mut m = Machine::new(lab(), dir.path(), "unhealthy_update", "1").unwrap();
+    m.cmdline.push("fastpatch.mark_good=1".into());
+    write_usr_image_with(&m.disk, USR_B_INDEX, "3", &[health_file(false)]).unwrap();
+    Disk::open(&m.disk, OpenMode::ReadWrite)
         .unwrap()
         .stage(USR_B_INDEX)
         .unwrap();
 
     // Version 3 boots, its health gate fails: no mark, a reboot (QEMU exits 0).
-    let spec = lab.spec("unhealthy_b", &disk).arg("fastpatch.mark_good=1");
-    let o = boot(&spec).expect("running QEMU");
+    let o = m.boot().expect("running QEMU");
     assert!(
         o.rebooted(),
         "the guest must ask for a reboot: {}",
         o.describe()
     );
-    assert_eq!(field(&o, "os", "version"), "3");
-    assert_eq!(field(&o, "os", "health"), "fail");
-    let b = attrs(&disk, USR_B_INDEX);
+    assert_eq!(field(o, "os", "version"), "3");
+    assert_eq!(field(o, "os", "health"), "fail");
+    let b = m.attrs(USR_B_INDEX).unwrap();
     assert_eq!((b.tries, b.successful), (0, false));
 
     // The next boot falls back to version 1, healthy, which stays the good slot on top.
-    let o = run(
-        &spec
-            .clone()
-            .with_log(&lab.log_dir.join("unhealthy_b_fallback.log")),
-        GuestExit::OsOk,
-    );
-    assert_eq!(field(&o, "chooser", "slot"), "A");
-    assert_eq!(field(&o, "os", "version"), "1");
-    assert_eq!(field(&o, "os", "marked_good"), "1");
+    let o = m.boot().expect("running QEMU");
+    if let Err(report) = o.expect_exit(GuestExit::OsOk) {
+        panic!("{report}");
+    }
+    assert_eq!(field(o, "chooser", "slot"), "A");
+    assert_eq!(field(o, "os", "version"), "1");
+    assert_eq!(field(o, "os", "marked_good"), "1");
+    assert!(o.log_path.ends_with("unhealthy_update-2.log"));
     // Marking A good puts it on top; B stays spent and never successful.
-    let (a, b_after) = (attrs(&disk, USR_A_INDEX), attrs(&disk, USR_B_INDEX));
+    let (a, b_after) = (m.attrs(USR_A_INDEX).unwrap(), m.attrs(USR_B_INDEX).unwrap());
     assert!(
         a.successful && a.priority > b_after.priority,
         "A {a:?} B {b_after:?}"
     );
     assert_eq!((b_after.tries, b_after.successful), (b.tries, b.successful));
-    sgdisk_verifies(&disk);
+    sgdisk_verifies(&m.disk);
 }
 
 #[test]
