@@ -1,1 +1,269 @@
-//! Update server.
+//! fastpatch-server: an Omaha v3 update server with rollout policies.
+//!
+//! Start one in a test:
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let handle = fastpatch_server::Server::start(fastpatch_server::Config::for_tests(dir.path())).await?;
+//! let url = format!("{}/v1/update/", handle.base_url());
+//! # let _ = url;
+//! handle.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod http;
+pub mod metrics;
+pub mod omaha;
+pub mod openapi;
+pub mod payloads;
+pub mod policy;
+pub mod store;
+pub mod version;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use store::Store;
+
+/// Retention of old data (a background job prunes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Events, status history, grants and activity older than this are deleted.
+    pub keep_days: i64,
+    /// Instances that have not checked in for this long are deleted.
+    pub silent_instance_days: i64,
+    /// How often the job runs (also the safe-mode timeout sweep).
+    pub interval: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep_days: 90,
+            silent_instance_days: 180,
+            interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Config {
+    /// SQLite file and hosted payloads live here.
+    pub data_dir: PathBuf,
+    /// `postgres://…` (or an explicit `sqlite://…`); default: SQLite under `data_dir`.
+    pub database_url: Option<String>,
+    pub listen: SocketAddr,
+    /// Base URL clients reach this server at (payload URLs); default `http://<listen addr>`.
+    pub public_url: Option<String>,
+    pub admin_tokens: Vec<String>,
+    pub viewer_tokens: Vec<String>,
+    pub retention: Retention,
+    /// How often grants are checked for safe-mode timeouts.
+    pub timeout_sweep: Duration,
+    pub clock: Arc<dyn Clock>,
+    /// Cap on Omaha request bodies.
+    pub max_body_bytes: usize,
+    /// Create the default Flatcar app, channels and groups on an empty database.
+    pub seed_defaults: bool,
+}
+
+impl Config {
+    /// Defaults: loopback 127.0.0.1:8080, SQLite under `data_dir`, no tokens.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            database_url: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            admin_tokens: Vec::new(),
+            viewer_tokens: Vec::new(),
+            retention: Retention::default(),
+            timeout_sweep: Duration::from_secs(60),
+            clock: Arc::new(SystemClock),
+            max_body_bytes: 64 * 1024,
+            seed_defaults: true,
+        }
+    }
+
+    /// Port 0 on loopback, fixed tokens `admin-token` / `viewer-token`.
+    pub fn for_tests(data_dir: &Path) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_tokens: vec!["admin-token".into()],
+            viewer_tokens: vec!["viewer-token".into()],
+            ..Config::new(data_dir)
+        }
+    }
+}
+
+/// Shared by all handlers.
+pub struct AppState {
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: metrics::Metrics,
+    pub public_url: String,
+    pub data_dir: PathBuf,
+    pub admin_tokens: Vec<String>,
+    pub viewer_tokens: Vec<String>,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("opening the database: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct Server;
+
+/// A running server: its address, its store, and a way to stop it.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    base_url: String,
+    state: Arc<AppState>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    jobs: tokio::task::JoinHandle<()>,
+}
+
+impl ServerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+    /// `http://127.0.0.1:PORT` (or the configured public URL).
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+    /// Stops accepting, lets in-flight requests finish, closes the database.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        self.jobs.abort();
+        let _ = self.jobs.await;
+        self.state.store.close().await;
+    }
+    /// Waits until the server stops on its own (e.g. ctrl-c in the binary).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+        self.jobs.abort();
+        self.state.store.close().await;
+    }
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+}
+
+impl Server {
+    pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
+        let store = match &config.database_url {
+            Some(url) => Store::open(url).await?,
+            None => Store::open_data_dir(&config.data_dir).await?,
+        };
+        if config.seed_defaults {
+            store
+                .ensure_defaults(config.clock.now().timestamp())
+                .await?;
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let base_url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"))
+            .trim_end_matches('/')
+            .to_owned();
+        let state = Arc::new(AppState {
+            store,
+            clock: config.clock.clone(),
+            metrics: metrics::Metrics::default(),
+            public_url: base_url.clone(),
+            data_dir: config.data_dir.clone(),
+            admin_tokens: config.admin_tokens.clone(),
+            viewer_tokens: config.viewer_tokens.clone(),
+            max_body_bytes: config.max_body_bytes,
+        });
+        let (stop, mut stopped) = watch::channel(false);
+        let router = http::router(state.clone());
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            });
+            if let Err(e) = serve.await {
+                warn!(error = %e, "server stopped with an error");
+            }
+        });
+        let jobs = tokio::spawn(background_jobs(
+            state.clone(),
+            config.retention,
+            config.timeout_sweep,
+        ));
+        info!(%addr, "fastpatch-server listening");
+        Ok(ServerHandle {
+            addr,
+            base_url,
+            state,
+            stop,
+            task,
+            jobs,
+        })
+    }
+}
+
+/// Retention pruning and the safe-mode timeout sweep.
+async fn background_jobs(state: Arc<AppState>, retention: Retention, sweep: Duration) {
+    let mut prune = tokio::time::interval(retention.interval);
+    let mut timeouts = tokio::time::interval(sweep);
+    loop {
+        tokio::select! {
+            _ = prune.tick() => {
+                let now = state.clock.now().timestamp();
+                match state.store.prune(now, retention.keep_days * 86400, retention.silent_instance_days * 86400).await {
+                    Ok(r) => info!(?r, "retention job pruned old data"),
+                    Err(e) => warn!(error = %e, "retention job failed"),
+                }
+            }
+            _ = timeouts.tick() => {
+                let now = state.clock.now().timestamp();
+                match state.store.sweep_timeouts(now).await {
+                    Ok(halted) => for (app, group) in halted {
+                        state.metrics.inc(&state.metrics.halts);
+                        warn!(%app, %group, "safe mode halted the group: an update timed out");
+                    },
+                    Err(e) => warn!(error = %e, "timeout sweep failed"),
+                }
+            }
+        }
+    }
+}

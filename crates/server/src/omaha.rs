@@ -1,0 +1,291 @@
+//! The Omaha v3 endpoint: parse, record, decide, answer. Every `<app>` in a
+//! request gets an answer, known or not.
+
+use chrono::{DateTime, Timelike, Utc};
+use fastpatch_omaha::{
+    normalize_appid, Limits, ParseError, Request, RequestApp, Response, ResponseApp, Status,
+    UpdateCheckResponse,
+};
+use tracing::{debug, info, warn};
+
+use crate::policy::{self, Decision, GroupCounts, InstanceStatus};
+use crate::store::{CheckIn, GrantOutcome, GrantRequest, InstanceRow, PackageRow, StoreError};
+use crate::AppState;
+
+/// The group a machine lands in when it sends no track.
+pub const DEFAULT_TRACK: &str = "stable";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OmahaError {
+    #[error("bad request: {0}")]
+    BadRequest(#[from] ParseError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Answers one request body; `ip` is the peer address for the instance record.
+pub async fn handle(
+    state: &AppState,
+    body: &[u8],
+    ip: Option<String>,
+) -> Result<String, OmahaError> {
+    let limits = Limits {
+        max_bytes: state.max_body_bytes,
+        ..Limits::default()
+    };
+    let req = Request::parse_with_limits(body, &limits)?;
+    let now = state.clock.now();
+    let mut apps = Vec::with_capacity(req.apps.len());
+    for app in &req.apps {
+        apps.push(answer_app(state, app, ip.as_deref(), now).await?);
+    }
+    let elapsed = u64::from(now.num_seconds_from_midnight());
+    Ok(Response::new("fastpatch", elapsed, apps).to_xml())
+}
+
+async fn answer_app(
+    state: &AppState,
+    app: &RequestApp,
+    ip: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<ResponseApp, OmahaError> {
+    let app_id = normalize_appid(&app.appid);
+    let m = &state.metrics;
+    if !state.store.app_exists(&app_id).await? {
+        m.inc(&m.unknown_app);
+        return Ok(ResponseApp::error(
+            app.appid.clone(),
+            Status::ErrorUnknownApplication,
+        ));
+    }
+    let track = app
+        .track
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .unwrap_or(DEFAULT_TRACK);
+    let Some(group) = state.store.group(&app_id, track).await? else {
+        m.inc(&m.unknown_group);
+        return Ok(ResponseApp::error(
+            app.appid.clone(),
+            Status::ErrorUnknownApplicationOrGroup,
+        ));
+    };
+    let mut answer = ResponseApp::ok(app.appid.clone());
+    if app.ping.is_some() {
+        answer.ping = Some(Status::Ok);
+    }
+    let machine_id = app
+        .machine_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let Some(machine_id) = machine_id else {
+        // Nothing to track and nothing to count a grant against: events are
+        // acknowledged, updates are not offered.
+        answer.events = vec![Status::Ok; app.events.len()];
+        if app.update_check.is_some() {
+            answer.update_check = Some(UpdateCheckResponse::no_update());
+        }
+        return Ok(answer);
+    };
+    let version = app
+        .version
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("0.0.0");
+    let arch = crate::store::normalize_arch(app.board.as_deref());
+    let ts = now.timestamp();
+    let checkin = CheckIn {
+        app_id: app_id.clone(),
+        machine_id: machine_id.to_owned(),
+        alias: app.machine_alias.clone().filter(|a| !a.is_empty()),
+        ip: ip.map(str::to_owned),
+        version: version.to_owned(),
+        arch: arch.clone(),
+        group: group.name.clone(),
+    };
+    let before = state.store.check_in(&checkin, ts).await?;
+    let mut inst = match before {
+        Some(mut row) => {
+            row.version = version.to_owned();
+            row.group_name = group.name.clone();
+            row
+        }
+        None => InstanceRow {
+            app_id: app_id.clone(),
+            machine_id: machine_id.to_owned(),
+            alias: checkin.alias.clone(),
+            ip: checkin.ip.clone(),
+            version: version.to_owned(),
+            arch: arch.clone(),
+            group_name: group.name.clone(),
+            status: InstanceStatus::Undefined.as_str().to_owned(),
+            target_version: None,
+            granted_at: None,
+            status_at: ts,
+            last_check_at: ts,
+            created_at: ts,
+            last_error_code: None,
+        },
+    };
+
+    let policy = group.policy();
+    for ev in &app.events {
+        m.inc(&m.events);
+        state.store.record_event(&inst, ev, ts).await?;
+        let kind = ev.kind();
+        if let Some(status) = policy::status_after_event(kind) {
+            let code = ev.error_code.map(|c| i64::from(c.0));
+            state.store.set_status(&inst, status, code, ts).await?;
+            inst.status = status.as_str().to_owned();
+            if status == InstanceStatus::Error {
+                m.inc(&m.update_failures);
+            }
+        }
+        if policy::event_halts_group(&policy, kind) && inst.target_version.is_some() {
+            let what = match kind {
+                fastpatch_omaha::EventKind::RolledBack => {
+                    format!("{machine_id} rolled back (error code 44)")
+                }
+                _ => format!(
+                    "{machine_id} reported error code {}",
+                    ev.error_code.map(|c| c.base()).unwrap_or(0)
+                ),
+            };
+            if state
+                .store
+                .halt_for_failure(&app_id, &group.name, &what, ts)
+                .await?
+            {
+                m.inc(&m.halts);
+                warn!(app = %app_id, group = %group.name, reason = %what, "safe mode halted the group");
+            }
+        }
+        answer.events.push(Status::Ok);
+    }
+
+    if app.update_check.is_some() {
+        m.inc(&m.update_checks);
+        answer.update_check = Some(update_check(state, &group, &inst, &arch, now).await?);
+    }
+    Ok(answer)
+}
+
+async fn update_check(
+    state: &AppState,
+    group: &crate::store::Group,
+    inst: &InstanceRow,
+    arch: &str,
+    now: DateTime<Utc>,
+) -> Result<UpdateCheckResponse, OmahaError> {
+    let store = &state.store;
+    let m = &state.metrics;
+    let channel = store.channel(&inst.app_id, &group.channel).await?;
+    let channel_version = channel.and_then(|c| c.version);
+    let floors = store.floors(&inst.app_id).await?;
+    let packages: Vec<PackageRow> = store
+        .packages(&inst.app_id)
+        .await?
+        .into_iter()
+        .filter(|p| p.arch == arch)
+        .collect();
+    let has_package = |v: &str| packages.iter().any(|p| p.version == v);
+    let view = inst.view();
+    let policy = group.policy();
+    // A first decision without counts filters out everything a lock cannot change.
+    let pre = policy::decide(&policy::CheckContext {
+        now,
+        machine_id: &inst.machine_id,
+        current_version: &inst.version,
+        instance: Some(&view),
+        policy: &policy,
+        channel_version: channel_version.as_deref(),
+        floors: &floors,
+        has_package: &has_package,
+        counts: GroupCounts::default(),
+    });
+    let outcome = match pre {
+        Decision::NoUpdate(r) => GrantOutcome::NoUpdate(r),
+        Decision::Hold { version, reason } => GrantOutcome::Hold { version, reason },
+        Decision::Offer {
+            version,
+            new_grant: false,
+        } => GrantOutcome::Offer {
+            version,
+            new_grant: false,
+        },
+        Decision::Offer {
+            new_grant: true, ..
+        } => {
+            store
+                .grant(&GrantRequest {
+                    app_id: &inst.app_id,
+                    group: &group.name,
+                    machine_id: &inst.machine_id,
+                    current_version: &inst.version,
+                    instance: Some(&view),
+                    channel_version: channel_version.as_deref(),
+                    floors: &floors,
+                    has_package: &has_package,
+                    now,
+                })
+                .await?
+        }
+    };
+    debug!(machine = %inst.machine_id, ?outcome, "update check");
+    match outcome {
+        GrantOutcome::Offer { version, new_grant } => {
+            let Some(pkg) = packages.iter().find(|p| p.version == version) else {
+                m.inc(&m.no_update);
+                return Ok(UpdateCheckResponse::no_update());
+            };
+            if new_grant {
+                m.inc(&m.grants);
+                info!(machine = %inst.machine_id, group = %group.name, %version, "update granted");
+            }
+            m.inc(&m.offers);
+            Ok(offer(state, pkg))
+        }
+        GrantOutcome::Hold { reason, .. } => {
+            m.inc(&m.holds);
+            if !view.status.in_progress() {
+                store
+                    .set_status(inst, InstanceStatus::OnHold, None, now.timestamp())
+                    .await?;
+            }
+            debug!(machine = %inst.machine_id, ?reason, "update held");
+            Ok(UpdateCheckResponse::no_update())
+        }
+        GrantOutcome::HaltedByTimeout { machine_id } => {
+            m.inc(&m.halts);
+            warn!(group = %group.name, stuck = %machine_id, "safe mode halted the group after a timeout");
+            Ok(UpdateCheckResponse::no_update())
+        }
+        GrantOutcome::NoUpdate(_) => {
+            m.inc(&m.no_update);
+            Ok(UpdateCheckResponse::no_update())
+        }
+    }
+}
+
+/// The update element for a package: our payload URL unless it lives elsewhere.
+pub fn offer(state: &AppState, pkg: &PackageRow) -> UpdateCheckResponse {
+    let codebase = match &pkg.base_url {
+        Some(url) => url.clone(),
+        None => format!(
+            "{}/v1/payloads/{}/",
+            state.public_url.trim_end_matches('/'),
+            pkg.id
+        ),
+    };
+    UpdateCheckResponse::update(
+        vec![codebase],
+        pkg.version.clone(),
+        pkg.file_name.clone(),
+        pkg.size.max(0) as u64,
+        Some(pkg.sha1_b64.clone()),
+        pkg.sha256_b64.clone(),
+    )
+}

@@ -1,0 +1,298 @@
+//! Publishing payload files (hash, store, register) and serving them with
+//! Range, ETag and exact Content-Length so clients can resume.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::store::{PackageRow, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("storing payload: {0}")]
+    Write(std::io::Error),
+    #[error("the payload file is empty")]
+    Empty,
+    #[error("unknown application {0}")]
+    UnknownApp(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What to publish.
+#[derive(Debug, Clone)]
+pub struct Publish<'a> {
+    pub app_id: &'a str,
+    pub version: &'a str,
+    pub arch: &'a str,
+    pub file: &'a Path,
+    /// Name clients download it as; defaults to the file's name.
+    pub file_name: Option<&'a str>,
+    /// Serve from elsewhere (a CDN): the codebase URL, ending in `/`.
+    pub base_url: Option<&'a str>,
+}
+
+pub fn payload_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("payloads")
+}
+
+/// Hashes `file` (SHA-1, SHA-256, size), copies it under the data dir unless
+/// it is served elsewhere, and registers the package. Re-publishing identical
+/// bytes is a no-op; different bytes for a published version are refused.
+pub async fn publish(
+    store: &Store,
+    data_dir: &Path,
+    p: &Publish<'_>,
+    now: i64,
+) -> Result<PackageRow, PublishError> {
+    let app_id = fastpatch_omaha::normalize_appid(p.app_id);
+    if !store.app_exists(&app_id).await? {
+        return Err(PublishError::UnknownApp(app_id));
+    }
+    let dir = payload_dir(data_dir);
+    std::fs::create_dir_all(&dir).map_err(PublishError::Write)?;
+    let tmp = dir.join(format!(".incoming-{}", uuid::Uuid::new_v4()));
+    let hosted = p.base_url.is_none();
+    let src = p.file.to_owned();
+    let tmp2 = tmp.clone();
+    let (size, sha1, sha256) =
+        tokio::task::spawn_blocking(move || hash_and_copy(&src, hosted.then_some(tmp2.as_path())))
+            .await
+            .map_err(|e| PublishError::Write(std::io::Error::other(e)))??;
+    if size == 0 {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(PublishError::Empty);
+    }
+    let file_name = match p.file_name {
+        Some(n) => n.to_owned(),
+        None => p
+            .file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "update.gz".to_owned()),
+    };
+    let row = PackageRow {
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        app_id,
+        version: p.version.to_owned(),
+        arch: crate::store::normalize_arch(Some(p.arch)),
+        file_name,
+        base_url: p.base_url.map(|u| {
+            if u.ends_with('/') {
+                u.to_owned()
+            } else {
+                format!("{u}/")
+            }
+        }),
+        size: size as i64,
+        sha1_b64: fastpatch_omaha::encode_b64(&sha1),
+        sha256_b64: fastpatch_omaha::encode_b64(&sha256),
+        created_at: now,
+    };
+    let stored = match store.add_package(&row).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+    };
+    if hosted {
+        let dest = dir.join(&stored.id);
+        if stored.id == row.id || !dest.exists() {
+            std::fs::rename(&tmp, &dest).map_err(PublishError::Write)?;
+        } else {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Ok(stored)
+}
+
+fn hash_and_copy(
+    src: &Path,
+    copy_to: Option<&Path>,
+) -> Result<(u64, [u8; 20], [u8; 32]), PublishError> {
+    use std::io::Write;
+    let read_err = |e| PublishError::Read {
+        path: src.to_owned(),
+        source: e,
+    };
+    let mut f = std::fs::File::open(src).map_err(read_err)?;
+    let mut out = match copy_to {
+        Some(p) => Some(std::fs::File::create(p).map_err(PublishError::Write)?),
+        None => None,
+    };
+    let mut s1 = Sha1::new();
+    let mut s256 = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        s1.update(&buf[..n]);
+        s256.update(&buf[..n]);
+        if let Some(o) = out.as_mut() {
+            o.write_all(&buf[..n]).map_err(PublishError::Write)?;
+        }
+        size += n as u64;
+    }
+    if let Some(o) = out {
+        o.sync_all().map_err(PublishError::Write)?;
+    }
+    Ok((size, s1.finalize().into(), s256.finalize().into()))
+}
+
+/// A parsed single `Range: bytes=…` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeSpec {
+    Full,
+    Partial { start: u64, end: u64 },
+    Unsatisfiable,
+}
+
+/// Interprets a Range header for a resource of `size` bytes. Multi-range and
+/// malformed headers are ignored (the whole resource is served, as RFC 9110 allows).
+pub fn parse_range(header: Option<&str>, size: u64) -> RangeSpec {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return RangeSpec::Full;
+    };
+    if spec.contains(',') {
+        return RangeSpec::Full;
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return RangeSpec::Full;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let range = if a.is_empty() {
+        let Ok(n) = b.parse::<u64>() else {
+            return RangeSpec::Full;
+        };
+        if n == 0 || size == 0 {
+            return RangeSpec::Unsatisfiable;
+        }
+        (size.saturating_sub(n), size - 1)
+    } else {
+        let Ok(start) = a.parse::<u64>() else {
+            return RangeSpec::Full;
+        };
+        let end = if b.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            match b.parse::<u64>() {
+                Ok(e) if e >= start => e.min(size.saturating_sub(1)),
+                _ => return RangeSpec::Full,
+            }
+        };
+        if start >= size {
+            return RangeSpec::Unsatisfiable;
+        }
+        (start, end)
+    };
+    RangeSpec::Partial {
+        start: range.0,
+        end: range.1,
+    }
+}
+
+/// Serves a hosted package's bytes.
+pub async fn serve(data_dir: &Path, pkg: &PackageRow, headers: &HeaderMap) -> Response {
+    let path = payload_dir(data_dir).join(&pkg.id);
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(_) => return (StatusCode::NOT_FOUND, "payload file missing").into_response(),
+    };
+    let size = pkg.size.max(0) as u64;
+    let etag = format!("\"{}\"", pkg.sha256_b64);
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .map(|v| v.to_str().ok() == Some(etag.as_str()))
+        .unwrap_or(true);
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == etag || v == "*")
+    {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let spec = if if_range_ok {
+        parse_range(range_header, size)
+    } else {
+        RangeSpec::Full
+    };
+    let mut builder = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    let (status, start, len) = match spec {
+        RangeSpec::Full => (StatusCode::OK, 0, size),
+        RangeSpec::Partial { start, end } => {
+            builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"));
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        RangeSpec::Unsatisfiable => {
+            return Response::builder()
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{size}"))
+                .header(header::ETAG, etag)
+                .body(Body::empty())
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+        }
+    };
+    if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "seek failed").into_response();
+    }
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 * 1024);
+    builder
+        .status(status)
+        .header(header::CONTENT_LENGTH, HeaderValue::from(len))
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(None, 100), RangeSpec::Full);
+        assert_eq!(
+            parse_range(Some("bytes=0-9"), 100),
+            RangeSpec::Partial { start: 0, end: 9 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=90-"), 100),
+            RangeSpec::Partial { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-10"), 100),
+            RangeSpec::Partial { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=50-500"), 100),
+            RangeSpec::Partial { start: 50, end: 99 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=100-"), 100),
+            RangeSpec::Unsatisfiable
+        );
+        assert_eq!(parse_range(Some("bytes=-0"), 100), RangeSpec::Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=9-3"), 100), RangeSpec::Full);
+        assert_eq!(parse_range(Some("bytes=0-1,5-6"), 100), RangeSpec::Full);
+        assert_eq!(parse_range(Some("items=0-1"), 100), RangeSpec::Full);
+        assert_eq!(parse_range(Some("bytes=x-1"), 100), RangeSpec::Full);
+    }
+}
