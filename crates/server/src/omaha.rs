@@ -250,7 +250,8 @@ async fn update_check(
         }
         GrantOutcome::Hold { reason, .. } => {
             m.inc(&m.holds);
-            if !view.status.in_progress() {
+            // Keep in-progress and error states visible; on-hold is for idle machines.
+            if !view.status.in_progress() && view.status != InstanceStatus::Error {
                 store
                     .set_status(inst, InstanceStatus::OnHold, None, now.timestamp())
                     .await?;
