@@ -78,6 +78,18 @@ pub enum Command {
     /// Mandatory intermediate versions.
     #[command(subcommand)]
     Floor(FloorCmd),
+    /// Register synthetic instances (benchmarks, dashboard scale tests).
+    #[command(hide = true)]
+    SeedInstances {
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value = "stable")]
+        group: String,
+        #[arg(long, default_value = "0.0.0")]
+        version: String,
+        #[arg(long, default_value = "seed-")]
+        prefix: String,
+    },
     /// List instances (keyset pages: pass --after with the last id printed).
     Instances {
         #[arg(long)]
@@ -573,6 +585,19 @@ pub async fn run(cli: Cli) -> Result<()> {
             for f in store.floors(&app).await? {
                 println!("{f}");
             }
+            Ok(())
+        }
+        Some(Command::SeedInstances {
+            count,
+            group,
+            version,
+            prefix,
+        }) => {
+            let store = open(db).await?;
+            let n = store
+                .seed_instances(&app, &group, &prefix, count, &version, now)
+                .await?;
+            println!("registered {n} instances in group {group}");
             Ok(())
         }
         Some(Command::Instances {

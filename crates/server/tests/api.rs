@@ -4,7 +4,7 @@ mod support;
 
 use fastpatch_omaha::FLATCAR_APP_ID;
 use serde_json::{json, Value};
-use support::{offered, server, Backend};
+use support::{offered, server, Backend, NowTs};
 
 async fn roles_and_writes(b: Backend) {
     let s = server(b).await;
@@ -204,4 +204,56 @@ async fn roles_and_writes(b: Backend) {
     s.handle.shutdown().await;
 }
 
-both_backends!(roles_and_writes);
+async fn seeded_instances_page_by_keyset(b: Backend) {
+    let s = server(b).await;
+    let store = s.handle.store();
+    assert_eq!(
+        store
+            .seed_instances(
+                FLATCAR_APP_ID,
+                "beta",
+                "seed-",
+                1200,
+                "3602.2.0",
+                s.clock.now_ts()
+            )
+            .await
+            .unwrap(),
+        1200
+    );
+    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM instances")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(total, 1200);
+    let mut after = None;
+    let mut seen = 0;
+    loop {
+        let page = store
+            .list_instances(
+                &fastpatch_server::store::InstanceFilter {
+                    app_id: Some(FLATCAR_APP_ID.into()),
+                    group: Some("beta".into()),
+                    after: after.clone(),
+                    limit: Some(500),
+                    ..Default::default()
+                },
+                0,
+            )
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        seen += page.len();
+        after = page.last().map(|r| r.machine_id.clone());
+    }
+    assert_eq!(seen, 1200);
+    assert_eq!(
+        store.version_counts(FLATCAR_APP_ID, "beta").await.unwrap(),
+        vec![("3602.2.0".to_string(), 1200)]
+    );
+    s.handle.shutdown().await;
+}
+
+both_backends!(roles_and_writes, seeded_instances_page_by_keyset);
