@@ -9,7 +9,9 @@ use fastpatch_omaha::{
 use tracing::{debug, info, warn};
 
 use crate::policy::{self, Decision, GroupCounts, InstanceStatus};
-use crate::store::{CheckIn, GrantOutcome, GrantRequest, InstanceRow, PackageRow, StoreError};
+use crate::store::{
+    AppConfig, CheckIn, GrantOutcome, GrantRequest, InstanceRow, PackageRow, StoreError,
+};
 use crate::AppState;
 
 /// The group a machine lands in when it sends no track.
@@ -51,20 +53,20 @@ async fn answer_app(
 ) -> Result<ResponseApp, OmahaError> {
     let app_id = normalize_appid(&app.appid);
     let m = &state.metrics;
-    if !state.store.app_exists(&app_id).await? {
+    let Some(config) = state.store.app_config(&app_id).await? else {
         m.inc(&m.unknown_app);
         return Ok(ResponseApp::error(
             app.appid.clone(),
             Status::ErrorUnknownApplication,
         ));
-    }
+    };
     let track = app
         .track
         .as_deref()
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .unwrap_or(DEFAULT_TRACK);
-    let Some(group) = state.store.group(&app_id, track).await? else {
+    let Some(group) = config.groups.iter().find(|g| g.name == track) else {
         m.inc(&m.unknown_group);
         return Ok(ResponseApp::error(
             app.appid.clone(),
@@ -168,13 +170,14 @@ async fn answer_app(
 
     if app.update_check.is_some() {
         m.inc(&m.update_checks);
-        answer.update_check = Some(update_check(state, &group, &inst, &arch, now).await?);
+        answer.update_check = Some(update_check(state, &config, group, &inst, &arch, now).await?);
     }
     Ok(answer)
 }
 
 async fn update_check(
     state: &AppState,
+    config: &AppConfig,
     group: &crate::store::Group,
     inst: &InstanceRow,
     arch: &str,
@@ -182,15 +185,13 @@ async fn update_check(
 ) -> Result<UpdateCheckResponse, OmahaError> {
     let store = &state.store;
     let m = &state.metrics;
-    let channel = store.channel(&inst.app_id, &group.channel).await?;
-    let channel_version = channel.and_then(|c| c.version);
-    let floors = store.floors(&inst.app_id).await?;
-    let packages: Vec<PackageRow> = store
-        .packages(&inst.app_id)
-        .await?
-        .into_iter()
-        .filter(|p| p.arch == arch)
-        .collect();
+    let channel_version = config
+        .channels
+        .iter()
+        .find(|c| c.name == group.channel)
+        .and_then(|c| c.version.clone());
+    let floors = config.floors.as_slice();
+    let packages: Vec<&PackageRow> = config.packages.iter().filter(|p| p.arch == arch).collect();
     let has_package = |v: &str| packages.iter().any(|p| p.version == v);
     let view = inst.view();
     let policy = group.policy();
@@ -202,7 +203,7 @@ async fn update_check(
         instance: Some(&view),
         policy: &policy,
         channel_version: channel_version.as_deref(),
-        floors: &floors,
+        floors,
         has_package: &has_package,
         counts: GroupCounts::default(),
     });
@@ -227,7 +228,7 @@ async fn update_check(
                     current_version: &inst.version,
                     instance: Some(&view),
                     channel_version: channel_version.as_deref(),
-                    floors: &floors,
+                    floors,
                     has_package: &has_package,
                     now,
                 })

@@ -1,5 +1,9 @@
 //! Applications, packages, channels, groups, floors and the activity feed.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -194,6 +198,29 @@ pub fn normalize_arch(board: Option<&str>) -> String {
     }
 }
 
+/// An application's settings as the Omaha hot path needs them.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub groups: Vec<Group>,
+    pub channels: Vec<Channel>,
+    pub packages: Vec<PackageRow>,
+    pub floors: Vec<String>,
+}
+
+/// Settings cached for a short time. Writes through this `Store` clear it at
+/// once; writes by other processes (CLI, a second server) show within
+/// [`CONFIG_TTL`]. Limits never rely on it: grants re-read the group under lock.
+#[derive(Debug, Default)]
+pub struct ConfigCache(std::sync::Mutex<HashMap<String, (Instant, Option<Arc<AppConfig>>)>>);
+
+pub const CONFIG_TTL: Duration = Duration::from_secs(1);
+
+impl ConfigCache {
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActivityRow {
     pub id: i64,
@@ -206,6 +233,41 @@ pub struct ActivityRow {
 }
 
 impl Store {
+    /// The app's groups, channels, packages and floors (None: unknown app), cached.
+    pub async fn app_config(&self, app: &str) -> Result<Option<Arc<AppConfig>>> {
+        if let Some((at, cfg)) = self
+            .cache
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(app)
+        {
+            if at.elapsed() < CONFIG_TTL {
+                return Ok(cfg.clone());
+            }
+        }
+        let cfg = if self.app_exists(app).await? {
+            Some(Arc::new(AppConfig {
+                groups: self.groups(app).await?,
+                channels: self.channels(app).await?,
+                packages: self.packages(app).await?,
+                floors: self.floors(app).await?,
+            }))
+        } else {
+            None
+        };
+        self.cache
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(app.to_owned(), (Instant::now(), cfg.clone()));
+        Ok(cfg)
+    }
+
+    pub fn invalidate_config(&self) {
+        self.cache.clear();
+    }
+
     /// On an empty database: Flatcar's app with alpha/beta/stable channels and groups.
     pub async fn ensure_defaults(&self, now: i64) -> Result<()> {
         let apps: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM apps")
@@ -224,6 +286,7 @@ impl Store {
     }
 
     pub async fn create_app(&self, id: &str, name: &str, now: i64) -> Result<()> {
+        self.cache.clear();
         let id = fastpatch_omaha::normalize_appid(id);
         sqlx::query("INSERT INTO apps (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE SET name = excluded.name")
             .bind(id)
@@ -259,6 +322,7 @@ impl Store {
     /// Registers a package; refuses to change the bytes behind an existing
     /// (app, version, arch): a version's payload is immutable.
     pub async fn add_package(&self, p: &PackageRow) -> Result<PackageRow> {
+        self.cache.clear();
         if let Some(existing) = self.find_package(&p.app_id, &p.version, &p.arch).await? {
             if existing.sha256_b64 == p.sha256_b64 && existing.size == p.size {
                 return Ok(existing);
@@ -336,6 +400,7 @@ impl Store {
     }
 
     pub async fn create_channel(&self, app: &str, name: &str, now: i64) -> Result<()> {
+        self.cache.clear();
         sqlx::query("INSERT INTO channels (app_id, name, version, updated_at) VALUES ($1, $2, NULL, $3) ON CONFLICT (app_id, name) DO NOTHING")
             .bind(app.to_owned())
             .bind(name.to_owned())
@@ -373,6 +438,7 @@ impl Store {
     /// Points a channel at `version` (which must have at least one package),
     /// restarting the staged rollout of every group following it.
     pub async fn set_channel(&self, app: &str, name: &str, version: &str, now: i64) -> Result<()> {
+        self.cache.clear();
         let n: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM packages WHERE app_id = $1 AND version = $2")
                 .bind(app.to_owned())
@@ -472,6 +538,7 @@ impl Store {
 
     /// Creates or replaces a group's settings (not its halt state or rollout start).
     pub async fn upsert_group(&self, g: &Group) -> Result<()> {
+        self.cache.clear();
         g.validate()?;
         sqlx::query(
             "INSERT INTO update_groups (app_id, name, channel, updates_enabled, max_updates_per_period, period_secs, max_concurrent, update_timeout_secs, office_hours, office_tz, office_days, office_start_minute, office_end_minute, safe_mode, rollout_duration_secs) \
@@ -526,6 +593,7 @@ impl Store {
         reason: Option<&str>,
         now: i64,
     ) -> Result<()> {
+        self.cache.clear();
         let res = sqlx::query("UPDATE update_groups SET halted = $1, halted_reason = $2, halted_at = $3 WHERE app_id = $4 AND name = $5")
             .bind(b(halted))
             .bind(reason.map(str::to_owned))
@@ -562,6 +630,7 @@ impl Store {
     }
 
     pub async fn set_floor(&self, app: &str, version: &str, present: bool) -> Result<()> {
+        self.cache.clear();
         if present {
             sqlx::query("INSERT INTO floors (app_id, version) VALUES ($1, $2) ON CONFLICT (app_id, version) DO NOTHING")
                 .bind(app.to_owned())

@@ -146,35 +146,49 @@ pub struct GrantRequest<'a> {
 impl Store {
     /// Records a check-in; returns the instance as it was before (None if new).
     pub async fn check_in(&self, c: &CheckIn, now: i64) -> Result<Option<InstanceRow>> {
-        let before = self.instance(&c.app_id, &c.machine_id).await?;
-        sqlx::query(
+        // One statement: the upsert leaves status/target/grant untouched, so
+        // RETURNING gives the state before this check; created_at tells new rows.
+        let sql = format!(
             "INSERT INTO instances (app_id, machine_id, alias, ip, version, arch, group_name, status, status_at, last_check_at, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'undefined', $8, $8, $8) \
-             ON CONFLICT (app_id, machine_id) DO UPDATE SET alias = excluded.alias, ip = excluded.ip, version = excluded.version, arch = excluded.arch, group_name = excluded.group_name, last_check_at = excluded.last_check_at",
-        )
-        .bind(c.app_id.clone())
-        .bind(c.machine_id.clone())
-        .bind(c.alias.clone())
-        .bind(c.ip.clone())
-        .bind(c.version.clone())
-        .bind(c.arch.clone())
-        .bind(c.group.clone())
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        if before.is_none() {
-            self.insert_history(
-                &c.app_id,
-                &c.machine_id,
-                &c.group,
-                "undefined",
-                &c.version,
-                None,
-                now,
-            )
+             ON CONFLICT (app_id, machine_id) DO UPDATE SET alias = excluded.alias, ip = excluded.ip, version = excluded.version, arch = excluded.arch, group_name = excluded.group_name, last_check_at = excluded.last_check_at \
+             RETURNING {INSTANCE_COLS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(c.app_id.clone())
+            .bind(c.machine_id.clone())
+            .bind(c.alias.clone())
+            .bind(c.ip.clone())
+            .bind(c.version.clone())
+            .bind(c.arch.clone())
+            .bind(c.group.clone())
+            .bind(now)
+            .fetch_one(&self.pool)
             .await?;
+        let inst = instance_from_row(&row)?;
+        if inst.created_at == now && inst.status == "undefined" && inst.status_at == now {
+            let exists: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM instance_history WHERE app_id = $1 AND machine_id = $2",
+            )
+            .bind(c.app_id.clone())
+            .bind(c.machine_id.clone())
+            .fetch_one(&self.pool)
+            .await?;
+            if exists == 0 {
+                self.insert_history(
+                    &c.app_id,
+                    &c.machine_id,
+                    &c.group,
+                    "undefined",
+                    &c.version,
+                    None,
+                    now,
+                )
+                .await?;
+                return Ok(None);
+            }
         }
-        Ok(before)
+        Ok(Some(inst))
     }
 
     pub async fn instance(&self, app: &str, machine: &str) -> Result<Option<InstanceRow>> {
@@ -414,6 +428,7 @@ impl Store {
                 )
                 .await?;
                 halted.push((group.app_id.clone(), group.name.clone()));
+                self.cache.clear();
             }
             tx.commit().await?;
         }
@@ -428,6 +443,7 @@ impl Store {
         reason: &str,
         now: i64,
     ) -> Result<bool> {
+        self.cache.clear();
         let res = sqlx::query("UPDATE update_groups SET halted = 1, halted_reason = $1, halted_at = $2 WHERE app_id = $3 AND name = $4 AND halted = 0")
             .bind(reason.to_owned())
             .bind(now)

@@ -12,7 +12,9 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
-pub use config::{normalize_arch, ActivityRow, App, Channel, Group, PackageRow, DEFAULT_ARCH};
+pub use config::{
+    normalize_arch, ActivityRow, App, AppConfig, Channel, Group, PackageRow, DEFAULT_ARCH,
+};
 pub use instances::{
     CheckIn, EventRow, GrantOutcome, GrantRequest, HistoryRow, InstanceFilter, InstanceRow,
     PruneReport,
@@ -43,6 +45,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    cache: std::sync::Arc<config::ConfigCache>,
 }
 
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_init.sql"))];
@@ -86,7 +89,11 @@ impl Store {
             })
             .connect_with(opts)
             .await?;
-        let store = Store { pool, backend };
+        let store = Store {
+            pool,
+            backend,
+            cache: Default::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
