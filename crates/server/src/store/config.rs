@@ -211,7 +211,10 @@ pub struct AppConfig {
 /// once; writes by other processes (CLI, a second server) show within
 /// [`CONFIG_TTL`]. Limits never rely on it: grants re-read the group under lock.
 #[derive(Debug, Default)]
-pub struct ConfigCache(std::sync::Mutex<HashMap<String, (Instant, Option<Arc<AppConfig>>)>>);
+pub struct ConfigCache(std::sync::Mutex<HashMap<String, CachedConfig>>);
+
+/// When it was read, and the settings (None: the app does not exist).
+type CachedConfig = (Instant, Option<Arc<AppConfig>>);
 
 pub const CONFIG_TTL: Duration = Duration::from_secs(1);
 
