@@ -109,6 +109,9 @@ pub struct PruneReport {
     pub activity: u64,
 }
 
+/// How stale `last_check_at` may be (seconds) before a check-in rewrites it.
+pub const LAST_CHECK_RESOLUTION_SECS: i64 = 60;
+
 const INSTANCE_COLS: &str = "app_id, machine_id, alias, ip, version, arch, group_name, status, target_version, granted_at, status_at, last_check_at, created_at, last_error_code";
 
 fn instance_from_row(r: &AnyRow) -> Result<InstanceRow> {
@@ -146,6 +149,19 @@ pub struct GrantRequest<'a> {
 impl Store {
     /// Records a check-in; returns the instance as it was before (None if new).
     pub async fn check_in(&self, c: &CheckIn, now: i64) -> Result<Option<InstanceRow>> {
+        // A machine re-checking with nothing new costs a read, not a write:
+        // last_check_at is refreshed at most once per LAST_CHECK_RESOLUTION_SECS.
+        if let Some(inst) = self.instance(&c.app_id, &c.machine_id).await? {
+            let unchanged = inst.alias == c.alias
+                && inst.ip == c.ip
+                && inst.version == c.version
+                && inst.arch == c.arch
+                && inst.group_name == c.group
+                && (0..LAST_CHECK_RESOLUTION_SECS).contains(&(now - inst.last_check_at));
+            if unchanged {
+                return Ok(Some(inst));
+            }
+        }
         // One statement: the upsert leaves status/target/grant untouched, so
         // RETURNING gives the state before this check; created_at tells new rows.
         let sql = format!(
