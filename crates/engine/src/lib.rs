@@ -7,6 +7,7 @@
 //! these.
 
 pub mod client;
+pub mod daemon;
 pub mod dbus;
 pub mod health;
 pub mod machine;

@@ -38,10 +38,23 @@ enum Command {
     /// FleetLock reboot-lock server on the etcd reboot semaphore.
     #[command(subcommand)]
     Fleetlock(fastpatch_locksmith::cli::FleetlockCommand),
+    /// The update engine daemon (`fastpatch engine run`).
+    #[command(subcommand)]
+    Engine(fastpatch_engine::daemon::cli::EngineCommand),
+    /// update_engine_client: -status, -check_for_update, -update, -reset_status, -watch_for_updates.
+    Client(fastpatch_engine::daemon::cli::ClientArgs),
+    /// The update engine's status (a progress bar on a terminal; --json for scripts).
+    Status(fastpatch_engine::daemon::cli::StatusArgs),
+    /// Make the other slot boot next, if it holds a known-good image.
+    Rollback(fastpatch_engine::daemon::cli::RollbackArgs),
     // Other areas add their subcommands here: one variant + one match arm each.
 }
 
 fn main() {
+    // Installed as (or linked to) update_engine_client: behave exactly like it.
+    if let Some(code) = fastpatch_engine::daemon::cli::dispatch_argv0() {
+        std::process::exit(code);
+    }
     let cli = Cli::parse();
     init_logging(&cli.log);
     if let Err(err) = run(cli) {
@@ -57,6 +70,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Disk(cmd) => disk::run(cmd),
         Command::Payload(cmd) => fastpatch_payload::cli::run(cmd),
         Command::Keygen(args) => fastpatch_payload::cli::run_keygen(args),
+        Command::Engine(cmd) => fastpatch_engine::daemon::cli::run_engine(cmd),
+        Command::Client(args) => {
+            std::process::exit(fastpatch_engine::daemon::cli::run_client(&args.flags))
+        }
+        Command::Status(args) => fastpatch_engine::daemon::cli::run_status(args),
+        Command::Rollback(args) => fastpatch_engine::daemon::cli::run_rollback(args),
         Command::Fleetlock(cmd) => fastpatch_locksmith::cli::run(cmd),
     }
 }

@@ -1,0 +1,378 @@
+//! Download and install one offer: each URL in order (UrlRotation), resuming with HTTP Range,
+//! the payload pushed into the payload crate's streaming installer as it arrives; size and the
+//! Omaha SHA-256 checked over every byte before the install may finish.
+//!
+//! Two tasks: an async downloader and a blocking installer task that owns the
+//! [`Installer`] (it hashes, decompresses and writes on its own threads). The installer keeps
+//! its own resume checkpoints; the downloader keeps the running Omaha SHA-256 at
+//! [`HASH_POINT_EVERY`] boundaries so a resumed install can finish the whole-payload hash by
+//! re-fetching at most that many bytes before the installer's resume offset.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fastpatch_payload::install::{FileRange, InstallOptions, Installer};
+use fastpatch_payload::ratelimit::TokenBucket;
+use fastpatch_payload::{PayloadError, ResumableSha256};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::machine::{Input, UpdateOffer};
+use crate::report::ErrorCode;
+use crate::urls::UrlRotation;
+
+/// Distance between saved Omaha-hash states, in payload bytes.
+pub const HASH_POINT_EVERY: u64 = 16 << 20;
+const HASH_FILE: &str = "omaha-sha256.json";
+
+/// Everything one install needs.
+pub struct InstallSpec {
+    pub offer: UpdateOffer,
+    pub max_failures_per_url: u32,
+    /// The passive slot: disk path, byte offset and length (from `check_writable`).
+    pub disk: PathBuf,
+    pub slot_offset: u64,
+    pub slot_len: u64,
+    /// Trusted keys, disk rate limit (payload crate options); state dir and payload id are
+    /// filled in here.
+    pub install: InstallOptions,
+    pub state_dir: PathBuf,
+    pub net_rate: Option<u64>,
+    pub retry_delay: Duration,
+    pub credentials: Option<(String, String)>,
+}
+
+/// What the installer task is told.
+enum Feed {
+    Data(Vec<u8>),
+    /// Every byte arrived and matched size and SHA-256.
+    End,
+}
+
+/// The running install, as the daemon loop sees it.
+pub struct InstallHandle {
+    finish: Option<oneshot::Sender<()>>,
+    download: tokio::task::JoinHandle<()>,
+}
+
+impl InstallHandle {
+    /// FinishInstall: let the installer verify (signature, read-back) and report.
+    pub fn finish(&mut self) {
+        if let Some(tx) = self.finish.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for InstallHandle {
+    fn drop(&mut self) {
+        // Stops the download; the installer task sees its feed end and drops the install
+        // (its checkpoint stays for a later resume).
+        self.download.abort();
+    }
+}
+
+/// Maps an installer error to update_engine's error code.
+pub fn error_code(e: &PayloadError) -> ErrorCode {
+    match e {
+        PayloadError::OperationHashMismatch { .. } => ErrorCode::PAYLOAD_HASH_MISMATCH,
+        PayloadError::Truncated { .. } | PayloadError::TrailingData(_) => {
+            ErrorCode::PAYLOAD_SIZE_MISMATCH
+        }
+        PayloadError::BadSignature { .. }
+        | PayloadError::BadSignatureBlock(_)
+        | PayloadError::Unsigned
+        | PayloadError::NoTrustedKeys
+        | PayloadError::BadMagic(_)
+        | PayloadError::UnsupportedVersion(_)
+        | PayloadError::ManifestTooLarge(_)
+        | PayloadError::ManifestDecode(_)
+        | PayloadError::InvalidManifest(_)
+        | PayloadError::InvalidOperation { .. }
+        | PayloadError::UnsupportedOperation { .. }
+        | PayloadError::Decompress { .. }
+        | PayloadError::ExtentOutOfRange { .. }
+        | PayloadError::PayloadTooLarge { .. } => ErrorCode::DOWNLOAD_PAYLOAD_VERIFICATION_ERROR,
+        PayloadError::PartitionMismatch(_) | PayloadError::ReadbackMismatch(_) => {
+            ErrorCode::DOWNLOAD_NEW_PARTITION_INFO_ERROR
+        }
+        PayloadError::Io { .. } | PayloadError::Target(_) => ErrorCode::DOWNLOAD_WRITE_ERROR,
+        PayloadError::BootControl(_) | PayloadError::Disk(_) => {
+            ErrorCode::INSTALL_DEVICE_OPEN_ERROR
+        }
+        _ => ErrorCode::ERROR,
+    }
+}
+
+/// Saved Omaha-hash states of one payload.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct HashPoints {
+    payload_id: String,
+    points: Vec<ResumableSha256>,
+}
+
+fn load_points(dir: &Path, payload_id: &str) -> HashPoints {
+    let fresh = HashPoints {
+        payload_id: payload_id.to_string(),
+        points: vec![ResumableSha256::new()],
+    };
+    match std::fs::read(dir.join(HASH_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<HashPoints>(&b).ok())
+    {
+        Some(p) if p.payload_id == payload_id && !p.points.is_empty() => p,
+        _ => fresh,
+    }
+}
+
+fn save_points(dir: &Path, points: &HashPoints) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{HASH_FILE}.tmp"));
+    let bytes = serde_json::to_vec(points).map_err(std::io::Error::other)?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(HASH_FILE))
+}
+
+/// Forgets every checkpoint (after a payload proved bad, so no later attempt resumes it).
+pub fn discard_state(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove install state");
+        }
+    }
+}
+
+/// Starts downloading and installing. Results come back through `report` as inputs:
+/// DownloadProgress, DownloadFinished, then (after [`InstallHandle::finish`]) InstallVerified
+/// or Failed. Bytes received go to `on_bytes` (metrics).
+pub fn spawn(
+    spec: InstallSpec,
+    http: reqwest::Client,
+    report: mpsc::UnboundedSender<Input>,
+    on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
+) -> InstallHandle {
+    let (feed_tx, feed_rx) = mpsc::channel::<Feed>(4);
+    let (ready_tx, ready_rx) = oneshot::channel::<u64>();
+    let (finish_tx, finish_rx) = oneshot::channel::<()>();
+    let mut opts = spec.install.clone();
+    opts.state_dir = Some(spec.state_dir.clone());
+    opts.payload_id = Some(spec.offer.sha256_b64.clone());
+    let target = (spec.disk.clone(), spec.slot_offset, spec.slot_len);
+    let installer_report = report.clone();
+    tokio::task::spawn_blocking(move || {
+        installer_task(target, opts, ready_tx, feed_rx, finish_rx, installer_report)
+    });
+    let download = tokio::spawn(async move {
+        let Ok(resume_at) = ready_rx.await else {
+            return; // the installer could not start; it reported why
+        };
+        if let Err(code) = download(&spec, &http, resume_at, &feed_tx, &report, &*on_bytes).await {
+            let _ = report.send(Input::Failed { code });
+        }
+    });
+    InstallHandle {
+        finish: Some(finish_tx),
+        download,
+    }
+}
+
+fn installer_task(
+    (disk, offset, len): (PathBuf, u64, u64),
+    opts: InstallOptions,
+    ready: oneshot::Sender<u64>,
+    mut feed: mpsc::Receiver<Feed>,
+    finish: oneshot::Receiver<()>,
+    report: mpsc::UnboundedSender<Input>,
+) {
+    let fail = |e: PayloadError| {
+        tracing::error!(error = %e, "payload install failed");
+        let _ = report.send(Input::Failed {
+            code: error_code(&e),
+        });
+    };
+    let mut installer =
+        match FileRange::open(&disk, offset, len).and_then(|t| Installer::new(Arc::new(t), opts)) {
+            Ok(i) => i,
+            Err(e) => return fail(e),
+        };
+    let _ = ready.send(installer.resume_offset());
+    loop {
+        match feed.blocking_recv() {
+            Some(Feed::Data(chunk)) => {
+                if let Err(e) = installer.feed(&chunk) {
+                    return fail(e);
+                }
+            }
+            Some(Feed::End) => break,
+            None => return, // download abandoned; the checkpoint stays
+        }
+    }
+    if finish.blocking_recv().is_err() {
+        return;
+    }
+    match installer.finish() {
+        Ok(r) => {
+            tracing::info!(
+                payload_len = r.payload_len,
+                resumed_from = r.resumed_from,
+                "payload installed and verified"
+            );
+            let _ = report.send(Input::InstallVerified);
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn download(
+    spec: &InstallSpec,
+    http: &reqwest::Client,
+    resume_at: u64,
+    feed: &mpsc::Sender<Feed>,
+    report: &mpsc::UnboundedSender<Input>,
+    on_bytes: &(dyn Fn(u64) + Send + Sync),
+) -> Result<(), ErrorCode> {
+    let size = spec.offer.size;
+    let payload_id = &spec.offer.sha256_b64;
+    let mut points = load_points(&spec.state_dir, payload_id);
+    // The latest saved hash state at or before the installer's resume offset.
+    points.points.retain(|p| p.bytes_hashed() <= resume_at);
+    let mut hasher = points.points.last().cloned().unwrap_or_default();
+    if points.points.is_empty() {
+        points.points.push(ResumableSha256::new());
+    }
+    let mut offset = hasher.bytes_hashed();
+    if resume_at > 0 {
+        tracing::info!(
+            resume_at,
+            hash_from = offset,
+            "resuming the payload download"
+        );
+    }
+    let mut rotation = UrlRotation::new(spec.offer.urls.clone(), spec.max_failures_per_url);
+    let mut bucket = spec.net_rate.map(TokenBucket::new);
+    let mut last_progress = 0u64;
+    while offset < size {
+        let Some(url) = rotation.current().map(str::to_string) else {
+            tracing::error!("every payload URL failed");
+            return Err(ErrorCode::DOWNLOAD_TRANSFER_ERROR);
+        };
+        let mut req = http.get(&url);
+        if offset > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        }
+        if let Some((user, pass)) = &spec.credentials {
+            req = req.basic_auth(user, Some(pass));
+        }
+        let result: Result<(), String> = async {
+            let mut resp = req.send().await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let mut skip = 0u64;
+            if status == reqwest::StatusCode::OK {
+                skip = offset; // the server ignored Range: drop what we already have
+            } else if status == reqwest::StatusCode::PARTIAL_CONTENT {
+                let range = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                if !range.starts_with(&format!("bytes {offset}-")) {
+                    return Err(format!("server sent range {range:?}, asked for {offset}-"));
+                }
+            } else {
+                return Err(format!("HTTP {status}"));
+            }
+            while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+                let mut data = &chunk[..];
+                if skip > 0 {
+                    let n = skip.min(data.len() as u64) as usize;
+                    data = &data[n..];
+                    skip -= n as u64;
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                if offset + data.len() as u64 > size {
+                    return Err(format!("payload longer than the {size} bytes announced"));
+                }
+                if let Some(b) = bucket.as_mut() {
+                    let wait = b.reserve(data.len() as u64);
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                // Bytes below the installer's resume offset only feed the hash.
+                let feed_from = resume_at.saturating_sub(offset).min(data.len() as u64) as usize;
+                hash_in(&mut hasher, &mut points, data, &spec.state_dir);
+                offset += data.len() as u64;
+                on_bytes(data.len() as u64);
+                if feed_from < data.len()
+                    && feed
+                        .send(Feed::Data(data[feed_from..].to_vec()))
+                        .await
+                        .is_err()
+                {
+                    // The installer stopped on an error it reports itself.
+                    return Ok(());
+                }
+                if offset - last_progress >= size / 200 || offset == size {
+                    last_progress = offset;
+                    let _ = report.send(Input::DownloadProgress { received: offset });
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if feed.is_closed() {
+            return Ok(());
+        }
+        match result {
+            Ok(()) if offset >= size => break,
+            Ok(()) => tracing::warn!(url, offset, size, "transfer ended early; resuming"),
+            Err(why) if why.starts_with("payload longer") => {
+                tracing::error!(url, "{why}");
+                discard_state(&spec.state_dir);
+                return Err(ErrorCode::PAYLOAD_SIZE_MISMATCH);
+            }
+            Err(why) => tracing::warn!(url, offset, "payload transfer failed: {why}"),
+        }
+        rotation.record_failure();
+        if rotation.current().is_some() {
+            tokio::time::sleep(spec.retry_delay).await;
+        }
+    }
+    let got = fastpatch_omaha::encode_b64(&hasher.finalize());
+    if &got != payload_id {
+        tracing::error!(got, want = %payload_id, "payload SHA-256 does not match the Omaha response");
+        discard_state(&spec.state_dir);
+        return Err(ErrorCode::PAYLOAD_HASH_MISMATCH);
+    }
+    if feed.send(Feed::End).await.is_err() {
+        return Ok(());
+    }
+    let _ = report.send(Input::DownloadProgress { received: size });
+    let _ = report.send(Input::DownloadFinished);
+    Ok(())
+}
+
+fn hash_in(hasher: &mut ResumableSha256, points: &mut HashPoints, data: &[u8], dir: &Path) {
+    let mut data = data;
+    while !data.is_empty() {
+        let at = hasher.bytes_hashed();
+        let to_boundary = HASH_POINT_EVERY - at % HASH_POINT_EVERY;
+        let n = to_boundary.min(data.len() as u64) as usize;
+        hasher.update(&data[..n]);
+        data = &data[n..];
+        if hasher.bytes_hashed().is_multiple_of(HASH_POINT_EVERY) {
+            points.points.push(hasher.clone());
+            if let Err(e) = save_points(dir, points) {
+                tracing::warn!(error = %e, "cannot save the download hash state");
+            }
+        }
+    }
+}

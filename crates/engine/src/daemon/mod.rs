@@ -1,0 +1,661 @@
+//! The daemon: a thin tokio shell that performs the state machine's actions and feeds the
+//! outcomes back in. Nothing here decides what happens next; [`Engine::step`] does.
+//!
+//! ```text
+//!  timer / D-Bus / task results ──► Engine::step ──► actions ──► HTTP, installer, GPT,
+//!                                                                state file, D-Bus signal
+//! ```
+//!
+//! Tasks: Omaha checks and pings (one at a time), a sequential event reporter (so the server
+//! sees 13/1, 14/1, 3/1 in order), the download + install of one offer, the health gate, the
+//! metrics socket. Results of an abandoned install are dropped with its channel.
+
+pub mod cli;
+pub mod config;
+pub mod download;
+pub mod health;
+pub mod metrics;
+pub mod omaha;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use fastpatch_boot_control::{BootControl, GptBootControl, Slot, UsrSpec};
+use fastpatch_update_conf::{Server, UpdateConf};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use self::config::{BootedSlot, DaemonConfig};
+use self::download::InstallHandle;
+use self::metrics::Metrics;
+use self::omaha::{Facts, RequestKind};
+use crate::dbus::{self, Manager, Request as DbusRequest};
+use crate::health::{self as gate, HealthDecision};
+use crate::machine::{Action, BootFacts, Engine, Input};
+use crate::report::{ErrorCode, Event};
+use crate::schedule;
+use crate::status::UpdateStatus;
+use crate::status_report::{SignalThrottle, StatusSnapshot};
+
+/// Results of background tasks, back to the loop.
+#[derive(Debug)]
+enum Msg {
+    /// An Omaha check or ping got an answer (or did not).
+    Checked {
+        input: Input,
+        answered: bool,
+        max_failures_per_url: Option<u32>,
+    },
+    Input(Input),
+    Health(HealthDecision),
+}
+
+/// The running daemon.
+pub struct Daemon {
+    cfg: DaemonConfig,
+    engine: Engine,
+    facts: Facts,
+    boot: Box<dyn BootControl + Send>,
+    disk: PathBuf,
+    http: reqwest::Client,
+    snapshot: Arc<Mutex<StatusSnapshot>>,
+    conn: Option<zbus::Connection>,
+    throttle: SignalThrottle,
+    last_signal: Instant,
+    metrics: Arc<Metrics>,
+    last_checked: i64,
+    next_check: Option<Instant>,
+    max_failures_per_url: u32,
+    gate_pending: bool,
+    install: Option<InstallHandle>,
+    install_rx: Option<mpsc::UnboundedReceiver<Input>>,
+    tx: mpsc::UnboundedSender<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    reporter: mpsc::UnboundedSender<(Option<fastpatch_omaha::Request>, bool)>,
+    dbus_rx: Option<mpsc::Receiver<DbusRequest>>,
+    queue: VecDeque<Input>,
+}
+
+/// The disk that holds the partition with this GUID (via /dev/disk/by-partuuid and sysfs).
+fn disk_of_partuuid(uuid: &uuid::Uuid) -> Result<PathBuf> {
+    let link = PathBuf::from(format!("/dev/disk/by-partuuid/{uuid}"));
+    let part =
+        std::fs::canonicalize(&link).with_context(|| format!("resolving {}", link.display()))?;
+    let name = part
+        .file_name()
+        .context("partition device has no name")?
+        .to_string_lossy()
+        .to_string();
+    let sys = std::fs::canonicalize(format!("/sys/class/block/{name}"))
+        .with_context(|| format!("finding {name} in /sys/class/block"))?;
+    let parent = sys
+        .parent()
+        .and_then(Path::file_name)
+        .context("partition has no parent device in sysfs")?;
+    Ok(PathBuf::from("/dev").join(parent))
+}
+
+/// The boot control the config describes.
+pub fn boot_control(cfg: &DaemonConfig) -> Result<(GptBootControl, PathBuf)> {
+    let slot = match cfg.booted_slot {
+        BootedSlot::A => Some(Slot::A),
+        BootedSlot::B => Some(Slot::B),
+        BootedSlot::Cmdline => None,
+    };
+    if let Some(slot) = slot {
+        let disk = cfg
+            .disk
+            .clone()
+            .context("engine config: `disk` must be set when booted_slot is explicit")?;
+        return Ok((GptBootControl::new(disk.clone(), slot), disk));
+    }
+    let cmdline = std::fs::read_to_string(&cfg.cmdline_path)
+        .with_context(|| format!("reading {}", cfg.cmdline_path.display()))?;
+    let uuid = match fastpatch_boot_control::booted_partuuid_from_cmdline(&cmdline) {
+        Some(UsrSpec::PartUuid(u)) => u,
+        other => anyhow::bail!(
+            "the kernel command line names no USR PARTUUID ({other:?}); set booted_slot in the engine config"
+        ),
+    };
+    let disk = match &cfg.disk {
+        Some(d) => d.clone(),
+        None => disk_of_partuuid(&uuid)?,
+    };
+    Ok((GptBootControl::from_partuuid(disk.clone(), uuid)?, disk))
+}
+
+fn unit_random() -> f64 {
+    let h = std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now());
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Whether the passive slot is staged right now: it would boot next, on a try.
+fn passive_staged(boot: &dyn BootControl) -> Result<bool> {
+    let passive = boot.booted().other();
+    let st = boot.slot_state(passive)?;
+    Ok(!st.attrs.successful && st.attrs.tries > 0 && boot.next_boot()? == Some(passive))
+}
+
+impl Daemon {
+    /// Reads the machine, the state file and the disk; connects to D-Bus; nothing is
+    /// performed yet.
+    pub async fn new(cfg: DaemonConfig) -> Result<Daemon> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let facts = Facts::read(&cfg.root, &cfg.boot_id_path).context("reading machine facts")?;
+        let durable = crate::persist::load(&cfg.state_file)?;
+        let (boot, disk) = boot_control(&cfg)?;
+        let staged = passive_staged(&boot).context("reading the slots")?;
+        let (engine, start_actions) = Engine::start(
+            durable,
+            BootFacts {
+                current_version: facts.version.clone(),
+                boot_id: facts.boot_id.clone(),
+                passive_slot_staged: staged,
+            },
+        );
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(cfg.download.connect_timeout_secs))
+            .read_timeout(Duration::from_secs(cfg.download.stall_timeout_secs))
+            .user_agent(omaha::UPDATER_VERSION)
+            .build()
+            .context("building the HTTP client")?;
+        let snapshot = Arc::new(Mutex::new(StatusSnapshot::of(&engine, 0)));
+        let (dbus_tx, dbus_rx) = mpsc::channel(16);
+        let conn = dbus::serve(
+            cfg.dbus_address.as_deref(),
+            Manager::new(snapshot.clone(), dbus_tx),
+        )
+        .await
+        .context("serving com.coreos.update1 on D-Bus")?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let reporter = spawn_reporter(http.clone(), cfg.clone(), tx.clone());
+        let mut d = Daemon {
+            engine,
+            facts,
+            boot: Box::new(boot),
+            disk,
+            http,
+            snapshot,
+            conn: Some(conn),
+            throttle: SignalThrottle::default(),
+            last_signal: Instant::now(),
+            metrics: Arc::new(Metrics::default()),
+            last_checked: 0,
+            next_check: None,
+            max_failures_per_url: fastpatch_omaha::DEFAULT_MAX_FAILURE_COUNT_PER_URL,
+            gate_pending: false,
+            install: None,
+            install_rx: None,
+            tx,
+            rx,
+            reporter,
+            dbus_rx: Some(dbus_rx),
+            queue: VecDeque::new(),
+            cfg,
+        };
+        d.perform(start_actions).await;
+        Ok(d)
+    }
+
+    pub fn status(&self) -> UpdateStatus {
+        self.engine.status
+    }
+
+    /// Runs until `shutdown` resolves (SIGTERM in production).
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let _metrics_task = match &self.cfg.metrics_socket {
+            Some(p) => Some(
+                metrics::serve(p, self.metrics.clone())
+                    .with_context(|| format!("binding the metrics socket {}", p.display()))?,
+            ),
+            None => None,
+        };
+        self.start_gate().await?;
+        let mut dbus_rx = self.dbus_rx.take().context("run called twice")?;
+        tokio::pin!(shutdown);
+        loop {
+            let wake = self.next_check;
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = sleep_until_opt(wake) => {
+                    self.next_check = None;
+                    self.check_due(false).await;
+                }
+                Some(req) = dbus_rx.recv() => match req {
+                    DbusRequest::AttemptUpdate => self.check_due(true).await,
+                    DbusRequest::ResetStatus => self.handle(Input::ResetStatus).await,
+                },
+                input = recv_opt(&mut self.install_rx) => match input {
+                    Some(input) => self.handle(input).await,
+                    None => self.install_rx = None,
+                },
+                Some(msg) = self.rx.recv() => self.on_msg(msg).await,
+            }
+        }
+        tracing::info!("shutting down");
+        self.install = None;
+        Ok(())
+    }
+
+    async fn on_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Checked {
+                input,
+                answered,
+                max_failures_per_url,
+            } => {
+                if answered {
+                    self.last_checked = now_unix();
+                    self.metrics.set_last_check(self.last_checked);
+                }
+                match &input {
+                    Input::CheckFailed { server_error: true } => {
+                        self.metrics.failure("check_server")
+                    }
+                    Input::CheckFailed { .. } | Input::Failed { .. } => {
+                        self.metrics.failure("check")
+                    }
+                    _ => {}
+                }
+                if let Some(m) = max_failures_per_url {
+                    self.max_failures_per_url = m;
+                }
+                self.handle(input).await;
+            }
+            Msg::Input(input) => self.handle(input).await,
+            Msg::Health(decision) => self.on_gate(decision).await,
+        }
+    }
+
+    /// The health gate at start: a slot already marked good is a normal boot; otherwise the
+    /// checks run until they pass (mark good) or time out (reboot or report).
+    async fn start_gate(&mut self) -> Result<()> {
+        let booted = self.boot.slot_state(self.boot.booted())?;
+        if booted.attrs.successful {
+            tracing::info!(slot = %booted.slot, "booted slot already marked good");
+            self.handle(Input::BootMarkedGood).await;
+            return Ok(());
+        }
+        tracing::info!(slot = %booted.slot, "first boot of this slot: running the health gate");
+        self.gate_pending = true;
+        let cfg = self.cfg.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            loop {
+                let obs = health::observe(&cfg.health).await;
+                let d = gate::decide(
+                    false,
+                    &obs,
+                    started.elapsed(),
+                    cfg.health_timeout(),
+                    cfg.health.on_unhealthy,
+                );
+                if d == HealthDecision::Wait {
+                    tracing::info!(failing = ?obs.failing, "health gate: waiting");
+                    tokio::time::sleep(Duration::from_secs(cfg.health.interval_secs.max(1))).await;
+                    continue;
+                }
+                let _ = tx.send(Msg::Health(d));
+                return;
+            }
+        });
+        Ok(())
+    }
+
+    async fn on_gate(&mut self, decision: HealthDecision) {
+        self.gate_pending = false;
+        match decision {
+            HealthDecision::MarkGood | HealthDecision::AlreadyGood => {
+                match self.boot.mark_booted_good() {
+                    Ok(()) => {
+                        tracing::info!(slot = %self.boot.booted(), "health gate passed: boot marked good");
+                        self.handle(Input::BootMarkedGood).await;
+                    }
+                    Err(e) => {
+                        self.metrics.failure("health");
+                        tracing::error!(error = %e, "cannot mark the boot good");
+                    }
+                }
+            }
+            HealthDecision::Reboot { reason } => {
+                self.metrics.failure("health");
+                tracing::error!(%reason, "health gate failed: rebooting so the previous slot boots");
+                let timeout = Duration::from_secs(self.cfg.health.check_timeout_secs.max(1));
+                if let Err(e) = health::run(&self.cfg.reboot_command, timeout).await {
+                    tracing::error!(error = %e, "reboot command failed");
+                }
+            }
+            HealthDecision::ReportOnly { reason } => {
+                self.metrics.failure("health");
+                tracing::error!(%reason, "health gate failed; not marking the boot good (report-only)");
+            }
+            HealthDecision::Wait => {}
+        }
+    }
+
+    async fn check_due(&mut self, interactive: bool) {
+        if self.gate_pending && !interactive {
+            // Nothing may be installed before the boot is marked good; look again soon.
+            self.next_check = Some(Instant::now() + Duration::from_secs(30));
+            return;
+        }
+        self.handle(Input::CheckDue { interactive }).await;
+    }
+
+    /// Steps the machine with `input` and everything its actions produce synchronously.
+    async fn handle(&mut self, input: Input) {
+        self.queue.push_back(input);
+        while let Some(input) = self.queue.pop_front() {
+            tracing::debug!(?input, status = %self.engine.status, "input");
+            let actions = self.engine.step(input);
+            if !matches!(
+                self.engine.status,
+                UpdateStatus::UpdateAvailable
+                    | UpdateStatus::Downloading
+                    | UpdateStatus::Verifying
+                    | UpdateStatus::Finalizing
+            ) {
+                // Not installing (any more): drop the attempt and its pending reports.
+                self.install = None;
+                self.install_rx = None;
+            }
+            self.perform(actions).await;
+        }
+    }
+
+    async fn perform(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            tracing::debug!(?action, "action");
+            match action {
+                Action::SendUpdateCheck {
+                    events,
+                    interactive,
+                } => self.send_check(RequestKind::Check { interactive }, events),
+                Action::SendPing => self.send_check(RequestKind::Ping, Vec::new()),
+                Action::SendEvents(events) => self.send_events(events),
+                Action::StartInstall(offer) => self.start_install(offer),
+                Action::FinishInstall => match self.install.as_mut() {
+                    Some(i) => i.finish(),
+                    None => self.queue.push_back(Input::Failed {
+                        code: ErrorCode::ERROR,
+                    }),
+                },
+                Action::StageSlot => {
+                    let passive = self.boot.booted().other();
+                    match self.boot.stage(passive) {
+                        Ok(()) => {
+                            tracing::info!(slot = %passive, "slot staged for the next boot");
+                            self.queue.push_back(Input::Staged);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot stage the slot");
+                            self.metrics.failure("install");
+                            self.queue.push_back(Input::Failed {
+                                code: ErrorCode::ERROR,
+                            });
+                        }
+                    }
+                }
+                Action::UnstageSlot => {
+                    // Re-prioritizing the booted (good) slot puts it above the staged one, so
+                    // the boot chooser picks it again; the staged slot keeps its try but loses.
+                    if let Err(e) = self.boot.mark_booted_good() {
+                        tracing::error!(error = %e, "cannot unstage the update");
+                    }
+                }
+                Action::Persist => {
+                    if let Err(e) = crate::persist::save(&self.cfg.state_file, &self.engine.durable)
+                    {
+                        tracing::error!(error = %e, "cannot save the engine state");
+                        // Whatever was to follow relied on the state being durable.
+                        self.queue.push_back(Input::Failed {
+                            code: ErrorCode::ERROR,
+                        });
+                        return;
+                    }
+                }
+                Action::ScheduleCheck(delay) => {
+                    let d = schedule::next_delay(&self.cfg.schedule, delay, unit_random());
+                    tracing::info!(?delay, in_secs = d.as_secs(), "next update check scheduled");
+                    self.next_check = Some(Instant::now() + d);
+                }
+                Action::PublishStatus => self.publish().await,
+            }
+        }
+    }
+
+    async fn publish(&mut self) {
+        let snap = StatusSnapshot::of(&self.engine, self.last_checked);
+        self.metrics.set_status(snap.current_operation);
+        if let Ok(mut s) = self.snapshot.lock() {
+            *s = snap.clone();
+        }
+        let now = Instant::now();
+        let elapsed = now - self.last_signal;
+        if self.throttle.should_emit(&snap, elapsed) {
+            self.last_signal = now;
+            if let Some(conn) = &self.conn {
+                if let Err(e) = dbus::emit_status(conn, &snap).await {
+                    tracing::warn!(error = %e, "cannot emit StatusUpdate");
+                }
+            }
+        }
+    }
+
+    fn server_url(&self) -> (UpdateConf, Option<String>) {
+        match UpdateConf::load(&self.cfg.root) {
+            Ok(conf) => {
+                let url = match conf.server() {
+                    Server::Url(u) => Some(u),
+                    Server::Disabled => None,
+                };
+                (conf, url)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read update.conf");
+                (UpdateConf::default(), None)
+            }
+        }
+    }
+
+    fn request(
+        &self,
+        conf: &UpdateConf,
+        kind: &RequestKind,
+        events: &[Event],
+    ) -> Option<fastpatch_omaha::Request> {
+        omaha::build_request(
+            &self.cfg.app_id,
+            &self.cfg.board,
+            &self.facts,
+            conf,
+            self.engine.durable.aleph_version.as_deref(),
+            kind,
+            events,
+        )
+    }
+
+    fn send_check(&mut self, kind: RequestKind, events: Vec<Event>) {
+        let (conf, url) = self.server_url();
+        let Some(url) = url else {
+            tracing::info!(
+                "update checks are disabled (SERVER=disabled or no readable update.conf)"
+            );
+            let _ = self.tx.send(Msg::Checked {
+                input: Input::CheckFailed {
+                    server_error: false,
+                },
+                answered: false,
+                max_failures_per_url: None,
+            });
+            return;
+        };
+        let Some(request) = self.request(&conf, &kind, &events) else {
+            return;
+        };
+        let http = self.http.clone();
+        let tx = self.tx.clone();
+        let app_id = self.cfg.app_id.clone();
+        let timeout = Duration::from_secs(self.cfg.download.omaha_timeout_secs);
+        tokio::spawn(async move {
+            let msg = match omaha::post(&http, &url, &request, timeout).await {
+                Ok(body) => {
+                    let (input, max) = match kind {
+                        RequestKind::Ping => (
+                            Input::CheckAnswered {
+                                reply: crate::machine::CheckReply::NoUpdate,
+                                poll_interval: omaha::ping_poll_interval(&app_id, &body),
+                            },
+                            None,
+                        ),
+                        _ => omaha::interpret_check(&app_id, &body),
+                    };
+                    Msg::Checked {
+                        input,
+                        answered: true,
+                        max_failures_per_url: max,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%url, error = %e, "update check failed");
+                    Msg::Checked {
+                        input: Input::CheckFailed {
+                            server_error: e.is_server_error(),
+                        },
+                        answered: false,
+                        max_failures_per_url: None,
+                    }
+                }
+            };
+            let _ = tx.send(msg);
+        });
+    }
+
+    fn send_events(&mut self, events: Vec<Event>) {
+        let is_error = events.iter().any(|e| e.result == 0);
+        let (conf, url) = self.server_url();
+        let request = url.and_then(|_| self.request(&conf, &RequestKind::Events, &events));
+        let _ = self.reporter.send((request, is_error));
+    }
+
+    fn start_install(&mut self, offer: crate::machine::UpdateOffer) {
+        let fail = |d: &mut Daemon, code: ErrorCode, why: String| {
+            tracing::error!("cannot start the install: {why}");
+            d.metrics.failure("install");
+            d.queue.push_back(Input::Failed { code });
+        };
+        let passive = self.boot.booted().other();
+        let slot = match self.boot.check_writable(passive) {
+            Ok(s) => s,
+            Err(e) => return fail(self, ErrorCode::INSTALL_DEVICE_OPEN_ERROR, e.to_string()),
+        };
+        let keys = match fastpatch_payload::keys::load_public_keys(&self.cfg.trusted_keys) {
+            Ok(k) => k,
+            Err(e) => {
+                return fail(
+                    self,
+                    ErrorCode::DOWNLOAD_PAYLOAD_VERIFICATION_ERROR,
+                    e.to_string(),
+                )
+            }
+        };
+        let mut install = fastpatch_payload::install::InstallOptions::new(keys);
+        install.disk_rate = self.cfg.limits.disk_bytes_per_sec;
+        let credentials = UpdateConf::load(&self.cfg.root).ok().and_then(|c| {
+            c.download_credentials()
+                .map(|(u, p)| (u.to_string(), p.to_string()))
+        });
+        tracing::info!(version = %offer.version, size = offer.size, slot = %passive, "downloading the update");
+        let spec = download::InstallSpec {
+            offer,
+            max_failures_per_url: self.max_failures_per_url,
+            disk: self.disk.clone(),
+            slot_offset: slot.byte_offset,
+            slot_len: slot.byte_len,
+            install,
+            state_dir: self.cfg.install_state_dir.clone(),
+            net_rate: self.cfg.limits.download_bytes_per_sec,
+            retry_delay: Duration::from_secs(self.cfg.download.retry_delay_secs),
+            credentials,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let metrics = self.metrics.clone();
+        let metrics2 = self.metrics.clone();
+        let (ftx, mut frx) = mpsc::unbounded_channel::<Input>();
+        // Count install failures on their way to the loop.
+        tokio::spawn(async move {
+            while let Some(i) = frx.recv().await {
+                if matches!(i, Input::Failed { .. }) {
+                    metrics2.failure("install");
+                }
+                if tx.send(i).is_err() {
+                    break;
+                }
+            }
+        });
+        self.install = Some(download::spawn(
+            spec,
+            self.http.clone(),
+            ftx,
+            Arc::new(move |n| metrics.add_bytes(n)),
+        ));
+        self.install_rx = Some(rx);
+    }
+}
+
+/// Sends event requests one after another, so the server sees them in order; after an error
+/// event (sent or not), tells the machine it was reported.
+fn spawn_reporter(
+    http: reqwest::Client,
+    cfg: DaemonConfig,
+    tx: mpsc::UnboundedSender<Msg>,
+) -> mpsc::UnboundedSender<(Option<fastpatch_omaha::Request>, bool)> {
+    let (rtx, mut rrx) = mpsc::unbounded_channel::<(Option<fastpatch_omaha::Request>, bool)>();
+    tokio::spawn(async move {
+        let timeout = Duration::from_secs(cfg.download.omaha_timeout_secs);
+        while let Some((request, is_error)) = rrx.recv().await {
+            if let Some(request) = request {
+                let url = match UpdateConf::load(&cfg.root).map(|c| c.server()) {
+                    Ok(Server::Url(u)) => Some(u),
+                    _ => None,
+                };
+                if let Some(url) = url {
+                    if let Err(e) = omaha::post(&http, &url, &request, timeout).await {
+                        tracing::warn!(error = %e, "cannot report events to the update server");
+                    }
+                }
+            }
+            if is_error {
+                let _ = tx.send(Msg::Input(Input::ErrorReported));
+            }
+        }
+    });
+    rtx
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_opt(rx: &mut Option<mpsc::UnboundedReceiver<Input>>) -> Option<Input> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
