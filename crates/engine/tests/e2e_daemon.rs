@@ -405,3 +405,100 @@ async fn corrupt_payload_fails_and_leaves_the_slot_unstaged() {
     stop_tx.send(()).unwrap();
     run.await.unwrap().unwrap();
 }
+
+async fn run_until_stopped(
+    cfg: DaemonConfig,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let daemon = Daemon::new(cfg).await.expect("daemon starts");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(daemon.run(async {
+        let _ = stop_rx.await;
+    }));
+    (stop_tx, run)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_health_gate_reboots_falls_back_and_reports_44() {
+    let bus = PrivateBus::start();
+    let s = setup(&bus, false).await;
+    let (stop, run) = run_until_stopped(s.cfg.clone()).await;
+    let seen = attempt(
+        &bus,
+        &[
+            "UPDATE_STATUS_UPDATED_NEED_REBOOT",
+            "UPDATE_STATUS_REPORTING_ERROR_EVENT",
+        ],
+    )
+    .await;
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("UPDATE_STATUS_UPDATED_NEED_REBOOT")
+    );
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+
+    // "Reboot": the chooser spends B's one try; the new version boots with a failing check.
+    {
+        let mut d =
+            fastpatch_disk::Disk::open(&s.disk, fastpatch_disk::OpenMode::ReadWrite).unwrap();
+        let (p, _) = d.boot_next().unwrap().unwrap();
+        assert_eq!(p.index, fastpatch_disk::USR_B_INDEX);
+    }
+    let marker = s.cfg.state_file.with_file_name("rebooted");
+    let mut cfg = s.cfg.clone();
+    cfg.booted_slot = BootedSlot::B;
+    std::fs::write(cfg.root.join("usr/lib/os-release"), "VERSION=2\n").unwrap();
+    std::fs::write(&cfg.boot_id_path, "4f1c7d6e-0000-4000-8000-000000000002\n").unwrap();
+    cfg.health.commands = vec![vec!["false".into()]];
+    cfg.health.timeout_secs = 1;
+    cfg.health.interval_secs = 1;
+    cfg.reboot_command = vec!["touch".into(), marker.display().to_string()];
+    let (stop, run) = run_until_stopped(cfg.clone()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !marker.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(marker.exists(), "the reboot command ran");
+    let b = GptBootControl::new(&s.disk, Slot::B)
+        .slot_state(Slot::B)
+        .unwrap();
+    assert!(!b.attrs.successful, "B was not marked good");
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+    assert_eq!(
+        next_boot(&s.disk),
+        fastpatch_disk::USR_A_INDEX,
+        "the chooser falls back to A"
+    );
+
+    // Back on A, version 1: the next check carries the rollback report.
+    let mut cfg = s.cfg.clone();
+    std::fs::write(cfg.root.join("usr/lib/os-release"), "VERSION=1\n").unwrap();
+    std::fs::write(&cfg.boot_id_path, "4f1c7d6e-0000-4000-8000-000000000003\n").unwrap();
+    cfg.booted_slot = BootedSlot::A;
+    let before = s.served.requests.lock().unwrap().len();
+    let (stop, run) = run_until_stopped(cfg).await;
+    attempt(
+        &bus,
+        &[
+            "UPDATE_STATUS_UPDATE_AVAILABLE",
+            "UPDATE_STATUS_IDLE",
+            "UPDATE_STATUS_REPORTING_ERROR_EVENT",
+        ],
+    )
+    .await;
+    let check = s.served.requests.lock().unwrap()[before].clone();
+    assert!(
+        check.contains("<updatecheck") && check.contains(r#"errorcode="44""#),
+        "{check}"
+    );
+    assert!(
+        check.contains(r#"eventtype="3" eventresult="0""#),
+        "{check}"
+    );
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+}
