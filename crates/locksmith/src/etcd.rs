@@ -288,6 +288,7 @@ impl LockStore for EtcdStore {
         key: &str,
         revision: i64,
         timeout: Duration,
+        only_free: bool,
     ) -> Result<(), StoreError> {
         let fut = async {
             let opts = WatchOptions::new().with_start_revision(revision + 1);
@@ -299,7 +300,18 @@ impl LockStore for EtcdStore {
                 .map_err(classify)?;
             loop {
                 match stream.message().await.map_err(classify)? {
-                    Some(resp) if !resp.events().is_empty() || resp.canceled() => return Ok(()),
+                    Some(resp) if resp.canceled() => return Ok(()),
+                    Some(resp) if !resp.events().is_empty() => {
+                        let free = |e: &etcd_client::Event| match e.kv() {
+                            Some(kv) if !kv.value().is_empty() => Semaphore::decode(kv.value())
+                                .map(|s| s.semaphore > 0)
+                                .unwrap_or(true),
+                            _ => true, // deleted: a new key will have a slot
+                        };
+                        if !only_free || resp.events().iter().any(free) {
+                            return Ok(());
+                        }
+                    }
                     Some(_) => continue,
                     None => return Err(StoreError::Unavailable("watch stream closed".into())),
                 }

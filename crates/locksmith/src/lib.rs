@@ -12,6 +12,7 @@ pub mod fleetlock;
 pub mod keys;
 pub mod reboot;
 pub mod semaphore;
+pub mod sim;
 pub mod store;
 pub mod strategy;
 pub mod testsupport;

@@ -67,12 +67,14 @@ pub trait LockStore: Send + Sync {
     /// Writes if the key's `mod_revision` still equals `w.expect_mod_revision`; `Ok(false)` on a
     /// conflict.
     fn write(&self, key: &str, w: &Write) -> impl Future<Output = Result<bool, StoreError>> + Send;
-    /// Returns when the key changed after `revision`, or after `timeout`.
+    /// Returns when the key changed after `revision` (with `only_free`: when a change leaves
+    /// a free slot), or after `timeout`.
     fn wait_change(
         &self,
         key: &str,
         revision: i64,
         timeout: Duration,
+        only_free: bool,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
@@ -213,7 +215,42 @@ impl<S: LockStore> Coordinator<S> {
 
     /// Waits until the semaphore changes after `revision` (or `timeout`).
     pub async fn wait_change(&self, revision: i64, timeout: Duration) -> Result<(), StoreError> {
-        self.store.wait_change(&self.key, revision, timeout).await
+        self.store
+            .wait_change(&self.key, revision, timeout, false)
+            .await
+    }
+
+    /// Waits until a change after `mod_revision` leaves a free slot (or `timeout`): lockers
+    /// waiting on a full semaphore wake only when one of them can win.
+    pub async fn wait_free(&self, mod_revision: i64, timeout: Duration) -> Result<(), StoreError> {
+        self.store
+            .wait_change(&self.key, mod_revision, timeout, true)
+            .await
+    }
+
+    /// Like [`Self::lock`], but a full semaphore is `Ok(Err(..))` with the key's `mod_revision`
+    /// as seen, for [`Self::wait_free`]; `Ok(Ok(holders))` on success.
+    pub async fn try_lock(
+        &self,
+        id: &str,
+        lease: Option<i64>,
+    ) -> Result<Result<usize, i64>, CoordError> {
+        let mut seen = 0;
+        let r = self
+            .update(|sem, w, _| {
+                seen = w.expect_mod_revision;
+                sem.lock(id)?;
+                if let Some(l) = lease {
+                    w.attach.push((id.to_string(), l));
+                }
+                Ok(sem.holders().len())
+            })
+            .await;
+        match r {
+            Ok((n, _)) => Ok(Ok(n)),
+            Err(CoordError::Semaphore(SemaphoreError::Full(_))) => Ok(Err(seen)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Current revision of the key's store (for [`Self::wait_change`]).
