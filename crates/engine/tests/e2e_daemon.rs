@@ -502,3 +502,42 @@ async fn failing_health_gate_reboots_falls_back_and_reports_44() {
     stop.send(()).unwrap();
     run.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_stopped_mid_download_restarts_the_attempt_cleanly() {
+    let bus = PrivateBus::start();
+    let mut s = setup(&bus, false).await;
+    s.cfg.limits.download_bytes_per_sec = Some(2 << 20); // ~3 s for the payload
+    let daemon = Daemon::new(s.cfg.clone()).await.expect("daemon starts");
+    let run = tokio::spawn(daemon.run(std::future::pending()));
+    attempt(&bus, &["UPDATE_STATUS_DOWNLOADING"]).await;
+    run.abort(); // the daemon dies between actions, mid-download
+    let _ = run.await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        next_boot(&s.disk),
+        fastpatch_disk::USR_A_INDEX,
+        "nothing staged"
+    );
+    let state = std::fs::read_to_string(&s.cfg.state_file).unwrap_or_default();
+    assert!(!state.contains("\"staged\": {"), "no stage intent: {state}");
+
+    s.cfg.limits.download_bytes_per_sec = None;
+    let (stop, run) = run_until_stopped(s.cfg.clone()).await;
+    let seen = attempt(
+        &bus,
+        &[
+            "UPDATE_STATUS_UPDATED_NEED_REBOOT",
+            "UPDATE_STATUS_REPORTING_ERROR_EVENT",
+        ],
+    )
+    .await;
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("UPDATE_STATUS_UPDATED_NEED_REBOOT"),
+        "{seen:?}"
+    );
+    assert_eq!(next_boot(&s.disk), fastpatch_disk::USR_B_INDEX);
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+}
