@@ -219,3 +219,46 @@ async fn reboot_strategy_reacts_to_send_need_reboot_and_off_does_not() {
         "NAME=locksmithd\nSTRATEGY=off\nSTATE=running\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleetlock_strategy_takes_and_releases_a_slot() {
+    let e = EtcdServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let bus = DbusDaemon::start().unwrap_or_else(|e| panic!("{e}"));
+    let (engine, status) = FakeEngine::serve(&bus.address, NEED_REBOOT).await.unwrap();
+    let c = coord(&e).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    setup_root(root, "REBOOT_STRATEGY=fleetlock\n");
+    std::fs::remove_file(root.join("run/utmp")).unwrap();
+    let groups = root.join("groups.conf");
+    std::fs::write(&groups, "default=1\n").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let store = c.store().clone();
+    tokio::spawn(fastpatch_locksmith::fleetlock::serve(
+        listener,
+        fastpatch_locksmith::fleetlock::Server::new(
+            store,
+            fastpatch_locksmith::fleetlock::GroupConfig::new(groups),
+        ),
+    ));
+    let fl = [("LOCKSMITHD_FLEETLOCK_URL", url)];
+    let d = start(root, &e.endpoint(), &bus.address, &fl);
+    wait_for("reboot", Duration::from_secs(15), || {
+        root.join("rebooted").exists()
+    });
+    assert_eq!(c.get().await.unwrap().holders(), [MID]);
+    drop(d);
+    FakeEngine::set(&engine, &status, "UPDATE_STATUS_IDLE")
+        .await
+        .unwrap();
+    let _d = start(root, &e.endpoint(), &bus.address, &fl);
+    wait_for("release", Duration::from_secs(15), || {
+        coordinator_conf(root).contains("STATE=running")
+    });
+    assert!(c.get().await.unwrap().holders().is_empty());
+    assert_eq!(
+        coordinator_conf(root),
+        "NAME=locksmithd\nSTRATEGY=fleetlock\nSTATE=running\n"
+    );
+}
