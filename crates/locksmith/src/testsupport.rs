@@ -25,6 +25,8 @@ pub struct EtcdServer {
     pub client_port: u16,
     pub peer_port: u16,
     child: Option<Child>,
+    /// Server certificate and key: serve clients over TLS.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl EtcdServer {
@@ -37,6 +39,21 @@ impl EtcdServer {
             client_port: free_port().map_err(|e| e.to_string())?,
             peer_port: free_port().map_err(|e| e.to_string())?,
             child: None,
+            tls: None,
+        };
+        s.restart()?;
+        Ok(s)
+    }
+
+    /// Starts etcd serving clients over TLS with this certificate and key.
+    pub fn start_tls(cert: PathBuf, key: PathBuf) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let mut s = EtcdServer {
+            dir,
+            client_port: free_port().map_err(|e| e.to_string())?,
+            peer_port: free_port().map_err(|e| e.to_string())?,
+            child: None,
+            tls: Some((cert, key)),
         };
         s.restart()?;
         Ok(s)
@@ -44,7 +61,8 @@ impl EtcdServer {
 
     /// The client URL, `http://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// Kills etcd (SIGKILL, like a crash) and waits for it to exit.
@@ -69,7 +87,12 @@ impl EtcdServer {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.path().join("etcd.log"))
             .map_err(|e| format!("etcd log: {e}"))?;
-        let child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        if let Some((cert, key)) = &self.tls {
+            cmd.arg(format!("--cert-file={}", cert.display()))
+                .arg(format!("--key-file={}", key.display()));
+        }
+        let child = cmd
             .arg("--name=test")
             .arg(format!(
                 "--data-dir={}",
@@ -101,8 +124,15 @@ impl EtcdServer {
                     return Err(format!("etcd exited with {status}: {log}"));
                 }
             }
-            // A bare HTTP/1.0 GET /health keeps this free of an async runtime.
-            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.client_port)) {
+            if self.tls.is_some() {
+                // Over TLS: accepting connections is enough; the client's first call retries.
+                if std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_ok() {
+                    std::thread::sleep(Duration::from_millis(300));
+                    return Ok(());
+                }
+            } else if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.client_port))
+            {
+                // A bare HTTP/1.0 GET /health keeps this free of an async runtime.
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                 let _ = s.write_all(b"GET /health HTTP/1.0\r\n\r\n");
                 let mut body = String::new();
