@@ -111,6 +111,17 @@ fn snapshot(t: (i64, f64, String, String, i64)) -> StatusSnapshot {
     }
 }
 
+fn signal_snapshot(signal: &crate::dbus::StatusUpdate) -> zbus::Result<StatusSnapshot> {
+    let a = signal.args()?;
+    Ok(snapshot((
+        a.last_checked_time,
+        a.progress,
+        a.current_operation.clone(),
+        a.new_version.clone(),
+        a.new_size,
+    )))
+}
+
 /// Runs the commands; returns the process exit code.
 pub async fn run(cmds: &[ClientCommand]) -> i32 {
     let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS").ok();
@@ -163,14 +174,7 @@ async fn run_one(proxy: &ManagerClientProxy<'_>, cmd: ClientCommand) -> zbus::Re
                 return Ok(report(done));
             }
             while let Some(signal) = signals.next().await {
-                let a = signal.args()?;
-                let s = snapshot((
-                    a.last_checked_time,
-                    a.progress,
-                    a.current_operation,
-                    a.new_version,
-                    a.new_size,
-                ));
+                let s = signal_snapshot(&signal)?;
                 eprintln!("{} {:.1}%", s.current_operation, s.progress * 100.0);
                 if let Some(done) = follower.observe(s.current_operation) {
                     return Ok(report(done));
@@ -182,14 +186,7 @@ async fn run_one(proxy: &ManagerClientProxy<'_>, cmd: ClientCommand) -> zbus::Re
         ClientCommand::WatchForUpdates => {
             let mut signals = proxy.receive_status_update().await?;
             while let Some(signal) = signals.next().await {
-                let a = signal.args()?;
-                let s = snapshot((
-                    a.last_checked_time,
-                    a.progress,
-                    a.current_operation,
-                    a.new_version,
-                    a.new_size,
-                ));
+                let s = signal_snapshot(&signal)?;
                 print!("{}", s.to_client_text());
                 let _ = std::io::stdout().flush();
             }
