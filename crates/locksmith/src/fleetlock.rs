@@ -262,6 +262,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str, group: &str, id: &str) -> Self {
+        install_tls_provider();
         Client {
             base: base.trim_end_matches('/').to_string(),
             group: if group.is_empty() {
@@ -317,4 +318,11 @@ impl Client {
     pub async fn steady_state(&self) -> Result<(), ClientError> {
         self.call("/v1/steady-state").await
     }
+}
+
+/// reqwest is built with rustls but no bundled crypto provider (we use ring, as the engine does,
+/// to avoid building aws-lc); a provider must be installed before any client is built.
+/// Idempotent: a second install is refused and ignored.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -37,6 +37,7 @@ async fn setup(groups: &str) -> Setup {
 }
 
 async fn post(base: &str, path: &str, header: bool, body: &str) -> (u16, String) {
+    fastpatch_locksmith::fleetlock::install_tls_provider();
     let mut req = reqwest::Client::new()
         .post(format!("{base}{path}"))
         .header("content-type", "application/json")

@@ -173,7 +173,12 @@ pub async fn server_on(db_url: &str, dir: tempfile::TempDir) -> TestServer {
         url,
         db_url: db_url.to_owned(),
         clock,
-        http: reqwest::Client::new(),
+        http: {
+            // reqwest may be built with rustls but no provider (the engine's choice, unified
+            // across the workspace): install ring before building a client.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            reqwest::Client::new()
+        },
     }
 }
 
