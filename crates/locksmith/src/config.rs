@@ -103,6 +103,8 @@ pub struct DaemonConfig {
     pub group: String,
     pub etcd: Option<EtcdConfig>,
     pub fleetlock_url: Option<String>,
+    /// Extra CA (PEM) to trust for the FleetLock server (`LOCKSMITHD_FLEETLOCK_CA_FILE`).
+    pub fleetlock_ca_file: Option<PathBuf>,
     /// Tie our hold to an etcd lease of this TTL (stale-holder recovery); `None`: plain holder.
     pub lease_ttl: Option<Duration>,
     pub reboot_command: Option<String>,
@@ -176,6 +178,7 @@ impl DaemonConfig {
             group: s.get_prefixed("GROUP").unwrap_or_default(),
             etcd,
             fleetlock_url,
+            fleetlock_ca_file: s.get("FLEETLOCK_CA_FILE").map(PathBuf::from),
             lease_ttl,
             reboot_command: s.get("REBOOT_COMMAND"),
             reboot_delay: duration(s, "REBOOT_DELAY", Duration::from_secs(300))?,

@@ -77,10 +77,10 @@ pub async fn run(cfg: DaemonConfig, updates: impl UpdateStatusSource) -> Result<
         Strategy::Reboot => (Mode::Uncoordinated, Backend::None),
         Strategy::FleetLock => {
             let url = cfg.fleetlock_url.clone().unwrap_or_default();
-            (
-                Mode::Coordinated,
-                Backend::FleetLock(fleetlock::Client::new(&url, &cfg.group, &id)),
-            )
+            let client =
+                fleetlock::Client::new(&url, &cfg.group, &id, cfg.fleetlock_ca_file.as_deref())
+                    .map_err(|e| DaemonError::Setup(e.to_string()))?;
+            (Mode::Coordinated, Backend::FleetLock(client))
         }
         Strategy::EtcdLock => {
             let store = connect_etcd(&etcd_cfg.unwrap_or_else(EtcdConfig::local)).await?;

@@ -241,6 +241,8 @@ pub async fn serve(listener: tokio::net::TcpListener, server: Arc<Server>) -> st
 /// FleetLock client errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    #[error("FleetLock client: {what}: {error}")]
+    Setup { what: String, error: String },
     #[error("FleetLock request failed: {0}")]
     Http(String),
     #[error("FleetLock server said {status}: {kind}: {value}")]
@@ -261,9 +263,39 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(base: &str, group: &str, id: &str) -> Self {
+    /// A client trusting the system's root certificates (and, with `ca_file`, that PEM bundle too:
+    /// for a FleetLock server behind a private CA).
+    pub fn new(
+        base: &str,
+        group: &str,
+        id: &str,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, ClientError> {
         install_tls_provider();
-        Client {
+        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path).map_err(|e| ClientError::Setup {
+                what: format!("reading CA file {}", path.display()),
+                error: e.to_string(),
+            })?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ClientError::Setup {
+                    what: format!("parsing CA file {}", path.display()),
+                    error: e.to_string(),
+                })?;
+            if certs.is_empty() {
+                return Err(ClientError::Setup {
+                    what: format!("parsing CA file {}", path.display()),
+                    error: "no PEM certificate in it".into(),
+                });
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder.build().map_err(|e| ClientError::Setup {
+            what: "building the HTTP client".into(),
+            error: e.to_string(),
+        })?;
+        Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             group: if group.is_empty() {
                 DEFAULT_GROUP.into()
@@ -271,11 +303,8 @@ impl Client {
                 group.into()
             },
             id: id.into(),
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(30))
-                .build()
-                .unwrap_or_default(),
-        }
+            http,
+        })
     }
 
     async fn call(&self, path: &str) -> Result<(), ClientError> {
@@ -292,7 +321,7 @@ impl Client {
             .json(&body)
             .send()
             .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+            .map_err(|e| ClientError::Http(error_chain(&e)))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(());
@@ -318,6 +347,19 @@ impl Client {
     pub async fn steady_state(&self) -> Result<(), ClientError> {
         self.call("/v1/steady-state").await
     }
+}
+
+/// An error with its causes ("error sending request: ... : invalid peer certificate: UnknownIssuer"):
+/// reqwest's own Display stops at the first level, which hides why TLS failed.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// reqwest is built with rustls but no bundled crypto provider (we use ring, as the engine does,

@@ -1,87 +1,20 @@
 //! TLS with only a CA file (Flatcar#948): etcd serves clients over TLS with a certificate from
 //! a test CA made by openssl; the client trusts the CA and presents no certificate.
 
-use std::process::Command;
-
 use fastpatch_locksmith::etcd::{EtcdConfig, EtcdStore};
 use fastpatch_locksmith::store::{Coordinator, RetryPolicy};
+use fastpatch_locksmith::testsupport::tls::TestCa;
 use fastpatch_locksmith::testsupport::EtcdServer;
-
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let o = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl (Debian package openssl) must be installed");
-    assert!(
-        o.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 #[tokio::test]
 async fn ca_file_alone_is_enough() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
-    openssl(
-        p,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-subj",
-            "/CN=test-ca",
-            "-days",
-            "1",
-        ],
-    );
-    openssl(
-        p,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    std::fs::write(p.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(
-        p,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
-    let e = EtcdServer::start_tls(p.join("server.pem"), p.join("server.key"))
+    let ca = TestCa::create(p).unwrap_or_else(|e| panic!("{e}"));
+    let e = EtcdServer::start_tls(ca.server_pem.clone(), ca.server_key.clone())
         .unwrap_or_else(|e| panic!("{e}"));
     let mut cfg = EtcdConfig::local().with_endpoints(&e.endpoint());
-    cfg.ca_file = Some(p.join("ca.pem"));
+    cfg.ca_file = Some(ca.ca_pem.clone());
     let store = EtcdStore::connect(&cfg)
         .await
         .expect("connect with CA only");
@@ -94,7 +27,7 @@ async fn ca_file_alone_is_enough() {
     assert_eq!(c.get().await.unwrap().holders(), ["tls-machine"]);
     // An `http://` endpoint with a CA is upgraded to https.
     let mut cfg2 = EtcdConfig::local().with_endpoints(&e.endpoint().replace("https://", "http://"));
-    cfg2.ca_file = Some(p.join("ca.pem"));
+    cfg2.ca_file = Some(ca.ca_pem.clone());
     let c2 = Coordinator::new(
         EtcdStore::connect(&cfg2).await.unwrap(),
         "",

@@ -142,8 +142,8 @@ async fn protocol_cases() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_slot_count_takes_effect_and_client_works() {
     let s = setup("default=1\n").await;
-    let a = fleetlock::Client::new(&s.base, "", "machine-a");
-    let bcl = fleetlock::Client::new(&s.base, "default", "machine-b");
+    let a = fleetlock::Client::new(&s.base, "", "machine-a", None).unwrap();
+    let bcl = fleetlock::Client::new(&s.base, "default", "machine-b", None).unwrap();
     a.pre_reboot().await.unwrap();
     match bcl.pre_reboot().await {
         Err(ClientError::Refused {
@@ -158,13 +158,14 @@ async fn changed_slot_count_takes_effect_and_client_works() {
     let c = Coordinator::new(s.store.clone(), "", RetryPolicy::short());
     let sem = c.get().await.unwrap();
     assert_eq!((sem.max, sem.semaphore), (2, 0));
-    fleetlock::Client::new(&s.base, "new-group", "x")
+    fleetlock::Client::new(&s.base, "new-group", "x", None)
+        .unwrap()
         .pre_reboot()
         .await
         .unwrap();
     // Lowering below the holders keeps them; no new slot until they leave.
     std::fs::write(&s.groups, "default=1\n").unwrap();
-    let ccl = fleetlock::Client::new(&s.base, "default", "machine-c");
+    let ccl = fleetlock::Client::new(&s.base, "default", "machine-c", None).unwrap();
     assert!(ccl.pre_reboot().await.is_err());
     a.steady_state().await.unwrap();
     assert!(
@@ -180,6 +181,6 @@ async fn changed_slot_count_takes_effect_and_client_works() {
     );
     // A server that is not there: a clear client error.
     let port = fastpatch_locksmith::testsupport::free_port().unwrap();
-    let dead = fleetlock::Client::new(&format!("http://127.0.0.1:{port}"), "", "m");
+    let dead = fleetlock::Client::new(&format!("http://127.0.0.1:{port}"), "", "m", None).unwrap();
     assert!(matches!(dead.pre_reboot().await, Err(ClientError::Http(_))));
 }

@@ -1,6 +1,9 @@
-//! A real etcd for tests and benchmarks: `/usr/bin/etcd` (Debian etcd-server) in a temporary
-//! data dir on free loopback ports, killed on drop. Can be stopped and restarted on the same
-//! ports and data (to test an etcd outage).
+//! Real components for tests and benchmarks: etcd (`/usr/bin/etcd`, Debian etcd-server) in a
+//! temporary data dir on free loopback ports, killed on drop, and restartable on the same ports
+//! and data (an etcd outage); a private dbus-daemon; a stand-in update engine on D-Bus; and in
+//! [`tls`] a throwaway CA and nginx terminating TLS.
+
+pub mod tls;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
