@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use fastpatch_payload::generate::Compression;
 use fastpatch_payload::install::Installer;
 use fastpatch_payload::{PayloadError, FAIL_POINTS};
 
@@ -21,16 +20,7 @@ const AFTER_VERIFICATION: &[&str] = &[
 fn crash_at_every_durability_point_then_resume() {
     let scenario = fail::FailScenario::setup();
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("usr.img");
-    let image = make_image(&img, 10 * MIB, 11);
-    let payload_path = dir.path().join("update.gz");
-    generate(
-        &img,
-        &payload_path,
-        Compression::Zstd,
-        &[keys().private.clone()],
-    );
-    let payload = std::fs::read(&payload_path).unwrap();
+    let (image, payload) = signed_zstd_payload(dir.path(), 10 * MIB, 11);
 
     let mut cases: Vec<(&str, &str)> = FAIL_POINTS.iter().map(|p| (*p, "return")).collect();
     // The second atomic write is a checkpoint's state file (the first is the manifest).

@@ -441,16 +441,7 @@ fn booted_slot_is_refused() {
 #[test]
 fn resume_continues_from_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("usr.img");
-    let image = make_image(&img, 24 * MIB, 6);
-    let payload_path = dir.path().join("update.gz");
-    generate(
-        &img,
-        &payload_path,
-        Compression::Zstd,
-        &[keys().private.clone()],
-    );
-    let payload = std::fs::read(&payload_path).unwrap();
+    let (image, payload) = signed_zstd_payload(dir.path(), 24 * MIB, 6);
     let disk = standard_disk(dir.path());
     let mut o = opts(vec![keys().public.clone()]);
     o.state_dir = Some(dir.path().join("state"));
@@ -500,16 +491,7 @@ fn resume_continues_from_the_last_checkpoint() {
 #[test]
 fn resumed_stream_with_corrupt_bytes_is_still_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("usr.img");
-    let image = make_image(&img, 12 * MIB, 7);
-    let payload_path = dir.path().join("update.gz");
-    generate(
-        &img,
-        &payload_path,
-        Compression::Zstd,
-        &[keys().private.clone()],
-    );
-    let mut payload = std::fs::read(&payload_path).unwrap();
+    let (image, mut payload) = signed_zstd_payload(dir.path(), 12 * MIB, 7);
     let disk = standard_disk(dir.path());
     let mut o = opts(vec![keys().public.clone()]);
     o.state_dir = Some(dir.path().join("state"));
@@ -602,16 +584,7 @@ fn operations_without_data_hash_rely_on_signature_and_read_back() {
 #[test]
 fn unusable_or_foreign_resume_state_means_starting_over() {
     let dir = tempfile::tempdir().unwrap();
-    let img = dir.path().join("usr.img");
-    let image = make_image(&img, 10 * MIB, 9);
-    let payload_path = dir.path().join("update.gz");
-    generate(
-        &img,
-        &payload_path,
-        Compression::Zstd,
-        &[keys().private.clone()],
-    );
-    let payload = std::fs::read(&payload_path).unwrap();
+    let (image, payload) = signed_zstd_payload(dir.path(), 10 * MIB, 9);
     let disk = standard_disk(dir.path());
     let state = dir.path().join("state");
     let mut o = opts(vec![keys().public.clone()]);

@@ -82,6 +82,16 @@ pub fn generate(
     generate::generate(image, signers, out, &opts, &mut |_, _| {}).unwrap()
 }
 
+/// A patterned image of `size` bytes (`dir/usr.img`) and its zstd payload signed with the test
+/// key (`dir/update.gz`): returns (image bytes, payload bytes).
+pub fn signed_zstd_payload(dir: &Path, size: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let img = dir.join("usr.img");
+    let image = make_image(&img, size, seed);
+    let out = dir.join("update.gz");
+    generate(&img, &out, Compression::Zstd, &[keys().private.clone()]);
+    (image, fs::read(&out).unwrap())
+}
+
 /// A Flatcar-layout disk image with the given USR size; USR-A booted and marked good.
 pub fn make_disk(path: &Path, usr_size: u64) -> PathBuf {
     let spec = LayoutSpec {
