@@ -86,15 +86,8 @@ pub fn inspect(mut reader: impl Read) -> Result<Inspection> {
             match item {
                 Item::Manifest { manifest, plan, .. } => found = Some(summarize(&manifest, &plan)),
                 Item::Signatures { blob, .. } => {
-                    if let (Some(i), Ok(sigs)) = (
-                        found.as_mut(),
-                        <Signatures as prost::Message>::decode(blob.as_slice()),
-                    ) {
-                        i.signature_versions = sigs
-                            .signatures
-                            .iter()
-                            .map(|s| s.version.unwrap_or(0))
-                            .collect();
+                    if let (Some(i), Some(v)) = (found.as_mut(), signature_versions(&blob)) {
+                        i.signature_versions = v;
                     }
                 }
                 Item::OpData { .. } => {}
@@ -156,15 +149,8 @@ pub fn verify(mut reader: impl Read, trusted: &[RsaPublicKey]) -> Result<Verific
                     image.op(&plan.ops[op], &data)?;
                 }
                 Item::Signatures { blob, digest } => {
-                    if let (Some(i), Ok(sigs)) = (
-                        inspection.as_mut(),
-                        <Signatures as prost::Message>::decode(blob.as_slice()),
-                    ) {
-                        i.signature_versions = sigs
-                            .signatures
-                            .iter()
-                            .map(|s| s.version.unwrap_or(0))
-                            .collect();
+                    if let (Some(i), Some(v)) = (inspection.as_mut(), signature_versions(&blob)) {
+                        i.signature_versions = v;
                     }
                     signature = Some(signing::verify(&digest, &blob, trusted)?);
                 }
@@ -276,4 +262,15 @@ impl ImageHasher {
         self.hasher.update(&out[..n]);
         Ok(())
     }
+}
+
+/// The key versions named in a signatures blob (`None` when it does not decode).
+fn signature_versions(blob: &[u8]) -> Option<Vec<u32>> {
+    let sigs = <Signatures as prost::Message>::decode(blob).ok()?;
+    Some(
+        sigs.signatures
+            .iter()
+            .map(|s| s.version.unwrap_or(0))
+            .collect(),
+    )
 }

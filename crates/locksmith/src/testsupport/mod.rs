@@ -36,27 +36,22 @@ impl EtcdServer {
     /// Starts etcd and waits until it reports healthy. Fails with a clear message if the binary
     /// is missing (install Debian `etcd-server`).
     pub fn start() -> Result<Self, String> {
-        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-        let mut s = EtcdServer {
-            dir,
-            client_port: free_port().map_err(|e| e.to_string())?,
-            peer_port: free_port().map_err(|e| e.to_string())?,
-            child: None,
-            tls: None,
-        };
-        s.restart()?;
-        Ok(s)
+        Self::start_with(None)
     }
 
     /// Starts etcd serving clients over TLS with this certificate and key.
     pub fn start_tls(cert: PathBuf, key: PathBuf) -> Result<Self, String> {
+        Self::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(PathBuf, PathBuf)>) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let mut s = EtcdServer {
             dir,
             client_port: free_port().map_err(|e| e.to_string())?,
             peer_port: free_port().map_err(|e| e.to_string())?,
             child: None,
-            tls: Some((cert, key)),
+            tls,
         };
         s.restart()?;
         Ok(s)
