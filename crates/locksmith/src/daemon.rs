@@ -117,18 +117,53 @@ pub async fn run(cfg: DaemonConfig, updates: impl UpdateStatusSource) -> Result<
     let mut timer: Option<Instant> = None;
     let mut queue = std::collections::VecDeque::from([Event::Start]);
     let mut boot_poll = tokio::time::interval(Duration::from_secs(5));
+    // The semaphore's mod_revision seen when a lock attempt found it full: while we wait to
+    // retry, an etcd watch from there wakes us as soon as a slot frees (not a full retry later).
+    let mut full_at: Option<i64> = None;
     loop {
         while let Some(ev) = queue.pop_front() {
             let (next, actions) = step(&policy, state, ev, chrono::Utc::now());
             state = next;
             for a in actions {
-                if let Some(ev) = perform(&cfg, &backend, &id, &a, &mut timer, &set_state).await {
+                let ev = perform(
+                    &cfg,
+                    &backend,
+                    &id,
+                    &a,
+                    &mut timer,
+                    &mut full_at,
+                    &set_state,
+                );
+                if let Some(ev) = ev.await {
                     queue.push_back(ev);
                 }
             }
         }
         let waiting_boot = matches!(state, State::WaitBootGood { .. });
+        let slot_watch = match (&backend, full_at, timer) {
+            (Backend::Etcd { coord, .. }, Some(rev), Some(at))
+                if matches!(state, State::Locking { .. }) =>
+            {
+                Some((coord, rev, at.saturating_duration_since(Instant::now())))
+            }
+            _ => None,
+        };
         tokio::select! {
+            freed = async {
+                let (coord, rev, left) = slot_watch.expect("guarded by is_some");
+                coord.wait_free(rev, left).await
+            }, if slot_watch.is_some() => {
+                // Freed, timed out, or etcd trouble: either way the next attempt decides; one
+                // watch per failed attempt, so a broken watch cannot spin.
+                if let Err(e) = freed {
+                    warn!(error = %e, "watching the semaphore failed; retrying the lock now");
+                } else {
+                    info!("a reboot slot may be free; retrying the lock");
+                }
+                full_at = None;
+                timer = None;
+                queue.push_back(Event::Tick);
+            }
             st = async { rx.as_mut().unwrap().recv().await }, if rx.is_some() => match st {
                 Some(st) if st.need_reboot() => queue.push_back(Event::UpdateStaged),
                 Some(_) => {}
@@ -207,6 +242,7 @@ async fn perform(
     id: &str,
     action: &Action,
     timer: &mut Option<Instant>,
+    full_at: &mut Option<i64>,
     set_state: &impl Fn(CoordState),
 ) -> Option<Event> {
     match action {
@@ -226,11 +262,14 @@ async fn perform(
                         .as_ref()
                         .map(|l| l.load(Ordering::SeqCst))
                         .filter(|l| *l != 0);
-                    coord
-                        .lock(id, l)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
+                    match coord.try_lock(id, l).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(seen)) => {
+                            *full_at = Some(seen);
+                            Err("all reboot slots are taken".to_string())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
                 }
                 Backend::FleetLock(c) => c.pre_reboot().await.map_err(|e| e.to_string()),
             };

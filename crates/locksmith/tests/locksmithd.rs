@@ -87,7 +87,14 @@ async fn etcd_lock_waits_for_slot_reboots_and_releases_after_good_boot() {
     let root = dir.path();
     setup_root(root, "GROUP=stable\nREBOOT_STRATEGY=\"etcd-lock\"\n");
 
-    let d = start(root, &e.endpoint(), &bus.address, &[]);
+    // A lock retry far beyond the test's patience: only the etcd watch can wake the daemon
+    // when the other machine releases its slot.
+    let d = start(
+        root,
+        &e.endpoint(),
+        &bus.address,
+        &[("LOCKSMITHD_LOCK_RETRY", "10m".to_string())],
+    );
     wait_for("STATE=running", Duration::from_secs(15), || {
         coordinator_conf(root).contains("STATE=running")
     });
