@@ -126,8 +126,15 @@ pub struct DaemonConfig {
     pub board: String,
     /// argv of the command that reboots the machine (the health gate's last resort).
     pub reboot_command: Vec<String>,
+    /// Serve `com.coreos.update1` on D-Bus (off: a machine without a bus, e.g. the
+    /// initramfs-booted QEMU guest; status is then in the logs and the metrics socket).
+    pub dbus: bool,
     /// D-Bus address; unset: the system bus.
     pub dbus_address: Option<String>,
+    /// Run `reboot_command` once an update is staged (UPDATED_NEED_REBOOT), after its events
+    /// reached the server: for machines without locksmithd. Off by default (locksmithd or an
+    /// operator decides when to reboot).
+    pub reboot_after_update: bool,
     /// Prometheus text metrics are served here; unset: no metrics socket.
     pub metrics_socket: Option<PathBuf>,
     pub schedule: ScheduleConfig,
@@ -152,7 +159,9 @@ impl Default for DaemonConfig {
             app_id: format!("{{{}}}", fastpatch_omaha::FLATCAR_APP_ID),
             board: "amd64-usr".into(),
             reboot_command: vec!["systemctl".into(), "reboot".into()],
+            dbus: true,
             dbus_address: None,
+            reboot_after_update: false,
             metrics_socket: Some(PathBuf::from("/run/fastpatch/engine-metrics.sock")),
             schedule: ScheduleConfig::default(),
             health: HealthConfig::default(),

@@ -76,7 +76,7 @@ pub struct Daemon {
     install_rx: Option<mpsc::UnboundedReceiver<Input>>,
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
-    reporter: mpsc::UnboundedSender<(Option<fastpatch_omaha::Request>, bool)>,
+    reporter: mpsc::UnboundedSender<ReportJob>,
     dbus_rx: Option<mpsc::Receiver<DbusRequest>>,
     queue: VecDeque<Input>,
 }
@@ -172,13 +172,19 @@ impl Daemon {
             .build()
             .context("building the HTTP client")?;
         let snapshot = Arc::new(Mutex::new(StatusSnapshot::of(&engine, 0)));
-        let (dbus_tx, dbus_rx) = mpsc::channel(16);
-        let conn = dbus::serve(
-            cfg.dbus_address.as_deref(),
-            Manager::new(snapshot.clone(), dbus_tx),
-        )
-        .await
-        .context("serving com.coreos.update1 on D-Bus")?;
+        let (conn, dbus_rx) = if cfg.dbus {
+            let (dbus_tx, dbus_rx) = mpsc::channel(16);
+            let conn = dbus::serve(
+                cfg.dbus_address.as_deref(),
+                Manager::new(snapshot.clone(), dbus_tx),
+            )
+            .await
+            .context("serving com.coreos.update1 on D-Bus")?;
+            (Some(conn), Some(dbus_rx))
+        } else {
+            tracing::info!("D-Bus is off (dbus = false): status only in logs and metrics");
+            (None, None)
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let reporter = spawn_reporter(http.clone(), cfg.clone(), tx.clone());
         let mut d = Daemon {
@@ -188,7 +194,7 @@ impl Daemon {
             disk,
             http,
             snapshot,
-            conn: Some(conn),
+            conn,
             throttle: SignalThrottle::default(),
             last_signal: Instant::now(),
             metrics: Arc::new(Metrics::default()),
@@ -201,7 +207,7 @@ impl Daemon {
             tx,
             rx,
             reporter,
-            dbus_rx: Some(dbus_rx),
+            dbus_rx,
             queue: VecDeque::new(),
             cfg,
         };
@@ -223,7 +229,7 @@ impl Daemon {
             None => None,
         };
         self.start_gate().await?;
-        let mut dbus_rx = self.dbus_rx.take().context("run called twice")?;
+        let mut dbus_rx = self.dbus_rx.take();
         tokio::pin!(shutdown);
         loop {
             let wake = self.next_check;
@@ -233,7 +239,7 @@ impl Daemon {
                     self.next_check = None;
                     self.check_due(false).await;
                 }
-                Some(req) = dbus_rx.recv() => match req {
+                Some(req) = recv_dbus(&mut dbus_rx) => match req {
                     DbusRequest::AttemptUpdate => self.check_due(true).await,
                     DbusRequest::ResetStatus => self.handle(Input::ResetStatus).await,
                 },
@@ -360,7 +366,13 @@ impl Daemon {
         self.queue.push_back(input);
         while let Some(input) = self.queue.pop_front() {
             tracing::debug!(?input, status = %self.engine.status, "input");
+            let before = self.engine.status;
             let actions = self.engine.step(input);
+            let after = self.engine.status;
+            if after != before {
+                // One line per change, for operators and for harnesses watching a serial log.
+                tracing::info!("status {before} -> {after}");
+            }
             if !matches!(
                 self.engine.status,
                 UpdateStatus::UpdateAvailable
@@ -373,7 +385,29 @@ impl Daemon {
                 self.install_rx = None;
             }
             self.perform(actions).await;
+            if after != before
+                && after == UpdateStatus::UpdatedNeedReboot
+                && self.cfg.reboot_after_update
+            {
+                self.reboot_when_reported();
+            }
         }
+    }
+
+    /// `reboot_after_update`: waits until the events queued so far reached the server (or
+    /// failed to), then runs the reboot command.
+    fn reboot_when_reported(&self) {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let _ = self.reporter.send(ReportJob::Flush(done_tx));
+        let argv = self.cfg.reboot_command.clone();
+        let timeout = Duration::from_secs(self.cfg.health.check_timeout_secs.max(1));
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(120), done_rx).await;
+            tracing::info!(command = ?argv, "update staged: rebooting (reboot_after_update)");
+            if let Err(e) = health::run(&argv, timeout).await {
+                tracing::error!(error = %e, "reboot command failed");
+            }
+        });
     }
 
     async fn perform(&mut self, actions: Vec<Action>) {
@@ -548,7 +582,10 @@ impl Daemon {
         let is_error = events.iter().any(|e| e.result == 0);
         let (conf, url) = self.server_url();
         let request = url.and_then(|_| self.request(&conf, &RequestKind::Events, &events));
-        let _ = self.reporter.send((request, is_error));
+        let _ = self.reporter.send(ReportJob::Send {
+            request: request.map(Box::new),
+            is_error,
+        });
     }
 
     fn start_install(&mut self, offer: crate::machine::UpdateOffer) {
@@ -616,17 +653,34 @@ impl Daemon {
     }
 }
 
+/// Work for the event reporter.
+enum ReportJob {
+    Send {
+        request: Option<Box<fastpatch_omaha::Request>>,
+        is_error: bool,
+    },
+    /// Answered once every job queued before it is done.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// Sends event requests one after another, so the server sees them in order; after an error
 /// event (sent or not), tells the machine it was reported.
 fn spawn_reporter(
     http: reqwest::Client,
     cfg: DaemonConfig,
     tx: mpsc::UnboundedSender<Msg>,
-) -> mpsc::UnboundedSender<(Option<fastpatch_omaha::Request>, bool)> {
-    let (rtx, mut rrx) = mpsc::unbounded_channel::<(Option<fastpatch_omaha::Request>, bool)>();
+) -> mpsc::UnboundedSender<ReportJob> {
+    let (rtx, mut rrx) = mpsc::unbounded_channel::<ReportJob>();
     tokio::spawn(async move {
         let timeout = Duration::from_secs(cfg.download.omaha_timeout_secs);
-        while let Some((request, is_error)) = rrx.recv().await {
+        while let Some(job) = rrx.recv().await {
+            let (request, is_error) = match job {
+                ReportJob::Send { request, is_error } => (request, is_error),
+                ReportJob::Flush(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+            };
             if let Some(request) = request {
                 let url = match UpdateConf::load(&cfg.root).map(|c| c.server()) {
                     Ok(Server::Url(u)) => Some(u),
@@ -649,6 +703,13 @@ fn spawn_reporter(
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_dbus(rx: &mut Option<mpsc::Receiver<DbusRequest>>) -> Option<DbusRequest> {
+    match rx {
+        Some(r) => r.recv().await,
         None => std::future::pending().await,
     }
 }
