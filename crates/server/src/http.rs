@@ -29,6 +29,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .merge(crate::api::router())
+        .merge(crate::dashboard::router(&state))
         .with_state(state)
 }
 

@@ -14,6 +14,7 @@
 pub mod api;
 pub mod cli;
 pub mod clock;
+pub mod dashboard;
 pub mod http;
 pub mod metrics;
 pub mod omaha;

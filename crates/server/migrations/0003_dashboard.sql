@@ -1,0 +1,20 @@
+-- Dashboard chart history (version and status over time), written by the
+-- dashboard's sampler (src/dashboard/rollup.rs) once a minute: the counts
+-- of every group by status (dim 's') and by version (dim 'v'), stored at
+-- three resolutions (res = 60, 900, 3600 s; bucket = start of the interval,
+-- each bucket holds the last sample taken in it). A chart reads at most a
+-- few thousand rows through the primary key, however many instances exist.
+-- Idempotent: the dashboard applies it itself on start (IF NOT EXISTS).
+
+CREATE TABLE IF NOT EXISTS dashboard_samples (
+    app_id TEXT NOT NULL,
+    group_name TEXT NOT NULL,
+    res BIGINT NOT NULL,
+    bucket BIGINT NOT NULL,
+    dim TEXT NOT NULL,
+    key TEXT NOT NULL,
+    n BIGINT NOT NULL,
+    PRIMARY KEY (app_id, group_name, res, bucket, dim, key)
+);
+-- Pruning and the per-bucket reset.
+CREATE INDEX IF NOT EXISTS dashboard_samples_res_bucket ON dashboard_samples (res, bucket);

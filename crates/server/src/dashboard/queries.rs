@@ -1,0 +1,196 @@
+//! The dashboard's read queries. Each one is served by an index:
+//! counts by `instances_group_status (app_id, group_name, status, version)`
+//! (an index-only scan on PostgreSQL), chart samples by the primary key of
+//! `dashboard_samples`, instance pages by the store's keyset query.
+
+use std::collections::BTreeMap;
+
+use sqlx::Row;
+
+use crate::store::{Result, Store};
+
+/// Instances of one (app, group) in one (status, version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountRow {
+    pub app_id: String,
+    pub group_name: String,
+    pub status: String,
+    pub version: String,
+    pub n: i64,
+}
+
+/// Counts of a group by status and by version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub total: i64,
+    pub by_status: BTreeMap<String, i64>,
+    pub by_version: BTreeMap<String, i64>,
+}
+
+impl Tally {
+    pub fn add(&mut self, r: &CountRow) {
+        self.total += r.n;
+        *self.by_status.entry(r.status.clone()).or_default() += r.n;
+        *self.by_version.entry(r.version.clone()).or_default() += r.n;
+    }
+    pub fn status(&self, s: &str) -> i64 {
+        self.by_status.get(s).copied().unwrap_or(0)
+    }
+    pub fn version(&self, v: &str) -> i64 {
+        self.by_version.get(v).copied().unwrap_or(0)
+    }
+}
+
+/// Tallies per (app, group).
+pub fn tally(rows: &[CountRow]) -> BTreeMap<(String, String), Tally> {
+    let mut out: BTreeMap<(String, String), Tally> = BTreeMap::new();
+    for r in rows {
+        out.entry((r.app_id.clone(), r.group_name.clone()))
+            .or_default()
+            .add(r);
+    }
+    out
+}
+
+fn count_rows(rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<CountRow>> {
+    rows.iter()
+        .map(|r| {
+            Ok(CountRow {
+                app_id: r.try_get("app_id")?,
+                group_name: r.try_get("group_name")?,
+                status: r.try_get("status")?,
+                version: r.try_get("version")?,
+                n: r.try_get("n")?,
+            })
+        })
+        .collect()
+}
+
+/// Every group's counts in one scan (overview, sampler).
+pub async fn counts_all(store: &Store) -> Result<Vec<CountRow>> {
+    let rows = sqlx::query(
+        "SELECT app_id, group_name, status, version, COUNT(*) AS n FROM instances \
+         GROUP BY app_id, group_name, status, version",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    count_rows(rows)
+}
+
+/// One group's counts (group page).
+pub async fn counts_group(store: &Store, app: &str, group: &str) -> Result<Tally> {
+    let rows = sqlx::query(
+        "SELECT app_id, group_name, status, version, COUNT(*) AS n FROM instances \
+         WHERE app_id = $1 AND group_name = $2 GROUP BY app_id, group_name, status, version",
+    )
+    .bind(app.to_owned())
+    .bind(group.to_owned())
+    .fetch_all(store.pool())
+    .await?;
+    let mut t = Tally::default();
+    for r in count_rows(rows)? {
+        t.add(&r);
+    }
+    Ok(t)
+}
+
+/// One stored sample: at `bucket`, `n` instances had `key` (a status or a version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    pub bucket: i64,
+    pub dim: String,
+    pub key: String,
+    pub n: i64,
+}
+
+/// Samples of one group at resolution `res` since `since` (primary-key range scan).
+pub async fn samples(
+    store: &Store,
+    app: &str,
+    group: &str,
+    res: i64,
+    since: i64,
+) -> Result<Vec<Sample>> {
+    let rows = sqlx::query(
+        "SELECT bucket, dim, key, n FROM dashboard_samples \
+         WHERE app_id = $1 AND group_name = $2 AND res = $3 AND bucket >= $4 ORDER BY bucket",
+    )
+    .bind(app.to_owned())
+    .bind(group.to_owned())
+    .bind(res)
+    .bind(since)
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Sample {
+                bucket: r.try_get("bucket")?,
+                dim: r.try_get("dim")?,
+                key: r.try_get("key")?,
+                n: r.try_get("n")?,
+            })
+        })
+        .collect()
+}
+
+/// Recent activity of one group, newest first.
+pub async fn group_activity(
+    store: &Store,
+    app: &str,
+    group: &str,
+    limit: i64,
+) -> Result<Vec<crate::store::ActivityRow>> {
+    let rows = sqlx::query(
+        "SELECT id, app_id, group_name, kind, version, message, at FROM activity \
+         WHERE app_id = $1 AND group_name = $2 ORDER BY id DESC LIMIT $3",
+    )
+    .bind(app.to_owned())
+    .bind(group.to_owned())
+    .bind(limit)
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(crate::store::ActivityRow {
+                id: r.try_get("id")?,
+                app_id: r.try_get("app_id")?,
+                group_name: r.try_get("group_name")?,
+                kind: r.try_get("kind")?,
+                version: r.try_get("version")?,
+                message: r.try_get("message")?,
+                at: r.try_get("at")?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(g: &str, s: &str, v: &str, n: i64) -> CountRow {
+        CountRow {
+            app_id: "a".into(),
+            group_name: g.into(),
+            status: s.into(),
+            version: v.into(),
+            n,
+        }
+    }
+
+    #[test]
+    fn tallies_per_group() {
+        let t = tally(&[
+            row("beta", "complete", "2.0", 3),
+            row("beta", "undefined", "1.0", 5),
+            row("beta", "complete", "1.0", 1),
+            row("stable", "error", "1.0", 2),
+        ]);
+        let beta = &t[&("a".to_owned(), "beta".to_owned())];
+        assert_eq!(beta.total, 9);
+        assert_eq!(beta.status("complete"), 4);
+        assert_eq!(beta.version("1.0"), 6);
+        assert_eq!(beta.status("error"), 0);
+        assert_eq!(t[&("a".to_owned(), "stable".to_owned())].status("error"), 2);
+    }
+}
