@@ -571,3 +571,64 @@ async fn keyset_pages_sqlite() {
 async fn keyset_pages_postgres() {
     keyset_pages(Backend::Postgres).await;
 }
+
+/// The sampler: one row per (group, dim, key) per tier bucket, a key that
+/// vanished within a bucket drops to 0, old buckets are pruned per tier.
+async fn sampler_tiers(b: Backend) {
+    use fastpatch_server::dashboard::{queries, rollup};
+    let s = server(b).await;
+    let store = s.handle.store();
+    rollup::ensure_schema(store).await.expect("schema");
+    rollup::ensure_schema(store).await.expect("idempotent");
+    // An hour boundary after the test clock, so the server's own sampler
+    // (which samples at the test clock) writes other buckets.
+    let t0 = 1_800_000_000 - 1_800_000_000 % 3600;
+    store
+        .seed_instances(APP, "beta", "x-", 4, "1.0.0", t0)
+        .await
+        .expect("seed");
+    rollup::sample(store, t0 + 10).await.expect("sample");
+    for (res, _) in rollup::TIERS {
+        let rows = queries::samples(store, APP, "beta", res, t0)
+            .await
+            .expect("read");
+        assert_eq!(rows.len(), 2, "res {res}: one status and one version");
+        assert!(rows.iter().all(|r| r.n == 4 && r.bucket == t0));
+    }
+    // Same minute, the machines moved on: undefined drops to 0, 2.0.0 appears.
+    sqlx::query("UPDATE instances SET status = 'complete', version = '2.0.0'")
+        .execute(store.pool())
+        .await
+        .expect("update");
+    rollup::sample(store, t0 + 50).await.expect("sample");
+    let rows = queries::samples(store, APP, "beta", 60, t0)
+        .await
+        .expect("read");
+    let n = |key: &str| rows.iter().find(|r| r.key == key).map(|r| r.n);
+    assert_eq!((n("undefined"), n("complete")), (Some(0), Some(4)));
+    assert_eq!((n("1.0.0"), n("2.0.0")), (Some(0), Some(4)));
+    // Four hours later: the 1-minute bucket from t0 is gone, the others stay.
+    rollup::sample(store, t0 + 4 * 3600).await.expect("sample");
+    let minute = queries::samples(store, APP, "beta", 60, t0)
+        .await
+        .expect("read");
+    assert!(
+        minute.iter().all(|r| r.bucket == t0 + 4 * 3600),
+        "{minute:?}"
+    );
+    let hourly = queries::samples(store, APP, "beta", 3600, t0)
+        .await
+        .expect("read");
+    assert!(hourly.iter().any(|r| r.bucket == t0));
+    assert!(hourly.iter().any(|r| r.bucket == t0 + 4 * 3600));
+    s.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn sampler_tiers_sqlite() {
+    sampler_tiers(Backend::Sqlite).await;
+}
+#[tokio::test]
+async fn sampler_tiers_postgres() {
+    sampler_tiers(Backend::Postgres).await;
+}
