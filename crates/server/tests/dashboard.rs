@@ -582,7 +582,7 @@ async fn sampler_tiers(b: Backend) {
     rollup::ensure_schema(store).await.expect("idempotent");
     // An hour boundary after the test clock, so the server's own sampler
     // (which samples at the test clock) writes other buckets.
-    let t0 = 1_800_000_000 - 1_800_000_000 % 3600;
+    let t0: i64 = 500_000 * 3600; // 2027-01-15 08:00 UTC
     store
         .seed_instances(APP, "beta", "x-", 4, "1.0.0", t0)
         .await
