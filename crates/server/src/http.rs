@@ -2,28 +2,31 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use futures_util::StreamExt;
 use tracing::{error, warn};
 
 use crate::omaha::OmahaError;
 use crate::AppState;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let omaha_limit = state.max_body_bytes;
     Router::new()
+        // The cap is enforced by `read_omaha_body`, which drains an oversized
+        // body before answering 413 (a bare limit would cut the upload off).
         .route(
             "/v1/update/",
-            post(update).layer(DefaultBodyLimit::max(omaha_limit)),
+            post(update).layer(DefaultBodyLimit::disable()),
         )
         .route(
             "/v1/update",
-            post(update).layer(DefaultBodyLimit::max(omaha_limit)),
+            post(update).layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/payloads/{id}/{file}", get(payload))
         .route("/health", get(health))
@@ -37,9 +40,17 @@ async fn update(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     state.metrics.inc(&state.metrics.requests);
+    let body = match read_omaha_body(body, &headers, state.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => {
+            state.metrics.inc(&state.metrics.bad_requests);
+            warn!(error = %e, "Omaha request body refused");
+            return e.into_response();
+        }
+    };
     let ip = headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
@@ -59,6 +70,103 @@ async fn update(
             (StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable\n").into_response()
         }
     }
+}
+
+/// How much of an oversized Omaha body is read and thrown away so the client
+/// finishes its upload and reads the 413; beyond this the connection is closed.
+pub const MAX_DRAIN_BYTES: u64 = 8 * 1024 * 1024;
+
+/// A whole Omaha body must arrive within this time.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("body over {limit} bytes")]
+    TooLarge {
+        limit: usize,
+        /// All of it was read: the connection can stay open.
+        drained: bool,
+    },
+    #[error("body not received within {0:?}")]
+    Timeout(Duration),
+    #[error("reading the body: {0}")]
+    Read(String),
+}
+
+impl IntoResponse for BodyError {
+    fn into_response(self) -> Response {
+        let (status, close) = match &self {
+            BodyError::TooLarge { drained, .. } => (StatusCode::PAYLOAD_TOO_LARGE, !drained),
+            BodyError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, true),
+            BodyError::Read(_) => (StatusCode::BAD_REQUEST, true),
+        };
+        let mut resp = (status, format!("{self}\n")).into_response();
+        if close {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+/// Reads at most `limit` bytes of body. A longer body (announced or not) is
+/// drained up to [`MAX_DRAIN_BYTES`] and refused with `TooLarge`.
+pub async fn read_omaha_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, BodyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64 + MAX_DRAIN_BYTES) {
+        return Err(BodyError::TooLarge {
+            limit,
+            drained: false,
+        });
+    }
+    let read = async {
+        let mut stream = body.into_data_stream();
+        let mut first: Option<Bytes> = None;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut total: u64 = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
+            total += chunk.len() as u64;
+            if total > limit as u64 + MAX_DRAIN_BYTES {
+                return Err(BodyError::TooLarge {
+                    limit,
+                    drained: false,
+                });
+            }
+            if total > limit as u64 {
+                // Keep reading (and dropping) so the client can finish its upload.
+                first = None;
+                buf = Vec::new();
+                continue;
+            }
+            // The usual case is one chunk: keep it without copying.
+            match first.take() {
+                None if buf.is_empty() => first = Some(chunk),
+                None => buf.extend_from_slice(&chunk),
+                Some(f) => {
+                    buf.extend_from_slice(&f);
+                    buf.extend_from_slice(&chunk);
+                }
+            }
+        }
+        if total > limit as u64 {
+            return Err(BodyError::TooLarge {
+                limit,
+                drained: true,
+            });
+        }
+        Ok(first.unwrap_or_else(|| Bytes::from(buf)))
+    };
+    tokio::time::timeout(BODY_TIMEOUT, read)
+        .await
+        .unwrap_or(Err(BodyError::Timeout(BODY_TIMEOUT)))
 }
 
 async fn payload(

@@ -21,6 +21,7 @@ pub mod omaha;
 pub mod openapi;
 pub mod payloads;
 pub mod policy;
+mod serve;
 pub mod store;
 pub mod version;
 
@@ -63,6 +64,8 @@ pub struct Config {
     /// `postgres://…` (or an explicit `sqlite://…`); default: SQLite under `data_dir`.
     pub database_url: Option<String>,
     pub listen: SocketAddr,
+    /// Threads serving HTTP, each with its own socket and runtime (default: one per core).
+    pub http_threads: usize,
     /// Base URL clients reach this server at (payload URLs); default `http://<listen addr>`.
     pub public_url: Option<String>,
     pub admin_tokens: Vec<String>,
@@ -70,6 +73,9 @@ pub struct Config {
     pub retention: Retention,
     /// How often grants are checked for safe-mode timeouts.
     pub timeout_sweep: Duration,
+    /// How often last-check timestamps kept in memory are written (also at
+    /// graceful shutdown). A crash loses at most this much last-seen time.
+    pub checkin_flush: Duration,
     pub clock: Arc<dyn Clock>,
     /// Cap on Omaha request bodies.
     pub max_body_bytes: usize,
@@ -84,11 +90,13 @@ impl Config {
             data_dir: data_dir.into(),
             database_url: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            http_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             public_url: None,
             admin_tokens: Vec::new(),
             viewer_tokens: Vec::new(),
             retention: Retention::default(),
             timeout_sweep: Duration::from_secs(60),
+            checkin_flush: Duration::from_secs(5),
             clock: Arc::new(SystemClock),
             max_body_bytes: 64 * 1024,
             seed_defaults: true,
@@ -99,6 +107,7 @@ impl Config {
     pub fn for_tests(data_dir: &Path) -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_threads: 2,
             admin_tokens: vec!["admin-token".into()],
             viewer_tokens: vec!["viewer-token".into()],
             ..Config::new(data_dir)
@@ -137,7 +146,7 @@ pub struct ServerHandle {
     base_url: String,
     state: Arc<AppState>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    http: serve::HttpThreads,
     jobs: tokio::task::JoinHandle<()>,
 }
 
@@ -155,19 +164,26 @@ impl ServerHandle {
     pub fn state(&self) -> &Arc<AppState> {
         &self.state
     }
-    /// Stops accepting, lets in-flight requests finish, closes the database.
+    /// Stops accepting, lets in-flight requests finish, writes the
+    /// last-check timestamps kept in memory, closes the database.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
-        self.jobs.abort();
-        let _ = self.jobs.await;
-        self.state.store.close().await;
+        self.wait().await;
     }
-    /// Waits until the server stops on its own (e.g. ctrl-c in the binary).
-    pub async fn wait(self) {
-        let _ = self.task.await;
-        self.jobs.abort();
+    /// Waits until the server stops on its own (e.g. ctrl-c in the binary),
+    /// then finishes like [`ServerHandle::shutdown`].
+    pub async fn wait(mut self) {
+        self.http.stopped().await;
+        // The jobs loop sees the same stop signal and ends between two jobs.
+        let _ = self.stop.send(true);
+        let _ = self.jobs.await;
+        let now = self.state.clock.now().timestamp();
+        match self.state.store.flush_last_checks(now).await {
+            Ok(n) => info!(written = n, "last-check timestamps written"),
+            Err(e) => warn!(error = %e, "could not write last-check timestamps at shutdown"),
+        }
         self.state.store.close().await;
+        self.http.finish().await;
     }
     pub fn stopper(&self) -> watch::Sender<bool> {
         self.stop.clone()
@@ -185,16 +201,11 @@ impl Server {
                 .ensure_defaults(config.clock.now().timestamp())
                 .await?;
         }
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Bind {
+        let (addr, listeners) =
+            serve::bind(config.listen, config.http_threads).map_err(|source| StartError::Bind {
                 addr: config.listen,
                 source,
             })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
         let base_url = config
             .public_url
             .clone()
@@ -211,24 +222,22 @@ impl Server {
             viewer_tokens: config.viewer_tokens.clone(),
             max_body_bytes: config.max_body_bytes,
         });
-        let (stop, mut stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
         let router = http::router(state.clone());
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            });
-            if let Err(e) = serve.await {
-                warn!(error = %e, "server stopped with an error");
+        let http = serve::spawn(listeners, router, stopped.clone()).map_err(|source| {
+            StartError::Bind {
+                addr: config.listen,
+                source,
             }
-        });
+        })?;
         let jobs = tokio::spawn(background_jobs(
             state.clone(),
-            config.retention,
-            config.timeout_sweep,
+            Schedule {
+                retention: config.retention,
+                sweep: config.timeout_sweep,
+                flush: config.checkin_flush,
+            },
+            stopped,
         ));
         info!(%addr, "fastpatch-server listening");
         Ok(ServerHandle {
@@ -236,18 +245,36 @@ impl Server {
             base_url,
             state,
             stop,
-            task,
+            http,
             jobs,
         })
     }
 }
 
-/// Retention pruning and the safe-mode timeout sweep.
-async fn background_jobs(state: Arc<AppState>, retention: Retention, sweep: Duration) {
+struct Schedule {
+    retention: Retention,
+    sweep: Duration,
+    flush: Duration,
+}
+
+/// Retention pruning, the safe-mode timeout sweep and the last-check flush,
+/// until `stop` turns true (never in the middle of a job).
+async fn background_jobs(state: Arc<AppState>, when: Schedule, mut stop: watch::Receiver<bool>) {
+    let retention = when.retention;
     let mut prune = tokio::time::interval(retention.interval);
-    let mut timeouts = tokio::time::interval(sweep);
+    let mut timeouts = tokio::time::interval(when.sweep);
+    let mut flush = tokio::time::interval(when.flush);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            // (The guard `wait_for` returns must not live across an await.)
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            _ = flush.tick() => {
+                let now = state.clock.now().timestamp();
+                if let Err(e) = state.store.flush_last_checks(now).await {
+                    warn!(error = %e, "writing last-check timestamps failed; kept for the next try");
+                }
+            }
             _ = prune.tick() => {
                 let now = state.clock.now().timestamp();
                 match state.store.prune(now, retention.keep_days * 86400, retention.silent_instance_days * 86400).await {

@@ -132,6 +132,11 @@ impl Metrics {
             }
         }
         out.push_str(&halted_lines);
+        let _ = writeln!(
+            out,
+            "# HELP fastpatch_recent_instances Instance rows kept in memory for re-checks.\n# TYPE fastpatch_recent_instances gauge\nfastpatch_recent_instances {}",
+            store.recent_instances()
+        );
         Ok(out)
     }
 }

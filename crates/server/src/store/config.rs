@@ -1,12 +1,13 @@
 //! Applications, packages, channels, groups, floors and the activity feed.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::{FromRow, Row};
 
 use super::{b, Result, Store, StoreError};
 use crate::policy::{GroupPolicy, OfficeHours};
@@ -14,13 +15,13 @@ use crate::policy::{GroupPolicy, OfficeHours};
 /// Packages registered without an arch are for this one.
 pub const DEFAULT_ARCH: &str = "amd64";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct App {
     pub id: String,
     pub name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct PackageRow {
     pub id: String,
     pub app_id: String,
@@ -35,7 +36,7 @@ pub struct PackageRow {
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Channel {
     pub app_id: String,
     pub name: String,
@@ -148,47 +149,35 @@ impl Group {
 
 pub(crate) const GROUP_COLS: &str = "app_id, name, channel, updates_enabled, max_updates_per_period, period_secs, max_concurrent, update_timeout_secs, office_hours, office_tz, office_days, office_start_minute, office_end_minute, safe_mode, rollout_duration_secs, rollout_started_at, halted, halted_reason, halted_at";
 
-pub(crate) fn group_from_row(r: &AnyRow) -> Result<Group> {
-    Ok(Group {
-        app_id: r.try_get("app_id")?,
-        name: r.try_get("name")?,
-        channel: r.try_get("channel")?,
-        updates_enabled: r.try_get::<i64, _>("updates_enabled")? != 0,
-        max_updates_per_period: r.try_get("max_updates_per_period")?,
-        period_secs: r.try_get("period_secs")?,
-        max_concurrent: r.try_get("max_concurrent")?,
-        update_timeout_secs: r.try_get("update_timeout_secs")?,
-        office_hours: r.try_get::<i64, _>("office_hours")? != 0,
-        office_tz: r.try_get("office_tz")?,
-        office_days: r.try_get("office_days")?,
-        office_start_minute: r.try_get("office_start_minute")?,
-        office_end_minute: r.try_get("office_end_minute")?,
-        safe_mode: r.try_get::<i64, _>("safe_mode")? != 0,
-        rollout_duration_secs: r.try_get("rollout_duration_secs")?,
-        rollout_started_at: r.try_get("rollout_started_at")?,
-        halted: r.try_get::<i64, _>("halted")? != 0,
-        halted_reason: r.try_get("halted_reason")?,
-        halted_at: r.try_get("halted_at")?,
-    })
+/// Booleans are stored as BIGINT 0/1 (one schema for both engines).
+impl<'r> FromRow<'r, AnyRow> for Group {
+    fn from_row(r: &'r AnyRow) -> sqlx::Result<Group> {
+        Ok(Group {
+            app_id: r.try_get("app_id")?,
+            name: r.try_get("name")?,
+            channel: r.try_get("channel")?,
+            updates_enabled: r.try_get::<i64, _>("updates_enabled")? != 0,
+            max_updates_per_period: r.try_get("max_updates_per_period")?,
+            period_secs: r.try_get("period_secs")?,
+            max_concurrent: r.try_get("max_concurrent")?,
+            update_timeout_secs: r.try_get("update_timeout_secs")?,
+            office_hours: r.try_get::<i64, _>("office_hours")? != 0,
+            office_tz: r.try_get("office_tz")?,
+            office_days: r.try_get("office_days")?,
+            office_start_minute: r.try_get("office_start_minute")?,
+            office_end_minute: r.try_get("office_end_minute")?,
+            safe_mode: r.try_get::<i64, _>("safe_mode")? != 0,
+            rollout_duration_secs: r.try_get("rollout_duration_secs")?,
+            rollout_started_at: r.try_get("rollout_started_at")?,
+            halted: r.try_get::<i64, _>("halted")? != 0,
+            halted_reason: r.try_get("halted_reason")?,
+            halted_at: r.try_get("halted_at")?,
+        })
+    }
 }
 
 const PACKAGE_COLS: &str =
     "id, app_id, version, arch, file_name, base_url, size, sha1_b64, sha256_b64, created_at";
-
-fn package_from_row(r: &AnyRow) -> Result<PackageRow> {
-    Ok(PackageRow {
-        id: r.try_get("id")?,
-        app_id: r.try_get("app_id")?,
-        version: r.try_get("version")?,
-        arch: r.try_get("arch")?,
-        file_name: r.try_get("file_name")?,
-        base_url: r.try_get("base_url")?,
-        size: r.try_get("size")?,
-        sha1_b64: r.try_get("sha1_b64")?,
-        sha256_b64: r.try_get("sha256_b64")?,
-        created_at: r.try_get("created_at")?,
-    })
-}
 
 /// `amd64-usr` → `amd64`; empty → the default arch.
 pub fn normalize_arch(board: Option<&str>) -> String {
@@ -209,9 +198,17 @@ pub struct AppConfig {
 
 /// Settings cached for a short time. Writes through this `Store` clear it at
 /// once; writes by other processes (CLI, a second server) show within
-/// [`CONFIG_TTL`]. Limits never rely on it: grants re-read the group under lock.
+/// [`CONFIG_TTL`] (plus one reload). Limits never rely on it: grants re-read
+/// the group under lock. One request reloads an expired entry while the others
+/// keep using the old copy, so an expiry never stalls a burst of requests.
 #[derive(Debug, Default)]
-pub struct ConfigCache(std::sync::Mutex<HashMap<String, CachedConfig>>);
+pub struct ConfigCache {
+    entries: std::sync::Mutex<HashMap<String, CachedConfig>>,
+    /// Held by the one request that reloads.
+    reloading: tokio::sync::Mutex<()>,
+    /// Bumped by every clear: a reload that raced a write does not store its result.
+    generation: AtomicU64,
+}
 
 /// When it was read, and the settings (None: the app does not exist).
 type CachedConfig = (Instant, Option<Arc<AppConfig>>);
@@ -220,11 +217,30 @@ pub const CONFIG_TTL: Duration = Duration::from_secs(1);
 
 impl ConfigCache {
     pub fn clear(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedConfig>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, app: &str) -> Lookup {
+        match self.lock().get(app) {
+            Some((at, cfg)) if at.elapsed() < CONFIG_TTL => Lookup::Fresh(cfg.clone()),
+            Some((_, cfg)) => Lookup::Stale(cfg.clone()),
+            None => Lookup::Missing,
+        }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Lookup {
+    Fresh(Option<Arc<AppConfig>>),
+    Stale(Option<Arc<AppConfig>>),
+    Missing,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct ActivityRow {
     pub id: i64,
     pub app_id: Option<String>,
@@ -238,17 +254,23 @@ pub struct ActivityRow {
 impl Store {
     /// The app's groups, channels, packages and floors (None: unknown app), cached.
     pub async fn app_config(&self, app: &str) -> Result<Option<Arc<AppConfig>>> {
-        if let Some((at, cfg)) = self
-            .cache
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(app)
-        {
-            if at.elapsed() < CONFIG_TTL {
-                return Ok(cfg.clone());
+        let cache = &self.cache;
+        let _reload = match cache.get(app) {
+            Lookup::Fresh(cfg) => return Ok(cfg),
+            // Someone else is reloading: the copy a second old will do.
+            Lookup::Stale(stale) => match cache.reloading.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return Ok(stale),
+            },
+            Lookup::Missing => {
+                let guard = cache.reloading.lock().await;
+                if let Lookup::Fresh(cfg) = cache.get(app) {
+                    return Ok(cfg);
+                }
+                guard
             }
-        }
+        };
+        let generation = cache.generation.load(Ordering::SeqCst);
         let cfg = if self.app_exists(app).await? {
             Some(Arc::new(AppConfig {
                 groups: self.groups(app).await?,
@@ -259,11 +281,11 @@ impl Store {
         } else {
             None
         };
-        self.cache
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(app.to_owned(), (Instant::now(), cfg.clone()));
+        if cache.generation.load(Ordering::SeqCst) == generation {
+            cache
+                .lock()
+                .insert(app.to_owned(), (Instant::now(), cfg.clone()));
+        }
         Ok(cfg)
     }
 
@@ -301,17 +323,9 @@ impl Store {
     }
 
     pub async fn apps(&self) -> Result<Vec<App>> {
-        let rows = sqlx::query("SELECT id, name FROM apps ORDER BY id")
+        Ok(sqlx::query_as("SELECT id, name FROM apps ORDER BY id")
             .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(App {
-                    id: r.try_get("id")?,
-                    name: r.try_get("name")?,
-                })
-            })
-            .collect()
+            .await?)
     }
 
     pub async fn app_exists(&self, id: &str) -> Result<bool> {
@@ -373,33 +387,30 @@ impl Store {
         let sql = format!(
             "SELECT {PACKAGE_COLS} FROM packages WHERE app_id = $1 AND version = $2 AND arch = $3"
         );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(app.to_owned())
             .bind(version.to_owned())
             .bind(arch.to_owned())
             .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(package_from_row).transpose()
+            .await?)
     }
 
     pub async fn package(&self, id: &str) -> Result<Option<PackageRow>> {
         let sql = format!("SELECT {PACKAGE_COLS} FROM packages WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(id.to_owned())
             .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(package_from_row).transpose()
+            .await?)
     }
 
     pub async fn packages(&self, app: &str) -> Result<Vec<PackageRow>> {
         let sql = format!(
             "SELECT {PACKAGE_COLS} FROM packages WHERE app_id = $1 ORDER BY created_at, id"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(app.to_owned())
             .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(package_from_row).collect()
+            .await?)
     }
 
     pub async fn create_channel(&self, app: &str, name: &str, now: i64) -> Result<()> {
@@ -414,20 +425,10 @@ impl Store {
     }
 
     pub async fn channels(&self, app: &str) -> Result<Vec<Channel>> {
-        let rows = sqlx::query("SELECT app_id, name, version, updated_at FROM channels WHERE app_id = $1 ORDER BY name")
+        Ok(sqlx::query_as("SELECT app_id, name, version, updated_at FROM channels WHERE app_id = $1 ORDER BY name")
             .bind(app.to_owned())
             .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Channel {
-                    app_id: r.try_get("app_id")?,
-                    name: r.try_get("name")?,
-                    version: r.try_get("version")?,
-                    updated_at: r.try_get("updated_at")?,
-                })
-            })
-            .collect()
+            .await?)
     }
 
     pub async fn channel(&self, app: &str, name: &str) -> Result<Option<Channel>> {
@@ -522,21 +523,16 @@ impl Store {
         name: &str,
         limit: i64,
     ) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT version, at FROM channel_history WHERE app_id = $1 AND channel = $2 ORDER BY id DESC LIMIT $3")
+        let rows: Vec<(Option<String>, i64)> = sqlx::query_as("SELECT version, at FROM channel_history WHERE app_id = $1 AND channel = $2 ORDER BY id DESC LIMIT $3")
             .bind(app.to_owned())
             .bind(name.to_owned())
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get::<Option<String>, _>("version")?
-                        .unwrap_or_default(),
-                    r.try_get("at")?,
-                ))
-            })
-            .collect()
+        Ok(rows
+            .into_iter()
+            .map(|(v, at)| (v.unwrap_or_default(), at))
+            .collect())
     }
 
     /// Creates or replaces a group's settings (not its halt state or rollout start).
@@ -570,21 +566,19 @@ impl Store {
 
     pub async fn groups(&self, app: &str) -> Result<Vec<Group>> {
         let sql = format!("SELECT {GROUP_COLS} FROM update_groups WHERE app_id = $1 ORDER BY name");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(app.to_owned())
             .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(group_from_row).collect()
+            .await?)
     }
 
     pub async fn group(&self, app: &str, name: &str) -> Result<Option<Group>> {
         let sql = format!("SELECT {GROUP_COLS} FROM update_groups WHERE app_id = $1 AND name = $2");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(app.to_owned())
             .bind(name.to_owned())
             .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(group_from_row).transpose()
+            .await?)
     }
 
     /// Halts (with a reason) or resumes a group; records activity either way.
@@ -673,23 +667,10 @@ impl Store {
 
     /// Newest first; `before` is the keyset cursor (an activity id).
     pub async fn activity(&self, before: Option<i64>, limit: i64) -> Result<Vec<ActivityRow>> {
-        let rows = sqlx::query("SELECT id, app_id, group_name, kind, version, message, at FROM activity WHERE id < $1 ORDER BY id DESC LIMIT $2")
+        Ok(sqlx::query_as("SELECT id, app_id, group_name, kind, version, message, at FROM activity WHERE id < $1 ORDER BY id DESC LIMIT $2")
             .bind(before.unwrap_or(i64::MAX))
             .bind(limit)
             .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ActivityRow {
-                    id: r.try_get("id")?,
-                    app_id: r.try_get("app_id")?,
-                    group_name: r.try_get("group_name")?,
-                    kind: r.try_get("kind")?,
-                    version: r.try_get("version")?,
-                    message: r.try_get("message")?,
-                    at: r.try_get("at")?,
-                })
-            })
-            .collect()
+            .await?)
     }
 }

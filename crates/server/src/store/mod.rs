@@ -3,7 +3,10 @@
 //! placeholders, which both engines accept; all integers are BIGINT.
 
 mod config;
+mod grants;
 mod instances;
+mod recent;
+mod retention;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -15,10 +18,10 @@ use sqlx::{AnyPool, Executor};
 pub use config::{
     normalize_arch, ActivityRow, App, AppConfig, Channel, Group, PackageRow, DEFAULT_ARCH,
 };
-pub use instances::{
-    CheckIn, EventRow, GrantOutcome, GrantRequest, HistoryRow, InstanceFilter, InstanceRow,
-    PruneReport,
-};
+pub use grants::{GrantOutcome, GrantRequest};
+pub use instances::{CheckIn, EventRow, HistoryRow, InstanceFilter, InstanceRow};
+pub use recent::INSTANCE_TTL_SECS;
+pub use retention::PruneReport;
 
 /// Which engine is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +49,7 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     cache: std::sync::Arc<config::ConfigCache>,
+    recent: std::sync::Arc<recent::RecentCheckIns>,
 }
 
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_init.sql"))];
@@ -93,6 +97,7 @@ impl Store {
             pool,
             backend,
             cache: Default::default(),
+            recent: Default::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -106,8 +111,21 @@ impl Store {
         &self.pool
     }
 
+    /// Closes the pool. Call [`Store::flush_last_checks`] first to keep
+    /// the last-check timestamps still in memory (the server does).
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// Forgets every instance row kept in memory (their next check-ins read
+    /// the database). For code that changes instances behind the store's back.
+    pub fn invalidate_instances(&self) {
+        self.recent.clear();
+    }
+
+    /// How many instance rows are kept in memory (a metric).
+    pub fn recent_instances(&self) -> usize {
+        self.recent.cached_rows()
     }
 
     /// Applies pending migrations in one transaction each. Concurrent starts

@@ -161,10 +161,26 @@ pub async fn server(backend: Backend) -> TestServer {
 }
 
 pub async fn server_on(db_url: &str, dir: tempfile::TempDir) -> TestServer {
+    server_configured(db_url, dir, |_| {}).await
+}
+
+/// A server on a fresh database, with `tune` applied to its config.
+pub async fn server_with(backend: Backend, tune: impl FnOnce(&mut Config)) -> TestServer {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db_url = fresh_database(backend, dir.path()).await;
+    server_configured(&db_url, dir, tune).await
+}
+
+pub async fn server_configured(
+    db_url: &str,
+    dir: tempfile::TempDir,
+    tune: impl FnOnce(&mut Config),
+) -> TestServer {
     let clock = Arc::new(ManualClock::new(start_time()));
     let mut config = Config::for_tests(dir.path());
     config.database_url = Some(db_url.to_owned());
     config.clock = clock.clone();
+    tune(&mut config);
     let handle = Server::start(config).await.expect("server starts");
     let url = format!("{}/v1/update/", handle.base_url());
     TestServer {

@@ -1,0 +1,119 @@
+//! HTTP serving threads: one single-threaded tokio runtime per thread, each
+//! accepting on its own `SO_REUSEPORT` socket bound to the same address, so
+//! the kernel spreads connections over the threads and a request never waits
+//! for a wake-up from another thread (nginx's worker model). On one shared
+//! multi-threaded runtime only about half of two cores did useful work under
+//! 64 busy connections; see docs/benchmarks.md.
+//!
+//! Database connections a handler opens are registered with that thread's
+//! runtime, so the runtimes are kept alive until the store is closed
+//! ([`HttpThreads::finish`]).
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use tokio::sync::{oneshot, watch};
+use tracing::warn;
+
+/// Binds `n` listening sockets to `addr` (port 0: one port chosen for all).
+pub(crate) fn bind(
+    addr: SocketAddr,
+    n: usize,
+) -> std::io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+    let mut bound = addr;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n.max(1) {
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        sock.set_reuseaddr(true)?;
+        sock.set_reuseport(true)?;
+        sock.bind(bound)?;
+        if i == 0 {
+            bound = sock.local_addr()?;
+        }
+        // `listen` registers with the caller's runtime; `into_std` undoes that
+        // so the serving thread's runtime can take the socket over.
+        out.push(sock.listen(1024)?.into_std()?);
+    }
+    Ok((bound, out))
+}
+
+/// The serving threads of one server.
+pub(crate) struct HttpThreads {
+    /// One per thread: its accept loop and connections have ended.
+    done: Vec<oneshot::Receiver<()>>,
+    /// Lets the runtimes end (after the store is closed).
+    release: watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Serves `router` on each listener in its own thread until `stop` turns true.
+pub(crate) fn spawn(
+    listeners: Vec<std::net::TcpListener>,
+    router: Router,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<HttpThreads> {
+    let (release, released) = watch::channel(false);
+    let mut done = Vec::new();
+    let mut threads = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let router = router.clone();
+        let mut stop = stop.clone();
+        let mut released = released.clone();
+        let (done_tx, done_rx) = oneshot::channel();
+        done.push(done_rx);
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("fastpatch-http-{i}"))
+                .spawn(move || {
+                    rt.block_on(async move {
+                        match tokio::net::TcpListener::from_std(listener) {
+                            Ok(listener) => {
+                                let serve = axum::serve(
+                                    listener,
+                                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                                )
+                                .with_graceful_shutdown(async move {
+                                    let _ = stop.wait_for(|s| *s).await;
+                                });
+                                if let Err(e) = serve.await {
+                                    warn!(error = %e, "HTTP thread stopped with an error");
+                                }
+                            }
+                            Err(e) => warn!(error = %e, "HTTP thread could not take its socket"),
+                        }
+                        let _ = done_tx.send(());
+                        let _ = released.wait_for(|r| *r).await;
+                    });
+                })?,
+        );
+    }
+    Ok(HttpThreads {
+        done,
+        release,
+        threads,
+    })
+}
+
+impl HttpThreads {
+    /// Waits until every thread stopped serving (after a stop signal).
+    pub(crate) async fn stopped(&mut self) {
+        for d in self.done.drain(..) {
+            let _ = d.await;
+        }
+    }
+
+    /// Ends the runtimes and joins the threads; call after closing the store.
+    pub(crate) async fn finish(self) {
+        let _ = self.release.send(true);
+        for t in self.threads {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
