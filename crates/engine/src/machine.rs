@@ -44,6 +44,9 @@ pub enum CheckDelay {
     Server {
         seconds: u64,
     },
+    /// Soon, because reports are waiting (3/2 after a good boot, 44 after a rollback): they
+    /// ride on this check instead of waiting for the regular schedule.
+    Report,
 }
 
 /// Something that happened.
@@ -200,7 +203,14 @@ impl Engine {
         if e.durable != before {
             actions.push(Action::Persist);
         }
-        actions.push(Action::ScheduleCheck(CheckDelay::Initial));
+        // Waiting reports (a rollback found just now, or left over from the last run) go out
+        // early; NEED_REBOOT sends only pings, so they wait for the reboot there.
+        let delay = if e.durable.pending_events.is_empty() || e.status != UpdateStatus::Idle {
+            CheckDelay::Initial
+        } else {
+            CheckDelay::Report
+        };
+        actions.push(Action::ScheduleCheck(delay));
         actions.push(Action::PublishStatus);
         (e, actions)
     }
@@ -368,12 +378,18 @@ impl Engine {
                     return Vec::new();
                 }
                 self.awaiting_good_boot = false;
-                if let Some(staged) = self.durable.staged.take() {
-                    self.durable
-                        .pending_events
-                        .push(Event::update_complete(&staged.from_version));
+                let Some(staged) = self.durable.staged.take() else {
+                    return vec![Action::Persist];
+                };
+                self.durable
+                    .pending_events
+                    .push(Event::update_complete(&staged.from_version));
+                let mut actions = vec![Action::Persist];
+                if self.status == S::Idle {
+                    // Tell the server soon; a check already under way carries it anyway.
+                    actions.push(Action::ScheduleCheck(CheckDelay::Report));
                 }
-                vec![Action::Persist]
+                actions
             }
 
             // Anything else is a stale or out-of-order report: ignore it, loudly.

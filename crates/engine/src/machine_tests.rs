@@ -135,7 +135,11 @@ fn reboot_into_new_version_reports_complete_only_after_the_gate() {
         poll_interval: None,
     });
 
-    assert_eq!(e.step(Input::BootMarkedGood), vec![Action::Persist]);
+    assert_eq!(
+        e.step(Input::BootMarkedGood),
+        vec![Action::Persist, Action::ScheduleCheck(CheckDelay::Report)],
+        "3/2 goes out soon, not at the next regular check"
+    );
     assert_eq!(e.durable.staged, None);
     let a = e.step(Input::CheckDue { interactive: false });
     assert_eq!(events_sent(&a), vec![Event::update_complete("1")]);
@@ -160,6 +164,11 @@ fn coming_back_on_the_old_version_reports_rollback_44() {
     let staged = staged_engine().durable;
     let (mut e, actions) = Engine::start(staged, boot("1", "boot-3", false));
     assert!(actions.contains(&Action::Persist));
+    assert!(
+        actions.contains(&Action::ScheduleCheck(CheckDelay::Report)),
+        "the rollback is reported early: {actions:?}"
+    );
+    assert!(!actions.contains(&Action::ScheduleCheck(CheckDelay::Initial)));
     assert_eq!(e.durable.staged, None);
     let a = e.step(Input::CheckDue { interactive: false });
     let sent = events_sent(&a);
@@ -385,4 +394,26 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn reports_left_from_the_last_run_go_out_early_but_not_over_a_staged_update() {
+    let waiting = DurableState {
+        aleph_version: Some("1".into()),
+        staged: None,
+        pending_events: vec![Event::update_complete("1")],
+    };
+    let (_, actions) = Engine::start(waiting.clone(), boot("2", "boot-5", false));
+    assert!(actions.contains(&Action::ScheduleCheck(CheckDelay::Report)));
+
+    // Restarted while an update waits for its reboot: pings only, so no early check.
+    let mut staged = staged_engine().durable;
+    staged.pending_events = waiting.pending_events;
+    let (e, actions) = Engine::start(staged, boot("1", "boot-1", true));
+    assert_eq!(e.status, S::UpdatedNeedReboot);
+    assert!(actions.contains(&Action::ScheduleCheck(CheckDelay::Initial)));
+
+    // A normal boot with nothing waiting: the regular first check.
+    let (_, actions) = Engine::start(DurableState::default(), boot("1", "boot-6", false));
+    assert!(actions.contains(&Action::ScheduleCheck(CheckDelay::Initial)));
 }

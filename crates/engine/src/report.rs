@@ -32,6 +32,35 @@ impl ErrorCode {
     pub const ROLLED_BACK: ErrorCode = ErrorCode(omaha_codes::ROLLED_BACK);
 }
 
+/// The context bits update_engine ORs into the error code of a failed attempt
+/// (`GetErrorCodeFlags`): flags never change the base code a server groups failures by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErrorFlags {
+    /// The attempt continued an interrupted download (`1 << 30`).
+    pub resumed: bool,
+    /// The update server is not the production default (`1 << 28`).
+    pub test_omaha_url: bool,
+}
+
+impl ErrorCode {
+    /// The base code with `flags` set (flag bits already present are kept).
+    pub fn with_flags(self, flags: ErrorFlags) -> ErrorCode {
+        let mut v = self.0;
+        if flags.resumed {
+            v |= omaha_codes::FLAG_RESUMED;
+        }
+        if flags.test_omaha_url {
+            v |= omaha_codes::FLAG_TEST_OMAHA_URL;
+        }
+        ErrorCode(v)
+    }
+
+    /// The code without flag bits.
+    pub fn base(self) -> u32 {
+        self.0 & !omaha_codes::FLAGS_MASK
+    }
+}
+
 /// One `<event eventtype eventresult [errorcode] [previousversion]>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -131,5 +160,32 @@ mod tests {
         let rb = Event::rolled_back("2").to_omaha();
         assert!(rb.error_code.is_some_and(|c| c.is_rolled_back()));
         assert_eq!(ErrorCode::DOWNLOAD_WRITE_ERROR, ErrorCode(14));
+    }
+
+    #[test]
+    fn flags_are_update_engines_bits_over_an_unchanged_base() {
+        let code = ErrorCode::PAYLOAD_HASH_MISMATCH;
+        assert_eq!(code.with_flags(ErrorFlags::default()), code);
+        let both = code.with_flags(ErrorFlags {
+            resumed: true,
+            test_omaha_url: true,
+        });
+        assert_eq!(both.0, 10 | (1 << 30) | (1 << 28));
+        assert_eq!(both.base(), 10);
+        let wire = Event::error(both).to_omaha();
+        assert_eq!(wire.error_code.map(|c| c.base()), Some(10));
+        assert_eq!(
+            wire.error_code.map(|c| c.flags()),
+            Some((1 << 30) | (1 << 28))
+        );
+        assert_eq!(
+            ErrorCode::ROLLED_BACK
+                .with_flags(ErrorFlags {
+                    resumed: false,
+                    test_omaha_url: true
+                })
+                .base(),
+            44
+        );
     }
 }

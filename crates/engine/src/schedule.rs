@@ -24,6 +24,10 @@ pub struct ScheduleConfig {
     /// Backoff after server errors doubles the interval up to this.
     #[serde(with = "secs")]
     pub backoff_max: Duration,
+    /// A check carrying waiting reports (3/2, 44) happens this long after they arose
+    /// (unfuzzed; long enough for the network to come up after boot).
+    #[serde(with = "secs")]
+    pub report_delay: Duration,
 }
 
 impl Default for ScheduleConfig {
@@ -34,6 +38,7 @@ impl Default for ScheduleConfig {
             interval: Duration::from_secs(45 * 60),
             interval_fuzz: Duration::from_secs(5 * 60),
             backoff_max: Duration::from_secs(4 * 3600),
+            report_delay: Duration::from_secs(60),
         }
     }
 }
@@ -70,6 +75,8 @@ pub fn next_delay(cfg: &ScheduleConfig, kind: CheckDelay, unit: f64) -> Duration
             fuzzed(base, cfg.interval_fuzz, unit).min(cfg.backoff_max)
         }
         CheckDelay::Server { seconds } => Duration::from_secs(seconds.max(1)),
+        // Never later than the first regular check would have been.
+        CheckDelay::Report => cfg.report_delay.min(cfg.initial),
     }
 }
 
@@ -114,6 +121,19 @@ mod tests {
         assert_eq!(
             next_delay(&c, CheckDelay::Server { seconds: 30 }, 0.9),
             Duration::from_secs(30)
+        );
+        assert_eq!(
+            next_delay(&c, CheckDelay::Report, 0.9),
+            Duration::from_secs(60)
+        );
+        let at_once = ScheduleConfig {
+            initial: Duration::ZERO,
+            ..ScheduleConfig::default()
+        };
+        assert_eq!(
+            next_delay(&at_once, CheckDelay::Report, 0.9),
+            Duration::ZERO,
+            "a report never waits longer than the first check"
         );
     }
 

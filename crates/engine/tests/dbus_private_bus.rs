@@ -1,8 +1,6 @@
 //! The D-Bus interface on a real, private dbus-daemon: a client calls GetStatus and
 //! AttemptUpdate and receives StatusUpdate signals as the engine's state machine moves.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use fastpatch_engine::dbus::{self, Manager, Request};
@@ -10,43 +8,8 @@ use fastpatch_engine::status_report::StatusSnapshot;
 use fastpatch_engine::{
     BootFacts, CheckReply, DurableState, Engine, Input, UpdateOffer, UpdateStatus,
 };
+use fastpatch_testsupport::PrivateBus;
 use futures_util::StreamExt;
-
-/// A private session-type bus, killed on drop.
-struct PrivateBus {
-    child: Child,
-    address: String,
-}
-
-impl PrivateBus {
-    fn start() -> PrivateBus {
-        let mut child = Command::new("dbus-daemon")
-            .args(["--session", "--nofork", "--nopidfile", "--print-address=1"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("dbus-daemon must be installed (Debian package dbus; scripts/install-deps installs it)");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read bus address");
-        assert!(
-            line.starts_with("unix:"),
-            "unexpected dbus-daemon address {line:?}"
-        );
-        PrivateBus {
-            child,
-            address: line.trim().to_string(),
-        }
-    }
-}
-
-impl Drop for PrivateBus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Drives the real state machine through a scripted successful update when asked.
 async fn engine_loop(

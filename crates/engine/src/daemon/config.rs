@@ -93,6 +93,12 @@ pub struct DownloadConfig {
     pub retry_delay_secs: u64,
     /// Timeout of one Omaha request.
     pub omaha_timeout_secs: u64,
+    /// Payload bytes between the installer's resume checkpoints (a restart re-writes at
+    /// most this much).
+    pub checkpoint_bytes: u64,
+    /// Payload bytes between saved states of the whole-payload SHA-256 (a resume re-fetches
+    /// at most this much before the installer's checkpoint, only to hash it).
+    pub hash_point_bytes: u64,
 }
 
 impl Default for DownloadConfig {
@@ -102,6 +108,8 @@ impl Default for DownloadConfig {
             stall_timeout_secs: 90,
             retry_delay_secs: 20,
             omaha_timeout_secs: 60,
+            checkpoint_bytes: fastpatch_payload::install::DEFAULT_CHECKPOINT_BYTES,
+            hash_point_bytes: 16 << 20,
         }
     }
 }
@@ -205,6 +213,11 @@ impl DaemonConfig {
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if cfg.reboot_command.is_empty() {
             return Err(ConfigError::Invalid("reboot_command is empty".into()));
+        }
+        if cfg.download.checkpoint_bytes == 0 || cfg.download.hash_point_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "download.checkpoint_bytes and download.hash_point_bytes must be > 0".into(),
+            ));
         }
         Ok(cfg)
     }

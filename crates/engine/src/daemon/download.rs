@@ -5,10 +5,12 @@
 //! Two tasks: an async downloader and a blocking installer task that owns the
 //! [`Installer`] (it hashes, decompresses and writes on its own threads). The installer keeps
 //! its own resume checkpoints; the downloader keeps the running Omaha SHA-256 at
-//! [`HASH_POINT_EVERY`] boundaries so a resumed install can finish the whole-payload hash by
-//! re-fetching at most that many bytes before the installer's resume offset.
+//! `hash_point_every` boundaries (default [`HASH_POINT_EVERY`]) so a resumed install can finish
+//! the whole-payload hash by re-fetching at most that many bytes before the installer's resume
+//! offset.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +24,7 @@ use crate::machine::{Input, UpdateOffer};
 use crate::report::ErrorCode;
 use crate::urls::UrlRotation;
 
-/// Distance between saved Omaha-hash states, in payload bytes.
+/// Default distance between saved Omaha-hash states, in payload bytes.
 pub const HASH_POINT_EVERY: u64 = 16 << 20;
 const HASH_FILE: &str = "omaha-sha256.json";
 
@@ -39,6 +41,8 @@ pub struct InstallSpec {
     pub install: InstallOptions,
     pub state_dir: PathBuf,
     pub net_rate: Option<u64>,
+    /// Distance between saved Omaha-hash states (> 0).
+    pub hash_point_every: u64,
     pub retry_delay: Duration,
     pub credentials: Option<(String, String)>,
 }
@@ -54,9 +58,15 @@ enum Feed {
 pub struct InstallHandle {
     finish: Option<oneshot::Sender<()>>,
     download: tokio::task::JoinHandle<()>,
+    resumed: Arc<AtomicBool>,
 }
 
 impl InstallHandle {
+    /// This attempt continues an interrupted one (update_engine's "resumed" error flag).
+    pub fn resumed(&self) -> bool {
+        self.resumed.load(Ordering::Relaxed)
+    }
+
     /// FinishInstall: let the installer verify (signature, read-back) and report.
     pub fn finish(&mut self) {
         if let Some(tx) = self.finish.take() {
@@ -126,8 +136,15 @@ fn load_points(dir: &Path, payload_id: &str) -> HashPoints {
     }
 }
 
+/// Replaces the hash-state file atomically and durably: tmp + fsync + rename + directory
+/// fsync (and the parent's, the first time the directory is created).
 fn save_points(dir: &Path, points: &HashPoints) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+    }
     let tmp = dir.join(format!("{HASH_FILE}.tmp"));
     let bytes = serde_json::to_vec(points).map_err(std::io::Error::other)?;
     {
@@ -136,7 +153,8 @@ fn save_points(dir: &Path, points: &HashPoints) -> std::io::Result<()> {
         f.write_all(&bytes)?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, dir.join(HASH_FILE))
+    std::fs::rename(&tmp, dir.join(HASH_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Forgets every checkpoint (after a payload proved bad, so no later attempt resumes it).
@@ -165,6 +183,8 @@ pub fn spawn(
     opts.payload_id = Some(spec.offer.sha256_b64.clone());
     let target = (spec.disk.clone(), spec.slot_offset, spec.slot_len);
     let installer_report = report.clone();
+    let resumed = Arc::new(AtomicBool::new(false));
+    let resumed2 = resumed.clone();
     tokio::task::spawn_blocking(move || {
         installer_task(target, opts, ready_tx, feed_rx, finish_rx, installer_report)
     });
@@ -172,6 +192,7 @@ pub fn spawn(
         let Ok(resume_at) = ready_rx.await else {
             return; // the installer could not start; it reported why
         };
+        resumed2.store(resume_at > 0, Ordering::Relaxed);
         if let Err(code) = download(&spec, &http, resume_at, &feed_tx, &report, &*on_bytes).await {
             let _ = report.send(Input::Failed { code });
         }
@@ -179,6 +200,7 @@ pub fn spawn(
     InstallHandle {
         finish: Some(finish_tx),
         download,
+        resumed,
     }
 }
 
@@ -308,7 +330,13 @@ async fn download(
                 }
                 // Bytes below the installer's resume offset only feed the hash.
                 let feed_from = resume_at.saturating_sub(offset).min(data.len() as u64) as usize;
-                hash_in(&mut hasher, &mut points, data, &spec.state_dir);
+                hash_in(
+                    &mut hasher,
+                    &mut points,
+                    data,
+                    &spec.state_dir,
+                    spec.hash_point_every,
+                );
                 offset += data.len() as u64;
                 on_bytes(data.len() as u64);
                 if feed_from < data.len()
@@ -360,15 +388,22 @@ async fn download(
     Ok(())
 }
 
-fn hash_in(hasher: &mut ResumableSha256, points: &mut HashPoints, data: &[u8], dir: &Path) {
+fn hash_in(
+    hasher: &mut ResumableSha256,
+    points: &mut HashPoints,
+    data: &[u8],
+    dir: &Path,
+    every: u64,
+) {
+    let every = every.max(1);
     let mut data = data;
     while !data.is_empty() {
         let at = hasher.bytes_hashed();
-        let to_boundary = HASH_POINT_EVERY - at % HASH_POINT_EVERY;
+        let to_boundary = every - at % every;
         let n = to_boundary.min(data.len() as u64) as usize;
         hasher.update(&data[..n]);
         data = &data[n..];
-        if hasher.bytes_hashed().is_multiple_of(HASH_POINT_EVERY) {
+        if hasher.bytes_hashed().is_multiple_of(every) {
             points.points.push(hasher.clone());
             if let Err(e) = save_points(dir, points) {
                 tracing::warn!(error = %e, "cannot save the download hash state");

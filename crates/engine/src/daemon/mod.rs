@@ -10,34 +10,39 @@
 //! sees 13/1, 14/1, 3/1 in order), the download + install of one offer, the health gate, the
 //! metrics socket. Results of an abandoned install are dropped with its channel.
 
+mod boot;
 pub mod cli;
 pub mod config;
 pub mod download;
 pub mod health;
 pub mod metrics;
 pub mod omaha;
+mod reporter;
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::hash::BuildHasher;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use fastpatch_boot_control::{BootControl, GptBootControl, Slot, UsrSpec};
+use fastpatch_boot_control::BootControl;
 use fastpatch_update_conf::{Server, UpdateConf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use self::config::{BootedSlot, DaemonConfig};
+pub use self::boot::boot_control;
+use self::boot::passive_staged;
+use self::config::DaemonConfig;
 use self::download::InstallHandle;
 use self::metrics::Metrics;
 use self::omaha::{Facts, RequestKind};
+use self::reporter::{spawn_reporter, ReportJob};
 use crate::dbus::{self, Manager, Request as DbusRequest};
 use crate::health::{self as gate, HealthDecision};
 use crate::machine::{Action, BootFacts, Engine, Input};
-use crate::report::{ErrorCode, Event};
+use crate::report::{ErrorCode, ErrorFlags, Event};
 use crate::schedule;
 use crate::status::UpdateStatus;
 use crate::status_report::{SignalThrottle, StatusSnapshot};
@@ -81,54 +86,6 @@ pub struct Daemon {
     queue: VecDeque<Input>,
 }
 
-/// The disk that holds the partition with this GUID (via /dev/disk/by-partuuid and sysfs).
-fn disk_of_partuuid(uuid: &uuid::Uuid) -> Result<PathBuf> {
-    let link = PathBuf::from(format!("/dev/disk/by-partuuid/{uuid}"));
-    let part =
-        std::fs::canonicalize(&link).with_context(|| format!("resolving {}", link.display()))?;
-    let name = part
-        .file_name()
-        .context("partition device has no name")?
-        .to_string_lossy()
-        .to_string();
-    let sys = std::fs::canonicalize(format!("/sys/class/block/{name}"))
-        .with_context(|| format!("finding {name} in /sys/class/block"))?;
-    let parent = sys
-        .parent()
-        .and_then(Path::file_name)
-        .context("partition has no parent device in sysfs")?;
-    Ok(PathBuf::from("/dev").join(parent))
-}
-
-/// The boot control the config describes.
-pub fn boot_control(cfg: &DaemonConfig) -> Result<(GptBootControl, PathBuf)> {
-    let slot = match cfg.booted_slot {
-        BootedSlot::A => Some(Slot::A),
-        BootedSlot::B => Some(Slot::B),
-        BootedSlot::Cmdline => None,
-    };
-    if let Some(slot) = slot {
-        let disk = cfg
-            .disk
-            .clone()
-            .context("engine config: `disk` must be set when booted_slot is explicit")?;
-        return Ok((GptBootControl::new(disk.clone(), slot), disk));
-    }
-    let cmdline = std::fs::read_to_string(&cfg.cmdline_path)
-        .with_context(|| format!("reading {}", cfg.cmdline_path.display()))?;
-    let uuid = match fastpatch_boot_control::booted_partuuid_from_cmdline(&cmdline) {
-        Some(UsrSpec::PartUuid(u)) => u,
-        other => anyhow::bail!(
-            "the kernel command line names no USR PARTUUID ({other:?}); set booted_slot in the engine config"
-        ),
-    };
-    let disk = match &cfg.disk {
-        Some(d) => d.clone(),
-        None => disk_of_partuuid(&uuid)?,
-    };
-    Ok((GptBootControl::from_partuuid(disk.clone(), uuid)?, disk))
-}
-
 fn unit_random() -> f64 {
     let h = std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now());
     (h >> 11) as f64 / (1u64 << 53) as f64
@@ -139,13 +96,6 @@ fn now_unix() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-/// Whether the passive slot is staged right now: it would boot next, on a try.
-fn passive_staged(boot: &dyn BootControl) -> Result<bool> {
-    let passive = boot.booted().other();
-    let st = boot.slot_state(passive)?;
-    Ok(!st.attrs.successful && st.attrs.tries > 0 && boot.next_boot()? == Some(passive))
 }
 
 impl Daemon {
@@ -361,10 +311,25 @@ impl Daemon {
         self.handle(Input::CheckDue { interactive }).await;
     }
 
+    /// update_engine's flag bits for an error code of the current attempt: resumed download,
+    /// non-production update server.
+    fn error_flags(&self) -> ErrorFlags {
+        let (_, url) = self.server_url();
+        ErrorFlags {
+            resumed: self.install.as_ref().is_some_and(|i| i.resumed()),
+            test_omaha_url: url.is_some_and(|u| u != fastpatch_update_conf::DEFAULT_SERVER),
+        }
+    }
+
     /// Steps the machine with `input` and everything its actions produce synchronously.
     async fn handle(&mut self, input: Input) {
         self.queue.push_back(input);
-        while let Some(input) = self.queue.pop_front() {
+        while let Some(mut input) = self.queue.pop_front() {
+            if let Input::Failed { code } = input {
+                input = Input::Failed {
+                    code: code.with_flags(self.error_flags()),
+                };
+            }
             tracing::debug!(?input, status = %self.engine.status, "input");
             let before = self.engine.status;
             let actions = self.engine.step(input);
@@ -611,6 +576,7 @@ impl Daemon {
         };
         let mut install = fastpatch_payload::install::InstallOptions::new(keys);
         install.disk_rate = self.cfg.limits.disk_bytes_per_sec;
+        install.checkpoint_bytes = self.cfg.download.checkpoint_bytes;
         let credentials = UpdateConf::load(&self.cfg.root).ok().and_then(|c| {
             c.download_credentials()
                 .map(|(u, p)| (u.to_string(), p.to_string()))
@@ -625,6 +591,7 @@ impl Daemon {
             install,
             state_dir: self.cfg.install_state_dir.clone(),
             net_rate: self.cfg.limits.download_bytes_per_sec,
+            hash_point_every: self.cfg.download.hash_point_bytes,
             retry_delay: Duration::from_secs(self.cfg.download.retry_delay_secs),
             credentials,
         };
@@ -651,53 +618,6 @@ impl Daemon {
         ));
         self.install_rx = Some(rx);
     }
-}
-
-/// Work for the event reporter.
-enum ReportJob {
-    Send {
-        request: Option<Box<fastpatch_omaha::Request>>,
-        is_error: bool,
-    },
-    /// Answered once every job queued before it is done.
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
-/// Sends event requests one after another, so the server sees them in order; after an error
-/// event (sent or not), tells the machine it was reported.
-fn spawn_reporter(
-    http: reqwest::Client,
-    cfg: DaemonConfig,
-    tx: mpsc::UnboundedSender<Msg>,
-) -> mpsc::UnboundedSender<ReportJob> {
-    let (rtx, mut rrx) = mpsc::unbounded_channel::<ReportJob>();
-    tokio::spawn(async move {
-        let timeout = Duration::from_secs(cfg.download.omaha_timeout_secs);
-        while let Some(job) = rrx.recv().await {
-            let (request, is_error) = match job {
-                ReportJob::Send { request, is_error } => (request, is_error),
-                ReportJob::Flush(done) => {
-                    let _ = done.send(());
-                    continue;
-                }
-            };
-            if let Some(request) = request {
-                let url = match UpdateConf::load(&cfg.root).map(|c| c.server()) {
-                    Ok(Server::Url(u)) => Some(u),
-                    _ => None,
-                };
-                if let Some(url) = url {
-                    if let Err(e) = omaha::post(&http, &url, &request, timeout).await {
-                        tracing::warn!(error = %e, "cannot report events to the update server");
-                    }
-                }
-            }
-            if is_error {
-                let _ = tx.send(Msg::Input(Input::ErrorReported));
-            }
-        }
-    });
-    rtx
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -1,0 +1,64 @@
+//! Which disk and slot this machine booted from, and what the partition table says about
+//! the passive slot.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use fastpatch_boot_control::{BootControl, GptBootControl, Slot, UsrSpec};
+
+use super::config::{BootedSlot, DaemonConfig};
+
+/// The disk that holds the partition with this GUID (via /dev/disk/by-partuuid and sysfs).
+fn disk_of_partuuid(uuid: &uuid::Uuid) -> Result<PathBuf> {
+    let link = PathBuf::from(format!("/dev/disk/by-partuuid/{uuid}"));
+    let part =
+        std::fs::canonicalize(&link).with_context(|| format!("resolving {}", link.display()))?;
+    let name = part
+        .file_name()
+        .context("partition device has no name")?
+        .to_string_lossy()
+        .to_string();
+    let sys = std::fs::canonicalize(format!("/sys/class/block/{name}"))
+        .with_context(|| format!("finding {name} in /sys/class/block"))?;
+    let parent = sys
+        .parent()
+        .and_then(Path::file_name)
+        .context("partition has no parent device in sysfs")?;
+    Ok(PathBuf::from("/dev").join(parent))
+}
+
+/// The boot control the config describes.
+pub fn boot_control(cfg: &DaemonConfig) -> Result<(GptBootControl, PathBuf)> {
+    let slot = match cfg.booted_slot {
+        BootedSlot::A => Some(Slot::A),
+        BootedSlot::B => Some(Slot::B),
+        BootedSlot::Cmdline => None,
+    };
+    if let Some(slot) = slot {
+        let disk = cfg
+            .disk
+            .clone()
+            .context("engine config: `disk` must be set when booted_slot is explicit")?;
+        return Ok((GptBootControl::new(disk.clone(), slot), disk));
+    }
+    let cmdline = std::fs::read_to_string(&cfg.cmdline_path)
+        .with_context(|| format!("reading {}", cfg.cmdline_path.display()))?;
+    let uuid = match fastpatch_boot_control::booted_partuuid_from_cmdline(&cmdline) {
+        Some(UsrSpec::PartUuid(u)) => u,
+        other => anyhow::bail!(
+            "the kernel command line names no USR PARTUUID ({other:?}); set booted_slot in the engine config"
+        ),
+    };
+    let disk = match &cfg.disk {
+        Some(d) => d.clone(),
+        None => disk_of_partuuid(&uuid)?,
+    };
+    Ok((GptBootControl::from_partuuid(disk.clone(), uuid)?, disk))
+}
+
+/// Whether the passive slot is staged right now: it would boot next, on a try.
+pub fn passive_staged(boot: &dyn BootControl) -> Result<bool> {
+    let passive = boot.booted().other();
+    let st = boot.slot_state(passive)?;
+    Ok(!st.attrs.successful && st.attrs.tries > 0 && boot.next_boot()? == Some(passive))
+}

@@ -1,0 +1,196 @@
+//! A TCP proxy on loopback that forwards everything unchanged and keeps what clients sent, so
+//! a test against the real server can still assert on raw requests (an Omaha body is never
+//! empty; a resumed download asks `Range: bytes=N-`).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// One HTTP/1.1 request as the client sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// `POST`, `GET`, …
+    pub method: String,
+    pub path: String,
+    /// Header names lower-cased, values trimmed.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RecordedRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The start offset of a `Range: bytes=N-` request.
+    pub fn range_start(&self) -> Option<u64> {
+        self.header("range")?
+            .strip_prefix("bytes=")?
+            .split('-')
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Client bytes of one connection.
+type Conn = Arc<Mutex<Vec<u8>>>;
+
+/// Forwards `127.0.0.1:<port>` to an upstream address; records client → server bytes.
+pub struct RecordingProxy {
+    addr: SocketAddr,
+    conns: Arc<Mutex<Vec<Conn>>>,
+    upstream: Arc<Mutex<Option<SocketAddr>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RecordingProxy {
+    /// Binds a loopback port; connections wait for [`RecordingProxy::forward_to`] is set
+    /// (so a server can be told the proxy's URL before it starts).
+    pub async fn bind() -> std::io::Result<RecordingProxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let conns: Arc<Mutex<Vec<Conn>>> = Arc::default();
+        let upstream: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let task = tokio::spawn(accept_loop(listener, conns.clone(), upstream.clone()));
+        Ok(RecordingProxy {
+            addr,
+            conns,
+            upstream,
+            task,
+        })
+    }
+
+    pub fn forward_to(&self, upstream: SocketAddr) {
+        if let Ok(mut u) = self.upstream.lock() {
+            *u = Some(upstream);
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request sent so far, connection by connection, in order within each.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        let conns = self.conns.lock().map(|c| c.clone()).unwrap_or_default();
+        conns
+            .iter()
+            .flat_map(|c| parse_requests(&c.lock().map(|b| b.clone()).unwrap_or_default()))
+            .collect()
+    }
+}
+
+impl Drop for RecordingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    conns: Arc<Mutex<Vec<Conn>>>,
+    upstream: Arc<Mutex<Option<SocketAddr>>>,
+) {
+    loop {
+        let Ok((client, _)) = listener.accept().await else {
+            continue;
+        };
+        let target = upstream.lock().ok().and_then(|u| *u);
+        let Some(target) = target else {
+            continue; // not forwarding yet: drop the connection
+        };
+        let rec: Conn = Arc::default();
+        if let Ok(mut c) = conns.lock() {
+            c.push(rec.clone());
+        }
+        tokio::spawn(async move {
+            let Ok(server) = TcpStream::connect(target).await else {
+                return;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let up = async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if let Ok(mut r) = rec.lock() {
+                        r.extend_from_slice(&buf[..n]);
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = sw.shutdown().await;
+            };
+            let down = async move {
+                let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                let _ = cw.shutdown().await;
+            };
+            tokio::join!(up, down);
+        });
+    }
+}
+
+/// Splits a connection's bytes into requests (Content-Length bodies; what reqwest sends).
+fn parse_requests(mut bytes: &[u8]) -> Vec<RecordedRequest> {
+    let mut out = Vec::new();
+    while let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let mut first = lines.next().unwrap_or_default().split(' ');
+        let method = first.next().unwrap_or_default().to_string();
+        let path = first.next().unwrap_or_default().to_string();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                Some((k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            })
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let body_end = (end + 4 + len).min(bytes.len());
+        out.push(RecordedRequest {
+            method,
+            path,
+            headers,
+            body: bytes[end + 4..body_end].to_vec(),
+        });
+        bytes = &bytes[body_end..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_pipelined_requests_with_bodies() {
+        let raw = b"POST /v1/update/ HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /p HTTP/1.1\r\nRange: bytes=100-\r\n\r\n";
+        let r = parse_requests(raw);
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            (r[0].method.as_str(), r[0].body_text().as_str()),
+            ("POST", "hello")
+        );
+        assert_eq!((r[1].path.as_str(), r[1].range_start()), ("/p", Some(100)));
+        assert!(r[1].body.is_empty());
+    }
+}
