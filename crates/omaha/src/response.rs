@@ -118,12 +118,16 @@ pub struct Manifest {
     pub actions: Vec<Action>,
 }
 
-/// `<package name hash size required>`.
+/// `<package name hash hash_sha256 size required>`. The first package is the
+/// payload; any further ones are a package's extra files (Nebraska's model:
+/// same codebase, `required="false"`, with `hash_sha256`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Package {
     pub name: String,
     /// Base64 SHA-1 (Nebraska sends it; update_engine ignores it).
     pub hash: Option<String>,
+    /// Base64 SHA-256 (`hash_sha256`, sent for extra files).
+    pub hash_sha256: Option<String>,
     /// The raw `size` attribute; [`crate::UpdateOffer`] checks it.
     pub size: String,
     pub required: Option<bool>,
@@ -199,6 +203,7 @@ impl UpdateCheckResponse {
                 packages: vec![Package {
                     name: package_name.into(),
                     hash: sha1_b64,
+                    hash_sha256: None,
                     size: size.to_string(),
                     required: Some(true),
                 }],
@@ -210,6 +215,28 @@ impl UpdateCheckResponse {
                 }],
             }),
         }
+    }
+}
+
+impl UpdateCheckResponse {
+    /// Adds an extra file to an update's manifest (after the payload, not required).
+    pub fn with_extra_file(
+        mut self,
+        name: impl Into<String>,
+        size: u64,
+        sha1_b64: impl Into<String>,
+        sha256_b64: impl Into<String>,
+    ) -> Self {
+        if let Some(m) = self.manifest.as_mut() {
+            m.packages.push(Package {
+                name: name.into(),
+                hash: Some(sha1_b64.into()),
+                hash_sha256: Some(sha256_b64.into()),
+                size: size.to_string(),
+                required: Some(false),
+            });
+        }
+        self
     }
 }
 
@@ -369,6 +396,7 @@ fn write_app(w: &mut Writer, app: &ResponseApp) {
                 w.open("package")
                     .attr("name", &p.name)
                     .opt_attr("hash", p.hash.as_deref())
+                    .opt_attr("hash_sha256", p.hash_sha256.as_deref())
                     .attr("size", &p.size)
                     .opt_attr("required", p.required.map(bool_str))
                     .close();
@@ -464,6 +492,7 @@ fn parse_manifest(m: &Element) -> Result<Manifest, ParseError> {
             packages.push(Package {
                 name: p.attr_owned("name").unwrap_or_default(),
                 hash: p.attr_owned("hash"),
+                hash_sha256: p.attr_owned("hash_sha256"),
                 size: p.attr_owned("size").unwrap_or_default(),
                 required: bool_attr(p, "required")?,
             });

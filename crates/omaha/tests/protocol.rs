@@ -474,3 +474,45 @@ fn oversized_documents_are_refused_before_parsing() {
         Err(ParseError::LimitExceeded("too many apps"))
     );
 }
+
+#[test]
+fn extra_files_follow_the_payload() {
+    let uc = UpdateCheckResponse::update(
+        vec!["https://cdn.example/3732.0.0/".into()],
+        "3732.0.0",
+        "flatcar_production_update.gz",
+        1000,
+        Some(encode_b64(&[1u8; 20])),
+        encode_b64(&[2u8; 32]),
+    )
+    .with_extra_file(
+        "oem-azure.gz",
+        55,
+        encode_b64(&[3u8; 20]),
+        encode_b64(&[4u8; 32]),
+    );
+    let mut app = ResponseApp::ok("x");
+    app.update_check = Some(uc);
+    let xml = Response::new("t", 0, vec![app]).to_xml();
+    let extra = format!(
+        r#"<package name="oem-azure.gz" hash="{}" hash_sha256="{}" size="55" required="false"></package></packages>"#,
+        encode_b64(&[3u8; 20]),
+        encode_b64(&[4u8; 32])
+    );
+    assert!(xml.contains(&extra), "{xml}");
+    let parsed = Response::parse(xml.as_bytes()).unwrap();
+    let uc = parsed.apps[0].update_check.as_ref().unwrap();
+    assert_eq!(uc.manifest.as_ref().unwrap().packages.len(), 2);
+    // update_engine takes the first package as the payload and ignores the rest.
+    match uc.validate().unwrap() {
+        CheckOutcome::Update(o) => {
+            assert_eq!(o.package_name, "flatcar_production_update.gz");
+            assert_eq!(o.size, 1000);
+            assert_eq!(
+                o.urls,
+                ["https://cdn.example/3732.0.0/flatcar_production_update.gz"]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

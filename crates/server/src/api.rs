@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
-use crate::store::{Group, InstanceFilter, StoreError};
+use crate::store::{ExternalPackage, Group, InstanceFilter, StoreError};
 use crate::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,10 +136,15 @@ pub fn router() -> Router<Arc<AppState>> {
             post(resume_group),
         )
         .route("/api/v1/apps/{app}/groups/{name}/stats", get(group_stats))
-        .route("/api/v1/apps/{app}/packages", get(list_packages))
+        .route(
+            "/api/v1/apps/{app}/packages",
+            get(list_packages).post(register_package),
+        )
         .route(
             "/api/v1/apps/{app}/packages/{version}/{arch}",
-            put(upload_package).layer(DefaultBodyLimit::disable()),
+            get(get_package)
+                .put(upload_package)
+                .layer(DefaultBodyLimit::disable()),
         )
         .route("/api/v1/apps/{app}/floors", get(list_floors))
         .route(
@@ -333,6 +338,34 @@ async fn list_packages(
 ) -> ApiResult<Vec<crate::store::PackageRow>> {
     need(&s, &h, Role::Viewer)?;
     Ok(Json(s.store.packages(&app).await?))
+}
+
+/// `POST /api/v1/apps/{app}/packages`: a package hosted elsewhere.
+async fn register_package(
+    State(s): State<Arc<AppState>>,
+    h: HeaderMap,
+    Path(app): Path<String>,
+    Json(ext): Json<ExternalPackage>,
+) -> ApiResult<serde_json::Value> {
+    need(&s, &h, Role::Admin)?;
+    let (package, files) = s.store.register_external(&app, &ext, now(&s)).await?;
+    Ok(Json(json!({ "package": package, "extra_files": files })))
+}
+
+async fn get_package(
+    State(s): State<Arc<AppState>>,
+    h: HeaderMap,
+    Path((app, version, arch)): Path<(String, String, String)>,
+) -> ApiResult<serde_json::Value> {
+    need(&s, &h, Role::Viewer)?;
+    let arch = crate::store::normalize_arch(Some(&arch));
+    let package = s
+        .store
+        .find_package(&fastpatch_omaha::normalize_appid(&app), &version, &arch)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("package {version} ({arch})")))?;
+    let files = s.store.package_files(&package.id).await?;
+    Ok(Json(json!({ "package": package, "extra_files": files })))
 }
 
 #[derive(Deserialize)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::store::{Group, InstanceFilter, Store};
+use crate::store::{ExternalPackage, ExtraFile, Group, InstanceFilter, Store};
 use crate::{Config, Retention, Server};
 
 #[derive(Debug, Parser)]
@@ -62,6 +62,33 @@ pub enum Command {
         #[arg(long)]
         channel: Option<String>,
     },
+    /// Register a package hosted elsewhere (a CDN) from its size and hashes
+    /// (hex or base64), with optional extra files; nothing is downloaded.
+    Register {
+        #[arg(long)]
+        version: String,
+        /// Codebase ending in / (with --file-name) or the payload's full URL.
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        file_name: Option<String>,
+        #[arg(long, default_value = "amd64")]
+        arch: String,
+        #[arg(long)]
+        size: u64,
+        #[arg(long)]
+        sha1: String,
+        #[arg(long)]
+        sha256: String,
+        /// An extra file next to the payload: NAME:SIZE:SHA1:SHA256 (repeatable).
+        #[arg(long = "extra-file")]
+        extra_files: Vec<String>,
+        /// Point this channel at the new version.
+        #[arg(long)]
+        channel: Option<String>,
+    },
+    /// List packages and their extra files.
+    Packages,
     /// Copy a channel's version to another channel (bit for bit: the same packages).
     Promote {
         #[arg(long)]
@@ -207,6 +234,22 @@ pub struct GroupSet {
     /// Staged rollout duration in seconds (0 = everyone at once).
     #[arg(long)]
     pub rollout_secs: Option<i64>,
+}
+
+/// `NAME:SIZE:SHA1:SHA256` → an extra file.
+pub fn parse_extra_file(s: &str) -> Result<ExtraFile> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let [name, size, sha1, sha256] = parts[..] else {
+        bail!("extra file {s:?}: want NAME:SIZE:SHA1:SHA256");
+    };
+    Ok(ExtraFile {
+        name: name.to_owned(),
+        size: size
+            .parse()
+            .with_context(|| format!("extra file {name:?}: size {size:?}"))?,
+        sha1: sha1.to_owned(),
+        sha256: sha256.to_owned(),
+    })
 }
 
 fn opt_limit(s: &str) -> Result<Option<i64>> {
@@ -489,6 +532,70 @@ pub async fn run(cli: Cli) -> Result<()> {
                 println!("channel {ch} now offers {version}");
             }
             store.close().await;
+            Ok(())
+        }
+        Some(Command::Register {
+            version,
+            url,
+            file_name,
+            arch,
+            size,
+            sha1,
+            sha256,
+            extra_files,
+            channel,
+        }) => {
+            let ext = ExternalPackage {
+                version: version.clone(),
+                arch: Some(arch),
+                url,
+                file_name,
+                size,
+                sha1,
+                sha256,
+                extra_files: extra_files
+                    .iter()
+                    .map(|e| parse_extra_file(e))
+                    .collect::<Result<_>>()?,
+            };
+            let store = open(db).await?;
+            let (pkg, files) = store
+                .register_external(&app, &ext, now)
+                .await
+                .context("registering the package")?;
+            println!(
+                "registered {} {} at {}{} ({} bytes, {} extra files), package id {}",
+                pkg.version,
+                pkg.arch,
+                pkg.base_url.as_deref().unwrap_or(""),
+                pkg.file_name,
+                pkg.size,
+                files.len(),
+                pkg.id
+            );
+            if let Some(ch) = channel {
+                store.set_channel(&app, &ch, &version, now).await?;
+                println!("channel {ch} now offers {version}");
+            }
+            store.close().await;
+            Ok(())
+        }
+        Some(Command::Packages) => {
+            let store = open(db).await?;
+            for p in store.packages(&app).await? {
+                println!(
+                    "{:<12} {:<6} {:<32} {:>12} {} {}",
+                    p.version,
+                    p.arch,
+                    p.file_name,
+                    p.size,
+                    p.sha256_b64,
+                    p.base_url.as_deref().unwrap_or("(hosted)")
+                );
+                for f in store.package_files(&p.id).await? {
+                    println!("  + {:<30} {:>12} {}", f.name, f.size, f.sha256_b64);
+                }
+            }
             Ok(())
         }
         Some(Command::Promote { from, to }) => {

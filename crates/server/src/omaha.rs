@@ -10,7 +10,8 @@ use tracing::{debug, info, warn};
 
 use crate::policy::{self, Decision, GroupCounts, InstanceStatus};
 use crate::store::{
-    AppConfig, CheckIn, GrantOutcome, GrantRequest, InstanceRow, PackageRow, StoreError,
+    AppConfig, CheckIn, GrantOutcome, GrantRequest, InstanceRow, PackageFile, PackageRow,
+    StoreError,
 };
 use crate::AppState;
 
@@ -247,7 +248,11 @@ async fn update_check(
                 info!(machine = %inst.machine_id, group = %group.name, %version, "update granted");
             }
             m.inc(&m.offers);
-            Ok(offer(state, pkg))
+            let files = config
+                .extra_files
+                .get(&pkg.id)
+                .map_or(&[][..], Vec::as_slice);
+            Ok(offer(state, pkg, files))
         }
         GrantOutcome::Hold { reason, .. } => {
             m.inc(&m.holds);
@@ -272,8 +277,9 @@ async fn update_check(
     }
 }
 
-/// The update element for a package: our payload URL unless it lives elsewhere.
-pub fn offer(state: &AppState, pkg: &PackageRow) -> UpdateCheckResponse {
+/// The update element for a package: our payload URL unless it lives
+/// elsewhere, then the package's extra files (same codebase).
+pub fn offer(state: &AppState, pkg: &PackageRow, files: &[PackageFile]) -> UpdateCheckResponse {
     let codebase = match &pkg.base_url {
         Some(url) => url.clone(),
         None => format!(
@@ -282,12 +288,21 @@ pub fn offer(state: &AppState, pkg: &PackageRow) -> UpdateCheckResponse {
             pkg.id
         ),
     };
-    UpdateCheckResponse::update(
+    let mut update = UpdateCheckResponse::update(
         vec![codebase],
         pkg.version.clone(),
         pkg.file_name.clone(),
         pkg.size.max(0) as u64,
         Some(pkg.sha1_b64.clone()),
         pkg.sha256_b64.clone(),
-    )
+    );
+    for f in files {
+        update = update.with_extra_file(
+            f.name.clone(),
+            f.size.max(0) as u64,
+            f.sha1_b64.clone(),
+            f.sha256_b64.clone(),
+        );
+    }
+    update
 }

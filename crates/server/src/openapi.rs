@@ -52,6 +52,21 @@ pub fn document() -> String {
                 "Error": { "description": "Error", "content": { "application/json": { "schema": { "type": "object", "properties": { "error": { "type": "string" } } } } } }
             },
             "schemas": {
+                "ExternalPackage": {
+                    "type": "object",
+                    "required": ["version", "url", "size", "sha1", "sha256"],
+                    "properties": {
+                        "version": { "type": "string" },
+                        "arch": { "type": "string", "description": "amd64 (default), arm64; a board like amd64-usr is accepted" },
+                        "url": { "type": "string", "description": "Codebase ending in / (then file_name is needed) or the payload's full URL" },
+                        "file_name": { "type": "string" },
+                        "size": { "type": "integer", "minimum": 1 },
+                        "sha1": { "type": "string", "description": "hex or base64" },
+                        "sha256": { "type": "string", "description": "hex or base64" },
+                        "extra_files": { "type": "array", "items": { "type": "object", "required": ["name", "size", "sha1", "sha256"],
+                            "properties": { "name": { "type": "string" }, "size": { "type": "integer" }, "sha1": { "type": "string" }, "sha256": { "type": "string" } } } }
+                    }
+                },
                 "Group": {
                     "type": "object",
                     "required": ["channel", "updates_enabled", "period_secs", "update_timeout_secs", "office_hours", "office_tz", "office_days", "office_start_minute", "office_end_minute", "safe_mode", "rollout_duration_secs"],
@@ -84,12 +99,22 @@ pub fn document() -> String {
             "/api/v1/apps/{app}/groups/{name}/halt": { "parameters": [app, name], "post": with_body(op("Halt the group's rollout", "admin"), "Halt") },
             "/api/v1/apps/{app}/groups/{name}/resume": { "parameters": [app, name], "post": op("Resume the group's rollout", "admin") },
             "/api/v1/apps/{app}/groups/{name}/stats": { "parameters": [app, name], "get": op("Instance counts by status and version, grants", "viewer") },
-            "/api/v1/apps/{app}/packages": { "parameters": [app], "get": op("List packages", "viewer") },
+            "/api/v1/apps/{app}/packages": {
+                "parameters": [app],
+                "get": op("List packages", "viewer"),
+                "post": {
+                    "summary": "Register a package hosted elsewhere (a CDN), with optional extra files; hashes in hex or base64",
+                    "security": [{ "bearer": [] }], "x-required-role": "admin",
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ExternalPackage" } } } },
+                    "responses": { "200": { "description": "The registered package and its extra files" }, "400": { "$ref": "#/components/responses/Error" } }
+                }
+            },
             "/api/v1/apps/{app}/packages/{version}/{arch}": {
                 "parameters": [app,
                     { "name": "version", "in": "path", "required": true, "schema": { "type": "string" } },
                     { "name": "arch", "in": "path", "required": true, "schema": { "type": "string" } },
                     { "name": "file_name", "in": "query", "schema": { "type": "string" } }],
+                "get": op("A package and its extra files", "viewer"),
                 "put": {
                     "summary": "Upload and publish a payload (body = payload bytes); hashes computed by the server",
                     "security": [{ "bearer": [] }], "x-required-role": "admin",

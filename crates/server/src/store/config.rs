@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{FromRow, Row};
 
+use super::packages::{PackageFile, PackageRow};
 use super::{b, Result, Store, StoreError};
 use crate::policy::{GroupPolicy, OfficeHours};
 
@@ -19,21 +20,6 @@ pub const DEFAULT_ARCH: &str = "amd64";
 pub struct App {
     pub id: String,
     pub name: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
-pub struct PackageRow {
-    pub id: String,
-    pub app_id: String,
-    pub version: String,
-    pub arch: String,
-    pub file_name: String,
-    /// `None`: hosted by this server.
-    pub base_url: Option<String>,
-    pub size: i64,
-    pub sha1_b64: String,
-    pub sha256_b64: String,
-    pub created_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
@@ -176,9 +162,6 @@ impl<'r> FromRow<'r, AnyRow> for Group {
     }
 }
 
-const PACKAGE_COLS: &str =
-    "id, app_id, version, arch, file_name, base_url, size, sha1_b64, sha256_b64, created_at";
-
 /// `amd64-usr` → `amd64`; empty → the default arch.
 pub fn normalize_arch(board: Option<&str>) -> String {
     match board.map(str::trim) {
@@ -193,6 +176,8 @@ pub struct AppConfig {
     pub groups: Vec<Group>,
     pub channels: Vec<Channel>,
     pub packages: Vec<PackageRow>,
+    /// Extra files by package id (only packages that have some).
+    pub extra_files: HashMap<String, Vec<PackageFile>>,
     pub floors: Vec<String>,
 }
 
@@ -276,6 +261,7 @@ impl Store {
                 groups: self.groups(app).await?,
                 channels: self.channels(app).await?,
                 packages: self.packages(app).await?,
+                extra_files: self.app_package_files(app).await?,
                 floors: self.floors(app).await?,
             }))
         } else {
@@ -334,83 +320,6 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         Ok(n > 0)
-    }
-
-    /// Registers a package; refuses to change the bytes behind an existing
-    /// (app, version, arch): a version's payload is immutable.
-    pub async fn add_package(&self, p: &PackageRow) -> Result<PackageRow> {
-        self.cache.clear();
-        if let Some(existing) = self.find_package(&p.app_id, &p.version, &p.arch).await? {
-            if existing.sha256_b64 == p.sha256_b64 && existing.size == p.size {
-                return Ok(existing);
-            }
-            return Err(StoreError::Invalid(format!(
-                "version {} ({}) is already published with different contents",
-                p.version, p.arch
-            )));
-        }
-        let q = sqlx::query(
-            "INSERT INTO packages (id, app_id, version, arch, file_name, base_url, size, sha1_b64, sha256_b64, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(p.id.clone())
-        .bind(p.app_id.clone())
-        .bind(p.version.clone())
-        .bind(p.arch.clone())
-        .bind(p.file_name.clone())
-        .bind(p.base_url.clone())
-        .bind(p.size)
-        .bind(p.sha1_b64.clone())
-        .bind(p.sha256_b64.clone())
-        .bind(p.created_at);
-        q.execute(&self.pool).await?;
-        self.add_activity(
-            Some(&p.app_id),
-            None,
-            "package_published",
-            Some(&p.version),
-            &format!(
-                "package {} {} published ({} bytes)",
-                p.version, p.arch, p.size
-            ),
-            p.created_at,
-        )
-        .await?;
-        Ok(p.clone())
-    }
-
-    pub async fn find_package(
-        &self,
-        app: &str,
-        version: &str,
-        arch: &str,
-    ) -> Result<Option<PackageRow>> {
-        let sql = format!(
-            "SELECT {PACKAGE_COLS} FROM packages WHERE app_id = $1 AND version = $2 AND arch = $3"
-        );
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(app.to_owned())
-            .bind(version.to_owned())
-            .bind(arch.to_owned())
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    pub async fn package(&self, id: &str) -> Result<Option<PackageRow>> {
-        let sql = format!("SELECT {PACKAGE_COLS} FROM packages WHERE id = $1");
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(id.to_owned())
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    pub async fn packages(&self, app: &str) -> Result<Vec<PackageRow>> {
-        let sql = format!(
-            "SELECT {PACKAGE_COLS} FROM packages WHERE app_id = $1 ORDER BY created_at, id"
-        );
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(app.to_owned())
-            .fetch_all(&self.pool)
-            .await?)
     }
 
     pub async fn create_channel(&self, app: &str, name: &str, now: i64) -> Result<()> {

@@ -5,6 +5,7 @@
 mod config;
 mod grants;
 mod instances;
+mod packages;
 mod recent;
 mod retention;
 
@@ -15,11 +16,12 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
-pub use config::{
-    normalize_arch, ActivityRow, App, AppConfig, Channel, Group, PackageRow, DEFAULT_ARCH,
-};
+pub use config::{normalize_arch, ActivityRow, App, AppConfig, Channel, Group, DEFAULT_ARCH};
 pub use grants::{GrantOutcome, GrantRequest};
 pub use instances::{CheckIn, EventRow, HistoryRow, InstanceFilter, InstanceRow};
+pub use packages::{
+    check_file_name, digest_b64, ExternalPackage, ExtraFile, PackageFile, PackageRow,
+};
 pub use recent::INSTANCE_TTL_SECS;
 pub use retention::PruneReport;
 
@@ -52,7 +54,10 @@ pub struct Store {
     recent: std::sync::Arc<recent::RecentCheckIns>,
 }
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/0001_init.sql")),
+    (2, include_str!("../../migrations/0002_package_files.sql")),
+];
 
 impl Store {
     /// The SQLite file `fastpatch.db` under `data_dir` (created if missing).

@@ -1,0 +1,214 @@
+//! The `fastpatch-server` admin commands, run as the real binary against a
+//! SQLite data dir and a real PostgreSQL: publish, register (CDN), channels,
+//! promote, policies, instances.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use fastpatch_omaha::FLATCAR_APP_ID;
+use fastpatch_server::Store;
+use support::{fresh_database, Backend};
+
+struct Cli<'a> {
+    data_dir: &'a Path,
+    db_url: Option<String>,
+}
+
+impl Cli<'_> {
+    fn run(&self, args: &[&str]) -> (bool, String) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fastpatch-server"));
+        cmd.arg("--data-dir").arg(self.data_dir);
+        if let Some(url) = &self.db_url {
+            cmd.arg("--database-url").arg(url);
+        }
+        let out = cmd
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run the CLI");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, text) = self.run(args);
+        assert!(ok, "{args:?} failed:\n{text}");
+        text
+    }
+}
+
+async fn admin_commands(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = fresh_database(b, dir.path()).await;
+    let data_dir = dir.path().join("data");
+    let cli = Cli {
+        data_dir: &data_dir,
+        db_url: (b == Backend::Postgres).then(|| db_url.clone()),
+    };
+    let payload = dir.path().join("flatcar_production_update.gz");
+    std::fs::write(&payload, vec![5u8; 4096]).unwrap();
+    let out = cli.ok(&[
+        "publish",
+        payload.to_str().unwrap(),
+        "--version",
+        "3732.0.0",
+        "--channel",
+        "alpha",
+    ]);
+    assert!(
+        out.contains("published 3732.0.0 amd64")
+            && out.contains("channel alpha now offers 3732.0.0"),
+        "{out}"
+    );
+    let out = cli.ok(&["promote", "--from", "alpha", "--to", "beta"]);
+    assert!(out.contains("channel beta now offers 3732.0.0"), "{out}");
+    let out = cli.ok(&["channel", "list"]);
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().eq(["beta", "3732.0.0"])),
+        "{out}"
+    );
+    let (ok, out) = cli.run(&["channel", "set", "stable", "9.9.9"]);
+    assert!(!ok && out.contains("no package for version 9.9.9"), "{out}");
+
+    cli.ok(&[
+        "group",
+        "set",
+        "beta",
+        "--max-concurrent",
+        "3",
+        "--max-per-period",
+        "10",
+        "--period-secs",
+        "7200",
+        "--office-hours",
+        "true",
+        "--tz",
+        "Europe/Berlin",
+        "--days",
+        "mon,tue,wed",
+        "--hours",
+        "08:30-16:00",
+        "--safe-mode",
+        "false",
+        "--rollout-secs",
+        "86400",
+    ]);
+    let (ok, out) = cli.run(&["group", "set", "beta", "--tz", "Mars/Phobos"]);
+    assert!(!ok && out.contains("IANA"), "{out}");
+
+    let sha1 = "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3";
+    let sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+    let extra = format!("oem-azure.gz:77:{sha1}:{sha256}");
+    let out = cli.ok(&[
+        "register",
+        "--version",
+        "3815.2.0",
+        "--url",
+        "https://cdn.example/3815.2.0/",
+        "--file-name",
+        "flatcar_production_update.gz",
+        "--size",
+        "1000",
+        "--sha1",
+        sha1,
+        "--sha256",
+        sha256,
+        "--extra-file",
+        &extra,
+        "--channel",
+        "stable",
+    ]);
+    assert!(
+        out.contains("1 extra files") && out.contains("channel stable now offers 3815.2.0"),
+        "{out}"
+    );
+    let (ok, out) = cli.run(&[
+        "register",
+        "--version",
+        "3816.0.0",
+        "--url",
+        "https://cdn.example/u.gz",
+        "--size",
+        "1",
+        "--sha1",
+        "x",
+        "--sha256",
+        sha256,
+    ]);
+    assert!(!ok && out.contains("sha1"), "{out}");
+    let out = cli.ok(&["packages"]);
+    assert!(
+        out.contains("https://cdn.example/3815.2.0/")
+            && out.contains("(hosted)")
+            && out.contains("+ oem-azure.gz"),
+        "{out}"
+    );
+
+    cli.ok(&[
+        "seed-instances",
+        "--count",
+        "3",
+        "--group",
+        "stable",
+        "--version",
+        "3602.2.0",
+        "--prefix",
+        "cli-",
+    ]);
+    let out = cli.ok(&["instances", "--group", "stable", "--limit", "2"]);
+    let ids: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(ids, ["cli-00000000", "cli-00000001"], "{out}");
+    let out = cli.ok(&["instances", "--after", "cli-00000001"]);
+    assert!(out.starts_with("cli-00000002"), "{out}");
+
+    // What the commands wrote, read back through the store.
+    let url = match b {
+        Backend::Sqlite => format!(
+            "sqlite://{}?mode=rwc",
+            data_dir.join("fastpatch.db").display()
+        ),
+        Backend::Postgres => db_url,
+    };
+    let store = Store::open(&url).await.unwrap();
+    let g = store.group(FLATCAR_APP_ID, "beta").await.unwrap().unwrap();
+    assert_eq!(
+        (g.max_concurrent, g.max_updates_per_period, g.period_secs),
+        (Some(3), Some(10), 7200)
+    );
+    assert!(g.office_hours && !g.safe_mode);
+    assert_eq!(
+        (
+            g.office_tz.as_str(),
+            g.office_days,
+            g.office_start_minute,
+            g.office_end_minute
+        ),
+        ("Europe/Berlin", 0b111, 510, 960)
+    );
+    assert_eq!(g.rollout_duration_secs, 86400);
+    let beta = store
+        .channel(FLATCAR_APP_ID, "beta")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(beta.version.as_deref(), Some("3732.0.0"));
+    let pkg = store
+        .find_package(FLATCAR_APP_ID, "3815.2.0", "amd64")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.package_files(&pkg.id).await.unwrap()[0].size, 77);
+    store.close().await;
+}
+
+both_backends!(admin_commands);
