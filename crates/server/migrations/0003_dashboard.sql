@@ -18,3 +18,9 @@ CREATE TABLE IF NOT EXISTS dashboard_samples (
 );
 -- Pruning and the per-bucket reset.
 CREATE INDEX IF NOT EXISTS dashboard_samples_res_bucket ON dashboard_samples (res, bucket);
+
+-- Instance list filters without a group: keyset pages ordered by machine_id
+-- inside one status or one version (otherwise a rare status or an old version
+-- means walking the primary key past every other machine: 150-280 ms at 1M).
+CREATE INDEX IF NOT EXISTS instances_status_page ON instances (app_id, status, machine_id);
+CREATE INDEX IF NOT EXISTS instances_version_page ON instances (app_id, version, machine_id);

@@ -155,6 +155,23 @@ fn pattern_shapes(i: usize) -> &'static str {
     }
 }
 
+/// Drops points in the middle of horizontal runs (a flat month is 2 points, not 1,440).
+fn simplify(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = Vec::with_capacity(points.len());
+    for (i, p) in points.iter().enumerate() {
+        let flat = i > 0
+            && i + 1 < points.len()
+            && points[i - 1].1 == p.1
+            && points[i + 1].1 == p.1
+            && ((points[i - 1].0 <= p.0 && p.0 <= points[i + 1].0)
+                || (points[i - 1].0 >= p.0 && p.0 >= points[i + 1].0));
+        if !flat {
+            out.push(*p);
+        }
+    }
+    out
+}
+
 /// Escapes text for SVG built as a string.
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -225,25 +242,18 @@ pub fn render(id: &str, title: &str, data: &ChartData, range: Range, now: i64) -
     let mut below = vec![0i64; data.buckets.len()];
     for (i, s) in data.series.iter().enumerate() {
         let above: Vec<i64> = below.iter().zip(&s.values).map(|(b, v)| b + v).collect();
-        let mut d = String::new();
+        let mut outline: Vec<(f64, f64)> = Vec::with_capacity(data.buckets.len() * 4);
         for (j, b) in data.buckets.iter().enumerate() {
-            let (xa, xb) = (x(*b), x(b + data.res));
-            let _ = write!(
-                d,
-                "{}{xa:.1},{:.1} L{xb:.1},{:.1} ",
-                if j == 0 { "M" } else { "L" },
-                y(above[j]),
-                y(above[j])
-            );
+            outline.push((x(*b), y(above[j])));
+            outline.push((x(b + data.res), y(above[j])));
         }
         for (j, b) in data.buckets.iter().enumerate().rev() {
-            let (xa, xb) = (x(*b), x(b + data.res));
-            let _ = write!(
-                d,
-                "L{xb:.1},{:.1} L{xa:.1},{:.1} ",
-                y(below[j]),
-                y(below[j])
-            );
+            outline.push((x(b + data.res), y(below[j])));
+            outline.push((x(*b), y(below[j])));
+        }
+        let mut d = String::new();
+        for (k, (px, py)) in simplify(&outline).into_iter().enumerate() {
+            let _ = write!(d, "{}{px:.1},{py:.1} ", if k == 0 { "M" } else { "L" });
         }
         d.push('Z');
         let _ = write!(
@@ -346,6 +356,26 @@ mod tests {
         let other = data.series.last().expect("other");
         assert_eq!(other.key, "other");
         assert_eq!(other.values, vec![1 + 2]);
+    }
+
+    #[test]
+    fn flat_runs_collapse() {
+        let pts = [
+            (0.0, 5.0),
+            (1.0, 5.0),
+            (2.0, 5.0),
+            (3.0, 5.0),
+            (3.0, 7.0),
+            (4.0, 7.0),
+            (4.0, 0.0),
+        ];
+        assert_eq!(
+            simplify(&pts),
+            vec![(0.0, 5.0), (3.0, 5.0), (3.0, 7.0), (4.0, 7.0), (4.0, 0.0)]
+        );
+        // Going back (the bottom edge runs right to left) keeps its ends too.
+        let back = [(4.0, 1.0), (3.0, 1.0), (2.0, 1.0), (1.0, 1.0)];
+        assert_eq!(simplify(&back), vec![(4.0, 1.0), (1.0, 1.0)]);
     }
 
     #[test]
