@@ -154,6 +154,9 @@ pub struct ServeArgs {
     /// Forget instances silent for this many days.
     #[arg(long, default_value_t = 180)]
     pub silent_instance_days: i64,
+    /// Threads serving HTTP, each with its own socket and runtime (default: one per core).
+    #[arg(long, env = "FASTPATCH_HTTP_THREADS")]
+    pub http_threads: Option<usize>,
 }
 
 impl Default for ServeArgs {
@@ -165,6 +168,7 @@ impl Default for ServeArgs {
             viewer_token: Vec::new(),
             retention_days: 90,
             silent_instance_days: 180,
+            http_threads: None,
         }
     }
 }
@@ -381,6 +385,9 @@ pub async fn serve(db: &DbArgs, args: &ServeArgs) -> Result<()> {
     config.listen = args.listen;
     config.public_url = args.public_url.clone();
     config.viewer_tokens = args.viewer_token.clone();
+    if let Some(n) = args.http_threads {
+        config.http_threads = n.max(1);
+    }
     config.retention = Retention {
         keep_days: args.retention_days,
         silent_instance_days: args.silent_instance_days,
