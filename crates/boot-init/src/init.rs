@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use fastpatch_boot_init::{
-    describe_choice, describe_slots, module_load_order, os_exit_verdict, result_line, slot_name,
-    BootConfig, GuestExit, BOOT_ENV_FILE, GUEST_ADDR, GUEST_PREFIX, HOST_GATEWAY, MODULE_DIR,
-    MODULE_ORDER_FILE, OS_MODE_ARGV0, ROOT_MOUNT, USR_MOUNT,
+    describe_choice, describe_slots, engine_launch, module_load_order, os_exit_verdict,
+    result_line, slot_name, BootConfig, EngineLaunch, GuestExit, BOOT_ENV_FILE, ENGINE_BOOT_LAYER,
+    ENGINE_DEFAULTS_LAYER, GUEST_ADDR, GUEST_PREFIX, HOST_GATEWAY, MODULE_DIR, MODULE_ORDER_FILE,
+    OS_MODE_ARGV0, ROOT_MOUNT, USR_MOUNT,
 };
 use fastpatch_disk::{partition_path, Disk, OpenMode, Partition};
 
@@ -266,15 +267,35 @@ fn handover(cfg: &BootConfig, chosen: &Partition, root_mounted: bool) -> Result<
             tracing::warn!("writing {BOOT_ENV_FILE}: {e}");
         }
     }
-    let (program, argv0) = match &cfg.os {
-        Some(path) => (PathBuf::from(path), path.clone()),
-        None => (PathBuf::from("/proc/self/exe"), OS_MODE_ARGV0.to_string()),
+    let (program, argv0, args, log) = match (&cfg.engine, &cfg.os) {
+        (Some(engine), _) => {
+            let launch = write_engine_layers(cfg, engine, chosen.index, root_mounted)?;
+            (
+                PathBuf::from(&launch.program),
+                launch.program,
+                launch.args,
+                Some(cfg.log.clone()),
+            )
+        }
+        (None, Some(path)) => (PathBuf::from(path), path.clone(), cfg.os_args.clone(), None),
+        (None, None) => (
+            PathBuf::from("/proc/self/exe"),
+            OS_MODE_ARGV0.to_string(),
+            cfg.os_args.clone(),
+            None,
+        ),
     };
-    eprintln!("fastpatch-init: handing over to {}", program.display());
-    let child = std::process::Command::new(&program)
-        .arg0(argv0)
-        .args(&cfg.os_args)
-        .envs(facts)
+    eprintln!(
+        "fastpatch-init: handing over to {} {}",
+        program.display(),
+        args.join(" ")
+    );
+    let mut command = std::process::Command::new(&program);
+    command.arg0(argv0).args(&args).envs(facts);
+    if let Some(filter) = log {
+        command.env("FASTPATCH_LOG", filter);
+    }
+    let child = command
         .spawn()
         .with_context(|| format!("starting the OS {}", program.display()))?;
     let code = wait_reaping(child.id()).context("waiting for the OS")?;
@@ -286,6 +307,33 @@ fn handover(cfg: &BootConfig, chosen: &Partition, root_mounted: bool) -> Result<
     );
     eprintln!("{}", result_line("os-exit", &[("status", &shown)]));
     Ok(exit)
+}
+
+/// Writes the engine's defaults and boot-facts layers under /run (see
+/// [`fastpatch_boot_init::EngineLaunch`]) and returns how to start it.
+fn write_engine_layers(
+    cfg: &BootConfig,
+    engine: &str,
+    slot_index: u32,
+    root_mounted: bool,
+) -> Result<EngineLaunch> {
+    if !root_mounted {
+        tracing::warn!("ROOT is not mounted: the engine's state lives in RAM for this boot only");
+    }
+    let launch = engine_launch(engine, slot_index, &cfg.disk).map_err(anyhow::Error::msg)?;
+    for (path, text) in [
+        (ENGINE_DEFAULTS_LAYER, &launch.defaults),
+        (ENGINE_BOOT_LAYER, &launch.boot),
+    ] {
+        if let Some(dir) = Path::new(path).parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        fs::write(path, text).with_context(|| format!("writing {path}"))?;
+    }
+    eprintln!(
+        "fastpatch-init: engine layers written ({ENGINE_DEFAULTS_LAYER}, {ENGINE_BOOT_LAYER})"
+    );
+    Ok(launch)
 }
 
 /// Waits until process `pid` ends, reaping any other child on the way. Its exit code, or

@@ -18,6 +18,11 @@
 //! - `fastpatch.root=9` — the partition number of ROOT (Flatcar: 9), mounted read-write on
 //!   `/var` when it holds an ext4 file system: the state that must survive a reboot lives
 //!   there. `fastpatch.root=0` leaves it alone.
+//! - `fastpatch.engine=/usr/bin/fastpatch` — the OS is the fastpatch update engine at this path
+//!   (normally inside the chosen USR slot, so every version brings its own engine): the init
+//!   writes the engine's config layers for this boot (see [`EngineLaunch`]) and starts
+//!   `PATH engine run --config ...`. Not together with `fastpatch.os`.
+//! - `fastpatch.log=FILTER` — the engine's log filter (`FASTPATCH_LOG`), default `info`.
 
 use std::time::Duration;
 
@@ -43,6 +48,19 @@ pub const HEALTH_FILE: &str = "/usr/lib/fastpatch-test/health";
 pub const BOOT_ENV_FILE: &str = "/run/fastpatch/boot.env";
 /// Prefix of the one machine-readable summary line each stage prints to the console.
 pub const RESULT_PREFIX: &str = "FASTPATCH-RESULT";
+
+/// The engine's config layers, in the order the init passes them (later ones win): the init's
+/// defaults for an engine that is the whole OS, the vendor layer in the USR slot, the admin
+/// layer in the initramfs' /etc, and the facts of this boot.
+pub const ENGINE_DEFAULTS_LAYER: &str = "/run/fastpatch/engine-defaults.toml";
+pub const ENGINE_VENDOR_LAYER: &str = "/usr/lib/fastpatch/engine.d";
+pub const ENGINE_ADMIN_LAYER: &str = "/etc/fastpatch/engine.d";
+pub const ENGINE_BOOT_LAYER: &str = "/run/fastpatch/engine-boot.toml";
+/// The payload signing key the engine trusts: Flatcar's path, inside the USR slot.
+pub const ENGINE_TRUSTED_KEY: &str = "/usr/share/update_engine/update-payload-key.pub.pem";
+/// Where the engine keeps its state: on ROOT (mounted on /var), so it survives reboots.
+pub const ENGINE_STATE_FILE: &str = "/var/lib/fastpatch/engine.json";
+pub const ENGINE_INSTALL_STATE_DIR: &str = "/var/lib/fastpatch/install";
 
 /// QEMU user networking: the guest address, its prefix length and the gateway (the host).
 pub const GUEST_ADDR: [u8; 4] = [10, 0, 2, 15];
@@ -106,6 +124,10 @@ pub struct BootConfig {
     pub disk_timeout: Duration,
     /// The ROOT partition number; `None` leaves ROOT unmounted.
     pub root: Option<u32>,
+    /// The fastpatch binary to run as the OS in engine mode.
+    pub engine: Option<String>,
+    /// The engine's log filter.
+    pub log: String,
 }
 
 impl Default for BootConfig {
@@ -119,6 +141,8 @@ impl Default for BootConfig {
             mark_good: false,
             disk_timeout: Duration::from_secs(10),
             root: Some(ROOT_INDEX),
+            engine: None,
+            log: "info".to_string(),
         }
     }
 }
@@ -165,6 +189,10 @@ impl BootConfig {
                 "disk" => return Err(invalid("expected an absolute device path")),
                 "os" if value.starts_with('/') => cfg.os = Some(value.to_string()),
                 "os" => return Err(invalid("expected an absolute path")),
+                "engine" if value.starts_with('/') => cfg.engine = Some(value.to_string()),
+                "engine" => return Err(invalid("expected an absolute path")),
+                "log" if !value.is_empty() => cfg.log = value.to_string(),
+                "log" => return Err(invalid("expected a log filter")),
                 "os_arg" => cfg.os_args.push(value.to_string()),
                 "net" => cfg.net = parse_bool(word, value)?,
                 "probe" if value.starts_with("http://") => cfg.probe = Some(value.to_string()),
@@ -185,8 +213,99 @@ impl BootConfig {
                 _ => tracing::warn!("unknown kernel parameter {word}, ignored"),
             }
         }
+        if let (Some(_), Some(engine)) = (&cfg.os, &cfg.engine) {
+            return Err(ConfigError::Invalid {
+                key: "fastpatch.engine".to_string(),
+                value: engine.clone(),
+                why: "fastpatch.os is set too; give one OS",
+            });
+        }
         Ok(cfg)
     }
+}
+
+/// How the init starts the fastpatch engine as the OS: the two layers it writes under /run and
+/// the command line. The defaults layer makes the engine fit a machine without systemd and
+/// D-Bus (health check `/init health`, reboot `/init reboot`, reboot as soon as an update is
+/// staged, state on ROOT); the vendor (`/usr`) and admin (`/etc`) layers may override any of
+/// it. The boot layer holds what only the init knows (the slot it chose, the disk) and comes
+/// last, so nothing overrides a fact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineLaunch {
+    pub program: String,
+    pub args: Vec<String>,
+    /// Content of [`ENGINE_DEFAULTS_LAYER`].
+    pub defaults: String,
+    /// Content of [`ENGINE_BOOT_LAYER`].
+    pub boot: String,
+}
+
+/// A TOML basic string (quotes, backslashes and control characters escaped).
+pub fn toml_string(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The engine launch for a boot of USR partition `slot_index` on `disk`. Only the two Flatcar
+/// USR slots (A = 3, B = 4) can be handed to the engine.
+pub fn engine_launch(program: &str, slot_index: u32, disk: &str) -> Result<EngineLaunch, String> {
+    let slot = match slot_index {
+        USR_A_INDEX => "a",
+        USR_B_INDEX => "b",
+        n => return Err(format!("partition {n} is neither USR-A nor USR-B")),
+    };
+    let q = toml_string;
+    let defaults = format!(
+        "# Written by fastpatch's initramfs /init: the engine is the whole OS here (no systemd,\n\
+         # no D-Bus). The vendor ({ENGINE_VENDOR_LAYER}) and admin ({ENGINE_ADMIN_LAYER}) layers\n\
+         # override these.\n\
+         root = \"/\"\n\
+         dbus = false\n\
+         reboot_after_update = true\n\
+         state_file = {}\n\
+         install_state_dir = {}\n\
+         trusted_keys = [{}]\n\
+         reboot_command = [\"/init\", \"reboot\"]\n\
+         \n\
+         [health]\n\
+         commands = [[\"/init\", \"health\"]]\n",
+        q(ENGINE_STATE_FILE),
+        q(ENGINE_INSTALL_STATE_DIR),
+        q(ENGINE_TRUSTED_KEY),
+    );
+    let boot = format!(
+        "# Written by fastpatch's initramfs /init: facts of this boot, above every other layer.\n\
+         booted_slot = {}\n\
+         disk = {}\n",
+        q(slot),
+        q(disk)
+    );
+    let mut args = vec!["engine".to_string(), "run".to_string()];
+    for layer in [
+        ENGINE_DEFAULTS_LAYER,
+        ENGINE_VENDOR_LAYER,
+        ENGINE_ADMIN_LAYER,
+        ENGINE_BOOT_LAYER,
+    ] {
+        args.push("--config".to_string());
+        args.push(layer.to_string());
+    }
+    Ok(EngineLaunch {
+        program: program.to_string(),
+        args,
+        defaults,
+        boot,
+    })
 }
 
 /// How the machine ends when the OS program exits on its own: its exit code, or `None` when
@@ -351,6 +470,66 @@ mod tests {
             let err = BootConfig::from_cmdline(bad).unwrap_err();
             assert!(err.to_string().contains("is not valid"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn engine_mode_from_the_cmdline() {
+        let cfg = BootConfig::from_cmdline(
+            "fastpatch.engine=/usr/bin/fastpatch fastpatch.log=debug,hyper=info",
+        )
+        .unwrap();
+        assert_eq!(cfg.engine.as_deref(), Some("/usr/bin/fastpatch"));
+        assert_eq!(cfg.log, "debug,hyper=info");
+        assert_eq!(BootConfig::default().log, "info");
+        for bad in [
+            "fastpatch.engine=fastpatch",
+            "fastpatch.log=",
+            "fastpatch.os=/init fastpatch.engine=/usr/bin/fastpatch",
+        ] {
+            let err = BootConfig::from_cmdline(bad).unwrap_err();
+            assert!(err.to_string().contains("is not valid"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn engine_launch_layers_and_order() {
+        let l = engine_launch("/usr/bin/fastpatch", USR_B_INDEX, "/dev/vda").unwrap();
+        assert_eq!(l.program, "/usr/bin/fastpatch");
+        assert_eq!(
+            l.args,
+            [
+                "engine",
+                "run",
+                "--config",
+                ENGINE_DEFAULTS_LAYER,
+                "--config",
+                ENGINE_VENDOR_LAYER,
+                "--config",
+                ENGINE_ADMIN_LAYER,
+                "--config",
+                ENGINE_BOOT_LAYER
+            ]
+        );
+        assert!(l.boot.contains("booted_slot = \"b\"\n"), "{}", l.boot);
+        assert!(l.boot.contains("disk = \"/dev/vda\"\n"), "{}", l.boot);
+        for want in [
+            "dbus = false\n",
+            "reboot_after_update = true\n",
+            "reboot_command = [\"/init\", \"reboot\"]\n",
+            "commands = [[\"/init\", \"health\"]]\n",
+            "state_file = \"/var/lib/fastpatch/engine.json\"\n",
+        ] {
+            assert!(l.defaults.contains(want), "{want} missing:\n{}", l.defaults);
+        }
+        let a = engine_launch("/x", USR_A_INDEX, "/dev/vda").unwrap();
+        assert!(a.boot.contains("booted_slot = \"a\""));
+        assert!(engine_launch("/x", 9, "/dev/vda").is_err());
+    }
+
+    #[test]
+    fn toml_strings_are_escaped() {
+        assert_eq!(toml_string("/dev/vda"), "\"/dev/vda\"");
+        assert_eq!(toml_string("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000A\"");
     }
 
     #[test]

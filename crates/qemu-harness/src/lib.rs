@@ -12,19 +12,31 @@
 //! - [`boot`] runs QEMU with a hard timeout, keeps the serial log and parses the guest's
 //!   `FASTPATCH-RESULT` lines.
 //!
+//! - [`HostServer`] runs the real fastpatch-server on the host for the guest (10.0.2.2);
+//!   [`OsVersion`] is one version of the test OS (its USR image, with the static `fastpatch`
+//!   engine from [`Lab::engine`]) and its signed payload ([`SigningKey`]).
+//! - [`boot_until`] ends a boot whose OS runs forever once a condition holds (e.g. the server
+//!   recorded the guest's report); [`BootSpec::kill_after`] cuts the power mid-write.
+//!
 //! [`Lab`] ties these together for tests: one static init and initramfs per test process;
 //! [`Machine`] is one disk image booted again and again with numbered serial logs.
 
 mod assets;
 mod initramfs;
 mod machine;
+mod os_image;
 mod qemu;
+mod server;
+mod testbed;
 mod usr_image;
 
 pub use assets::{build_static_binary, build_static_init, repo_root, Assets};
 pub use initramfs::{write_initramfs, write_initramfs_with};
-pub use machine::{test_layout, Machine};
-pub use qemu::{boot, BootOutcome, BootSpec, GuestResult};
+pub use machine::{engine_layout, test_layout, Machine};
+pub use os_image::{OsVersion, SigningKey, ENGINE_IN_USR};
+pub use qemu::{boot, boot_until, BootOutcome, BootSpec, GuestResult};
+pub use server::{HostServer, GUEST_HOST};
+pub use testbed::{Testbed, GROUP, MACHINE_ID, TEST_ENGINE_LAYER};
 pub use usr_image::{
     format_root, health_file, make_ext4_image, os_release, write_filesystem, write_usr_image,
     write_usr_image_with, FsFile,
@@ -87,6 +99,10 @@ pub struct Lab {
     pub initramfs: PathBuf,
     /// Where serial logs go (kept after the test, for CI artifacts).
     pub log_dir: PathBuf,
+    /// The cargo target dir of the static builds.
+    static_target: PathBuf,
+    /// The static `fastpatch` binary, built on first use.
+    engine: OnceLock<Result<PathBuf, String>>,
 }
 
 impl Lab {
@@ -119,7 +135,22 @@ impl Lab {
             init,
             initramfs,
             log_dir,
+            static_target: target.join("boot-init-static"),
+            engine: OnceLock::new(),
         })
+    }
+
+    /// The `fastpatch` binary built statically (glibc, `crt-static`), to run as the guest's OS
+    /// (`fastpatch engine run`); built once per process, in the same target dir as the init.
+    pub fn engine(&self) -> Result<&Path, String> {
+        self.engine
+            .get_or_init(|| {
+                build_static_binary(&self.static_target, "fastpatch", "fastpatch")
+                    .map_err(|e| format!("building the static fastpatch binary: {e}"))
+            })
+            .as_ref()
+            .map(PathBuf::as_path)
+            .map_err(Clone::clone)
     }
 
     /// A separate initramfs with `extra` files added (e.g. a static engine binary and

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use fastpatch_disk::{create, Disk, LayoutSpec, OpenMode, SlotAttrs};
 
-use crate::{boot, format_root, health_file, write_usr_image_with, BootOutcome, BootSpec, Lab};
-use crate::{FsFile, Result};
+use crate::{boot, boot_until, format_root, health_file, write_filesystem, write_usr_image_with};
+use crate::{BootOutcome, BootSpec, FsFile, Lab, OsVersion, Result};
 
 const MIB: u64 = 1 << 20;
 
@@ -19,6 +19,16 @@ pub fn test_layout() -> LayoutSpec {
         usr_size: 16 * MIB,
         oem_size: 2 * MIB,
         ..LayoutSpec::default()
+    }
+}
+
+/// The layout of the update scenarios: USR slots of 32 MiB, room for a version's USR image
+/// with the static `fastpatch` binary (~21 MB) in it; ROOT of ~33 MiB.
+pub fn engine_layout() -> LayoutSpec {
+    LayoutSpec {
+        total_size: 104 * MIB,
+        usr_size: 32 * MIB,
+        ..test_layout()
     }
 }
 
@@ -58,6 +68,23 @@ impl<'a> Machine<'a> {
         })
     }
 
+    /// Creates `dir/<name>.img` with [`engine_layout`], `os` on USR-A (good, priority 1) and
+    /// an empty ext4 ROOT.
+    pub fn with_os(lab: &'a Lab, dir: &Path, name: &str, os: &OsVersion) -> Result<Machine<'a>> {
+        let disk = dir.join(format!("{name}.img"));
+        create(&disk, &engine_layout(), false)?;
+        write_filesystem(&disk, fastpatch_disk::USR_A_INDEX, "USR-A", &os.files()?)?;
+        format_root(&disk, &[])?;
+        Ok(Machine {
+            lab,
+            name: name.to_string(),
+            disk,
+            initrd: lab.initramfs.clone(),
+            cmdline: Vec::new(),
+            boots: Vec::new(),
+        })
+    }
+
     /// Uses an initramfs with `extra` files for the following boots.
     pub fn with_initramfs_files(&mut self, extra: &[FsFile]) -> Result<()> {
         self.initrd = self.lab.initramfs_with(&self.name, extra)?;
@@ -84,6 +111,41 @@ impl<'a> Machine<'a> {
         let outcome = boot(spec)?;
         self.boots.push(outcome);
         Ok(self.boots.last().expect("just pushed"))
+    }
+
+    /// Boots with `spec` until the guest ends the boot itself or `done()` holds (then QEMU is
+    /// switched off; see [`boot_until`]), and records the outcome.
+    pub fn run_until(
+        &mut self,
+        spec: &BootSpec,
+        done: &mut dyn FnMut() -> bool,
+    ) -> Result<&BootOutcome> {
+        let outcome = boot_until(spec, done)?;
+        self.boots.push(outcome);
+        Ok(self.boots.last().expect("just pushed"))
+    }
+
+    /// The size of a USR slot of this machine's disk.
+    pub fn usr_size(&self) -> Result<u64> {
+        let disk = Disk::open(&self.disk, OpenMode::ReadOnly)?;
+        Ok(disk.partition_byte_range(fastpatch_disk::USR_B_INDEX)?.1)
+    }
+
+    /// The bytes of partition `index`, read from the image (QEMU must be stopped).
+    pub fn partition_bytes(&self, index: u32) -> Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let (offset, len) =
+            Disk::open(&self.disk, OpenMode::ReadOnly)?.partition_byte_range(index)?;
+        let mut f = std::fs::File::open(&self.disk)
+            .map_err(crate::io_err(format!("opening {}", self.disk.display())))?;
+        let mut buf = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+        f.seek(SeekFrom::Start(offset))
+            .and_then(|_| f.read_exact(&mut buf))
+            .map_err(crate::io_err(format!(
+                "reading partition {index} of {}",
+                self.disk.display()
+            )))?;
+        Ok(buf)
     }
 
     /// The slot attributes of partition `index`, read from the image (QEMU must be stopped).

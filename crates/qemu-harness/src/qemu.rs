@@ -28,8 +28,11 @@ pub struct BootSpec {
     /// Attach a virtio-net NIC on QEMU user networking (the host is 10.0.2.2).
     pub net: bool,
     /// Simulated power cut: QEMU is killed (SIGKILL) as soon as the serial log contains this
-    /// text. Writes the guest already flushed are in the image; nothing after is.
+    /// text (plus [`BootSpec::kill_delay`]). Writes the guest already flushed are in the
+    /// image; nothing after is.
     pub kill_on: Option<String>,
+    /// How long after the [`BootSpec::kill_on`] marker the power is cut.
+    pub kill_delay: Duration,
 }
 
 impl BootSpec {
@@ -48,12 +51,21 @@ impl BootSpec {
             memory_mib: 512,
             net: true,
             kill_on: None,
+            kill_delay: Duration::ZERO,
         }
     }
 
     /// Kills QEMU (a power cut) once the serial log shows `marker`.
     pub fn kill_on(mut self, marker: impl Into<String>) -> BootSpec {
         self.kill_on = Some(marker.into());
+        self
+    }
+
+    /// Kills QEMU (a power cut) `delay` after the serial log shows `marker`, e.g. in the
+    /// middle of a write that the marker announces.
+    pub fn kill_after(mut self, marker: impl Into<String>, delay: Duration) -> BootSpec {
+        self.kill_on = Some(marker.into());
+        self.kill_delay = delay;
         self
     }
 
@@ -152,6 +164,9 @@ pub struct BootOutcome {
     pub timed_out: bool,
     /// QEMU was killed because the log showed [`BootSpec::kill_on`].
     pub cut: bool,
+    /// QEMU was killed because the caller's condition held ([`boot_until`]): the guest had
+    /// reached the state under test (its OS runs forever, as the engine does).
+    pub stopped: bool,
     pub elapsed: Duration,
     pub log_path: PathBuf,
     pub log: String,
@@ -187,6 +202,8 @@ impl BootOutcome {
             "timed out and was killed".to_string()
         } else if self.cut {
             "was killed at the power-cut marker".to_string()
+        } else if self.stopped {
+            "was stopped by the harness once its condition held".to_string()
         } else {
             match (self.status, self.exit()) {
                 (Some(s), Some(e)) => format!("exited with status {s} ({e:?})"),
@@ -219,6 +236,19 @@ impl BootOutcome {
 /// problems (QEMU missing, log not writable) are errors; every guest outcome is a
 /// [`BootOutcome`].
 pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
+    boot_until(spec, &mut || false)
+}
+
+/// How often a running boot is looked at (log marker, caller's condition, timeout).
+const POLL: Duration = Duration::from_millis(10);
+/// How often the caller's condition of [`boot_until`] is asked (it may query a server).
+const CONDITION_POLL: Duration = Duration::from_millis(200);
+
+/// Like [`boot`], and QEMU is also killed as soon as `done()` returns true (asked every
+/// 200 ms): for a guest whose OS runs until it is switched off, once the state under test is
+/// reached (e.g. the update server has recorded the guest's report). The outcome then has
+/// [`BootOutcome::stopped`] set.
+pub fn boot_until(spec: &BootSpec, done: &mut dyn FnMut() -> bool) -> Result<BootOutcome> {
     let log =
         File::create(&spec.log).map_err(io_err(format!("creating {}", spec.log.display())))?;
     let log_err = log
@@ -239,21 +269,33 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
         .kill_on
         .as_deref()
         .map(|m| LogWatcher::new(&spec.log, m));
-    let (mut timed_out, mut cut) = (false, false);
+    let mut cut_at: Option<Instant> = None;
+    let mut next_condition = started;
+    let (mut timed_out, mut cut, mut stopped) = (false, false, false);
     let status = loop {
         if let Some(status) = child.try_wait().map_err(io_err("waiting for QEMU"))? {
             break status;
         }
-        timed_out = Instant::now() >= deadline;
-        if let Some(w) = watcher.as_mut() {
-            cut = w.seen()?;
+        let now = Instant::now();
+        timed_out = now >= deadline;
+        if cut_at.is_none() {
+            if let Some(w) = watcher.as_mut() {
+                if w.seen()? {
+                    cut_at = Some(now + spec.kill_delay);
+                }
+            }
         }
-        if timed_out || cut {
+        cut = cut_at.is_some_and(|at| now >= at);
+        if now >= next_condition {
+            next_condition = now + CONDITION_POLL;
+            stopped = done();
+        }
+        if timed_out || cut || stopped {
             // Kill errors only mean it already ended; wait reaps it either way.
             let _ = child.kill();
             break child.wait().map_err(io_err("reaping QEMU"))?;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(POLL);
     };
     let elapsed = started.elapsed();
     let bytes =
@@ -264,14 +306,12 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
         .filter_map(parse_result_line)
         .map(|(stage, fields)| GuestResult { stage, fields })
         .collect();
+    let killed = timed_out || cut || stopped;
     Ok(BootOutcome {
-        status: if timed_out || cut {
-            None
-        } else {
-            status.code()
-        },
+        status: if killed { None } else { status.code() },
         timed_out,
-        cut,
+        cut: cut && !timed_out,
+        stopped: stopped && !timed_out && !cut,
         elapsed,
         log_path: spec.log.clone(),
         log,

@@ -1,0 +1,128 @@
+//! The update scenarios' set-up, shared by the tests and the `see-it-work` example: the real
+//! fastpatch-server on the host, a release signing key, the static `fastpatch` engine, and
+//! machines whose OS is that engine, configured like a fleet member (machine-id, update.conf
+//! and an admin engine layer in the initramfs' /etc; `fastpatch.engine=` on the kernel command
+//! line).
+
+use std::path::{Path, PathBuf};
+
+use fastpatch_boot_init::ENGINE_ADMIN_LAYER;
+use fastpatch_server::store::InstanceRow;
+
+use crate::{FsFile, HostServer, Lab, Machine, OsVersion, Result, SigningKey, ENGINE_IN_USR};
+
+/// The machine-id of the scenario machines (each has its own server, so one id is enough).
+pub const MACHINE_ID: &str = "f4a7c3e2d1b04e5f8a9b0c1d2e3f4a5b";
+
+/// The update group (and channel) the machines follow; safe mode is on by default.
+pub const GROUP: &str = "stable";
+
+/// Engine settings for a test machine: check 3 s after start (after the health gate of a
+/// healthy first boot has passed), give an unhealthy first boot 5 s, retry failed transfers
+/// soon.
+pub const TEST_ENGINE_LAYER: &str = "\
+[schedule]
+initial = 3
+initial_fuzz = 0
+
+[health]
+timeout_secs = 5
+interval_secs = 1
+check_timeout_secs = 10
+
+[download]
+retry_delay_secs = 2
+";
+
+/// Server, key and engine for one scenario.
+pub struct Testbed<'a> {
+    pub lab: &'a Lab,
+    pub dir: PathBuf,
+    pub server: HostServer,
+    pub key: SigningKey,
+    pub engine: PathBuf,
+}
+
+impl<'a> Testbed<'a> {
+    /// Starts the server (data under `dir/server`), makes a signing key and builds (once per
+    /// process) the static engine.
+    pub fn new(lab: &'a Lab, dir: &Path) -> Result<Testbed<'a>> {
+        let engine = lab
+            .engine()
+            .map_err(crate::HarnessError::Invalid)?
+            .to_path_buf();
+        Ok(Testbed {
+            lab,
+            dir: dir.to_path_buf(),
+            server: HostServer::start(&dir.join("server"))?,
+            key: SigningKey::generate()?,
+            engine,
+        })
+    }
+
+    /// A version of the OS: the engine plus the release key, healthy or not.
+    pub fn version(&self, version: &str, healthy: bool) -> OsVersion {
+        OsVersion::with_engine(version, healthy, &self.engine, &self.key)
+    }
+
+    /// The files a machine's initramfs adds: its identity and configuration under /etc.
+    /// `engine_layer` is the admin layer of the engine config.
+    pub fn etc_files(&self, engine_layer: &str) -> Vec<FsFile> {
+        let update_conf = format!("GROUP={GROUP}\nSERVER={}\n", self.server.guest_update_url());
+        vec![
+            FsFile::new("etc/machine-id", format!("{MACHINE_ID}\n"), 0o444),
+            FsFile::new("etc/flatcar/update.conf", update_conf, 0o644),
+            FsFile::new(
+                format!(
+                    "{}/50-machine.toml",
+                    ENGINE_ADMIN_LAYER.trim_start_matches('/')
+                ),
+                engine_layer,
+                0o644,
+            ),
+        ]
+    }
+
+    /// A machine with `os` on USR-A whose OS is the engine, configured with `engine_layer`.
+    pub fn machine(&self, name: &str, os: &OsVersion, engine_layer: &str) -> Result<Machine<'a>> {
+        let mut m = Machine::with_os(self.lab, &self.dir, name, os)?;
+        m.with_initramfs_files(&self.etc_files(engine_layer))?;
+        m.cmdline.push(format!("fastpatch.engine={ENGINE_IN_USR}"));
+        Ok(m)
+    }
+
+    /// Builds `os`'s image for slots of `slot_size` bytes and its signed payload, publishes
+    /// it and points the group's channel at it. Returns the image (what the slot must hold
+    /// after the update).
+    pub fn release(&self, os: &OsVersion, slot_size: u64) -> Result<PathBuf> {
+        let (image, payload) = os.release(&self.key, slot_size, &self.dir)?;
+        self.server.publish(&os.version, &payload, GROUP)?;
+        Ok(image)
+    }
+
+    /// What the server knows about the machine.
+    pub fn instance(&self) -> Result<Option<InstanceRow>> {
+        self.server.instance(MACHINE_ID)
+    }
+
+    /// The machine's status on the server ("" before its first check-in).
+    pub fn status(&self) -> Result<String> {
+        Ok(self.instance()?.map(|i| i.status).unwrap_or_default())
+    }
+
+    /// The machine's events on the server, oldest first, as `type/result` (plus
+    /// `:errorcode` when one was sent).
+    pub fn events(&self) -> Result<Vec<String>> {
+        let mut rows = self.server.events(MACHINE_ID)?;
+        rows.reverse();
+        Ok(rows
+            .iter()
+            .map(|e| match e.error_code {
+                Some(code) if code != 0 => {
+                    format!("{}/{}:{code}", e.event_type, e.event_result)
+                }
+                _ => format!("{}/{}", e.event_type, e.event_result),
+            })
+            .collect())
+    }
+}
