@@ -156,6 +156,19 @@ async fn pages_show_the_rollout(b: Backend) {
     );
     assert!(p.body.contains("failed: <strong>1</strong>"));
     assert!(!p.body.contains("HALTED"));
+    assert!(
+        p.body.contains("Counts as of the sample"),
+        "a fresh sample serves the overview"
+    );
+    // Without a fresh sample the overview counts live, with the same numbers.
+    s.clock.advance(chrono::Duration::minutes(10));
+    let p = ui.get("/ui/").await;
+    assert!(p.body.contains("Counts are live."));
+    assert!(
+        p.body.contains(r#"<strong class="total">25</strong>"#),
+        "live total"
+    );
+    assert!(p.body.contains("failed: <strong>1</strong>"));
 
     let p = ui.get(&group_path()).await;
     assert_eq!(p.status, 200, "{}", p.body);

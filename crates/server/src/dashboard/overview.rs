@@ -7,23 +7,33 @@ use std::time::Instant;
 
 use axum::extract::{Query, State};
 use axum::response::Response;
+use axum::Extension;
 use maud::html;
 
 use super::auth::Session;
 use super::queries::{self, Tally};
 use super::view::{self, enc, Nav, NoticeQuery};
-use super::UiError;
+use super::{Dash, UiError};
 use crate::AppState;
+
+/// The overview uses the sampler's newest counts when they are this fresh
+/// (one bucket read, however many machines); otherwise it counts live.
+pub const SAMPLE_MAX_AGE_SECS: i64 = 180;
 
 pub async fn page(
     State(state): State<Arc<AppState>>,
+    Extension(dash): Extension<Arc<Dash>>,
     session: Session,
     Query(q): Query<NoticeQuery>,
 ) -> Result<Response, UiError> {
     let started = Instant::now();
     let now = state.clock.now().timestamp();
     let store = &state.store;
-    let tallies = queries::tally(&queries::counts_all(store).await?);
+    dash.ensure_schema(&state).await?;
+    let (as_of, tallies) = match queries::latest_sample(store, now, SAMPLE_MAX_AGE_SECS).await? {
+        Some((bucket, t)) => (Some(bucket), t),
+        None => (None, queries::tally(&queries::counts_all(store).await?)),
+    };
     let mut sections = Vec::new();
     for app in store.apps().await? {
         let channels = store.channels(&app.id).await?;
@@ -93,7 +103,13 @@ pub async fn page(
     }
     let content = html! {
         h1 { "Overview" }
-        p.hint { "Counts are live. " label { input #autorefresh type="checkbox"; " refresh every 30 s" } }
+        p.hint {
+            @match as_of {
+                Some(b) => { "Counts as of the sample taken in the minute from " (view::time(b)) " (sampled every minute; group pages count live). " },
+                None => { "Counts are live. " },
+            }
+            label { input #autorefresh type="checkbox"; " refresh every 30 s" }
+        }
         @for s in sections { (s) }
     };
     Ok(view::timed(

@@ -77,6 +77,46 @@ pub async fn counts_all(store: &Store) -> Result<Vec<CountRow>> {
     count_rows(rows)
 }
 
+/// Every group's counts from the newest 1-minute sample, if it is at most
+/// `max_age` seconds old: (bucket start, tallies). Reads one bucket by index.
+pub async fn latest_sample(
+    store: &Store,
+    now: i64,
+    max_age: i64,
+) -> Result<Option<(i64, BTreeMap<(String, String), Tally>)>> {
+    let bucket: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(bucket) FROM dashboard_samples WHERE res = 60")
+            .fetch_one(store.pool())
+            .await?;
+    let Some(bucket) = bucket.filter(|b| now - b <= max_age) else {
+        return Ok(None);
+    };
+    let rows = sqlx::query(
+        "SELECT app_id, group_name, dim, key, n FROM dashboard_samples WHERE res = 60 AND bucket = $1",
+    )
+    .bind(bucket)
+    .fetch_all(store.pool())
+    .await?;
+    let mut out: BTreeMap<(String, String), Tally> = BTreeMap::new();
+    for r in &rows {
+        let (dim, key, n): (String, String, i64) =
+            (r.try_get("dim")?, r.try_get("key")?, r.try_get("n")?);
+        if n == 0 {
+            continue;
+        }
+        let t = out
+            .entry((r.try_get("app_id")?, r.try_get("group_name")?))
+            .or_default();
+        if dim == "s" {
+            t.total += n;
+            t.by_status.insert(key, n);
+        } else {
+            t.by_version.insert(key, n);
+        }
+    }
+    Ok(Some((bucket, out)))
+}
+
 /// One group's counts (group page).
 pub async fn counts_group(store: &Store, app: &str, group: &str) -> Result<Tally> {
     let rows = sqlx::query(
