@@ -498,7 +498,17 @@ pub async fn run(cli: Cli) -> Result<()> {
     let app = fastpatch_omaha::normalize_appid(&db.app);
     let now = chrono::Utc::now().timestamp();
     match cli.command {
-        None => serve(db, &ServeArgs::default()).await,
+        // No subcommand: `serve` with its defaults and FASTPATCH_* environment.
+        None => {
+            let args = match Cli::try_parse_from(["fastpatch-server", "serve"]) {
+                Ok(Cli {
+                    command: Some(Command::Serve(args)),
+                    ..
+                }) => args,
+                _ => ServeArgs::default(),
+            };
+            serve(db, &args).await
+        }
         Some(Command::Serve(args)) => serve(db, &args).await,
         Some(Command::Publish {
             file,

@@ -146,6 +146,21 @@ async fn answer_app(
             if status == InstanceStatus::Error {
                 m.inc(&m.update_failures);
             }
+            if status == InstanceStatus::Complete {
+                let channel_version = config
+                    .channels
+                    .iter()
+                    .find(|c| c.name == group.channel)
+                    .and_then(|c| c.version.as_deref());
+                if channel_version == Some(inst.version.as_str())
+                    && state
+                        .store
+                        .finish_rollout_if_done(&app_id, &group.name, &inst.version, ts)
+                        .await?
+                {
+                    info!(app = %app_id, group = %group.name, version = %inst.version, "rollout finished");
+                }
+            }
         }
         if policy::event_halts_group(&policy, kind) && inst.target_version.is_some() {
             let what = match kind {

@@ -211,4 +211,59 @@ async fn admin_commands(b: Backend) {
     store.close().await;
 }
 
+/// `fastpatch-server` with no arguments: serves on SQLite under the data dir,
+/// says where and how to publish, and stops cleanly on SIGTERM.
+#[test]
+fn no_arguments_serves_with_defaults() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fastpatch-server"))
+        .env("FASTPATCH_DATA_DIR", dir.path().join("data"))
+        .env("FASTPATCH_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut banner = String::new();
+    while !banner.contains("publish flatcar_production_update.gz") {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            panic!("server exited early:\n{banner}");
+        }
+        banner.push_str(&line);
+    }
+    assert!(
+        banner.contains(&format!("listening on http://127.0.0.1:{port}")),
+        "{banner}"
+    );
+    assert!(
+        banner.contains("SQLite") && banner.contains("/v1/update/"),
+        "{banner}"
+    );
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut conn, b"GET /health HTTP/1.0\r\n\r\n").unwrap();
+    let mut health = String::new();
+    conn.read_to_string(&mut health).unwrap();
+    assert!(
+        health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),
+        "{health}"
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    let _ = out.read_to_string(&mut rest);
+    assert!(status.success(), "exit status {status:?}");
+    assert!(dir.path().join("data/fastpatch.db").exists());
+    assert!(dir.path().join("data/admin-token").exists());
+}
+
 both_backends!(admin_commands);

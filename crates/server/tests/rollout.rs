@@ -4,7 +4,7 @@
 mod support;
 
 use chrono::{DateTime, Duration, Utc};
-use fastpatch_omaha::FLATCAR_APP_ID;
+use fastpatch_omaha::{Event, FLATCAR_APP_ID};
 use fastpatch_server::policy::rollout_place;
 use support::{offered, server, Backend};
 
@@ -106,7 +106,44 @@ async fn staged_rollout_follows_machine_places(b: Backend) {
     s.handle.shutdown().await;
 }
 
+async fn rollout_finished_when_the_last_machine_completes(b: Backend) {
+    let s = server(b).await;
+    s.publish(NEW, b"payload", Some("stable")).await;
+    let store = s.handle.store();
+    let mut g = store
+        .group(FLATCAR_APP_ID, "stable")
+        .await
+        .unwrap()
+        .unwrap();
+    g.safe_mode = false;
+    store.upsert_group(&g).await.unwrap();
+    for m in ["a", "b"] {
+        assert!(offered(&s.check(m, OLD, "stable", vec![], true).await).is_some());
+    }
+    let finished = || async {
+        store
+            .activity(None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.kind == "rollout_finished")
+            .count()
+    };
+    s.check("a", NEW, "stable", vec![Event::update_complete(OLD)], true)
+        .await;
+    assert_eq!(finished().await, 0, "b is still on {OLD}");
+    s.check("b", NEW, "stable", vec![Event::update_complete(OLD)], true)
+        .await;
+    assert_eq!(finished().await, 1);
+    // A repeated report does not log it twice.
+    s.check("b", NEW, "stable", vec![Event::update_complete(OLD)], true)
+        .await;
+    assert_eq!(finished().await, 1);
+    s.handle.shutdown().await;
+}
+
 both_backends!(
     office_hours_follow_the_zone_across_dst,
     staged_rollout_follows_machine_places,
+    rollout_finished_when_the_last_machine_completes,
 );

@@ -195,6 +195,59 @@ impl Store {
         Ok(halted)
     }
 
+    /// After a machine completed `version`: when no machine of the group is on
+    /// another version any more, records "rollout_finished" (once per version).
+    pub async fn finish_rollout_if_done(
+        &self,
+        app: &str,
+        group: &str,
+        version: &str,
+        now: i64,
+    ) -> Result<bool> {
+        let behind: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM instances WHERE app_id = $1 AND group_name = $2 AND version <> $3 LIMIT 1",
+        )
+        .bind(app.to_owned())
+        .bind(group.to_owned())
+        .bind(version.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
+        if behind.is_some() {
+            return Ok(false);
+        }
+        let mut tx = self.pool.begin().await?;
+        // The group row lock makes "once" hold across server processes.
+        sqlx::query(
+            "UPDATE update_groups SET grant_seq = grant_seq + 1 WHERE app_id = $1 AND name = $2",
+        )
+        .bind(app.to_owned())
+        .bind(group.to_owned())
+        .execute(&mut *tx)
+        .await?;
+        let done: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM activity WHERE app_id = $1 AND group_name = $2 AND kind = 'rollout_finished' AND version = $3 LIMIT 1",
+        )
+        .bind(app.to_owned())
+        .bind(group.to_owned())
+        .bind(version.to_owned())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if done.is_some() {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query("INSERT INTO activity (app_id, group_name, kind, version, message, at) VALUES ($1, $2, 'rollout_finished', $3, $4, $5)")
+            .bind(app.to_owned())
+            .bind(group.to_owned())
+            .bind(version.to_owned())
+            .bind(format!("every machine in group {group} runs {version}"))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Halts a group because of a failure (safe mode); no-op if already halted.
     pub async fn halt_for_failure(
         &self,
