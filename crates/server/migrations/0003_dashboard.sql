@@ -1,7 +1,7 @@
 -- Dashboard chart history (version and status over time), written by the
 -- dashboard's sampler (src/dashboard/rollup.rs) once a minute: the counts
 -- of every group by status (dim 's') and by version (dim 'v'), stored at
--- three resolutions (res = 60, 900, 3600 s; bucket = start of the interval,
+-- four resolutions (res = 60, 900, 3600, 21600 s; bucket = start of the interval,
 -- each bucket holds the last sample taken in it). A chart reads at most a
 -- few thousand rows through the primary key, however many instances exist.
 -- Idempotent: the dashboard applies it itself on start (IF NOT EXISTS).

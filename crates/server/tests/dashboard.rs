@@ -593,9 +593,9 @@ async fn sampler_tiers(b: Backend) {
     let store = s.handle.store();
     rollup::ensure_schema(store).await.expect("schema");
     rollup::ensure_schema(store).await.expect("idempotent");
-    // An hour boundary after the test clock, so the server's own sampler
+    // A tier boundary after the test clock, so the server's own sampler
     // (which samples at the test clock) writes other buckets.
-    let t0: i64 = 500_000 * 3600; // 2027-01-15 08:00 UTC
+    let t0: i64 = 83_334 * 21_600; // 2027-01-15 12:00 UTC, a boundary of every tier
     store
         .seed_instances(APP, "beta", "x-", 4, "1.0.0", t0)
         .await

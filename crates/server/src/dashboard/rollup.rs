@@ -1,12 +1,12 @@
 //! Chart history: a sampler writes every group's counts by status and by
-//! version into `dashboard_samples` once a minute, at three resolutions.
+//! version into `dashboard_samples` once a minute, at four resolutions.
 //!
 //! Why a rollup and not queries over `instance_history`: a status-over-time
 //! chart needs each machine's state at each instant, which from transition
 //! rows means replaying every machine's history (millions of rows at a
 //! million machines); versions are not in the history at all unless a status
 //! changed. One grouped count per minute over the instances index is cheap
-//! and bounded, and a 30-day chart then reads ~720 buckets by primary key.
+//! and bounded, and a 30-day chart then reads 120 buckets by primary key.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -21,7 +21,12 @@ use crate::store::{Backend, Result, Store};
 use crate::AppState;
 
 /// Resolutions kept: (seconds per bucket, how long buckets are kept).
-pub const TIERS: [(i64, i64); 3] = [(60, 3 * 3600), (900, 3 * 86400), (3600, 35 * 86400)];
+pub const TIERS: [(i64, i64); 4] = [
+    (60, 3 * 3600),
+    (900, 3 * 86400),
+    (3600, 8 * 86400),
+    (21600, 35 * 86400),
+];
 
 /// How often the sampler runs.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(60);
@@ -57,12 +62,13 @@ impl Range {
             Range::Month => 30 * 86400,
         }
     }
-    /// The tier a chart of this range reads: 60, 96, 168 and 720 points at most.
+    /// The tier a chart of this range reads: 60, 96, 168 and 120 points at most.
     pub fn res(self) -> i64 {
         match self {
             Range::Hour => 60,
             Range::Day => 900,
-            Range::Week | Range::Month => 3600,
+            Range::Week => 3600,
+            Range::Month => 21600,
         }
     }
 }
