@@ -61,6 +61,9 @@ pub enum Command {
         /// Point this channel at the new version.
         #[arg(long)]
         channel: Option<String>,
+        /// An extra file served next to the payload (repeatable).
+        #[arg(long = "extra-file")]
+        extra_files: Vec<PathBuf>,
     },
     /// Register a package hosted elsewhere (a CDN) from its size and hashes
     /// (hex or base64), with optional extra files; nothing is downloaded.
@@ -402,6 +405,7 @@ pub async fn serve(db: &DbArgs, args: &ServeArgs) -> Result<()> {
         "admin token: as given".to_owned()
     };
     let handle = Server::start(config).await.context("starting the server")?;
+    let signal = shutdown_signal()?;
     let data_dir = std::fs::canonicalize(&db.data_dir).unwrap_or(db.data_dir.clone());
     let database = db
         .database_url
@@ -433,7 +437,7 @@ pub async fn serve(db: &DbArgs, args: &ServeArgs) -> Result<()> {
     );
     let stop = handle.stopper();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signal.await;
         tracing::info!("shutting down");
         let _ = stop.send(true);
     });
@@ -441,25 +445,18 @@ pub async fn serve(db: &DbArgs, args: &ServeArgs) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+/// SIGINT or SIGTERM. The handlers are installed when this is called, not
+/// when the future is first polled, so call it before announcing the server.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    })
 }
 
 fn print_group(g: &Group) {
@@ -517,9 +514,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             file_name,
             base_url,
             channel,
+            extra_files,
         }) => {
             let store = open(db).await?;
-            let pkg = crate::payloads::publish(
+            let pkg = crate::payloads::publish_with_files(
                 &store,
                 &db.data_dir,
                 &crate::payloads::Publish {
@@ -530,6 +528,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     file_name: file_name.as_deref(),
                     base_url: base_url.as_deref(),
                 },
+                &extra_files,
                 now,
             )
             .await

@@ -174,16 +174,31 @@ async fn payload(
     Path((id, file)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    let not_found = || (StatusCode::NOT_FOUND, "no such payload\n").into_response();
+    let unavailable = |e: crate::store::StoreError| {
+        error!(error = %e, "payload lookup failed");
+        StatusCode::SERVICE_UNAVAILABLE.into_response()
+    };
     let pkg = match state.store.package(&id).await {
-        Ok(Some(p)) if p.base_url.is_none() && p.file_name == file => p,
-        Ok(_) => return (StatusCode::NOT_FOUND, "no such payload\n").into_response(),
-        Err(e) => {
-            error!(error = %e, "payload lookup failed");
-            return StatusCode::SERVICE_UNAVAILABLE.into_response();
-        }
+        Ok(Some(p)) if p.base_url.is_none() => p,
+        Ok(_) => return not_found(),
+        Err(e) => return unavailable(e),
+    };
+    if pkg.file_name == file {
+        state.metrics.inc(&state.metrics.payload_requests);
+        return crate::payloads::serve(&state.data_dir, &pkg, &headers).await;
+    }
+    // One of the package's extra files?
+    let extra = match state.store.package_files(&pkg.id).await {
+        Ok(files) => files.into_iter().find(|f| f.name == file),
+        Err(e) => return unavailable(e),
+    };
+    let Some(f) = extra else {
+        return not_found();
     };
     state.metrics.inc(&state.metrics.payload_requests);
-    crate::payloads::serve(&state.data_dir, &pkg, &headers).await
+    let path = crate::payloads::extra_file_path(&state.data_dir, &pkg.id, &f.name);
+    crate::payloads::serve_file(&path, f.size, &f.sha256_b64, &headers).await
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {

@@ -11,7 +11,7 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::store::{PackageRow, Store, StoreError};
+use crate::store::{PackageFile, PackageRow, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -47,6 +47,13 @@ pub fn payload_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("payloads")
 }
 
+/// Where a hosted package's extra file lives.
+pub fn extra_file_path(data_dir: &Path, package_id: &str, name: &str) -> PathBuf {
+    payload_dir(data_dir)
+        .join(format!("{package_id}.files"))
+        .join(name)
+}
+
 /// Hashes `file` (SHA-1, SHA-256, size), copies it under the data dir unless
 /// it is served elsewhere, and registers the package. Re-publishing identical
 /// bytes is a no-op; different bytes for a published version are refused.
@@ -54,6 +61,19 @@ pub async fn publish(
     store: &Store,
     data_dir: &Path,
     p: &Publish<'_>,
+    now: i64,
+) -> Result<PackageRow, PublishError> {
+    publish_with_files(store, data_dir, p, &[], now).await
+}
+
+/// [`publish`] with extra files (served next to the payload, listed after it).
+/// Files are in place before the package row is written, so a registered
+/// hosted package always has its bytes.
+pub async fn publish_with_files(
+    store: &Store,
+    data_dir: &Path,
+    p: &Publish<'_>,
+    extra: &[PathBuf],
     now: i64,
 ) -> Result<PackageRow, PublishError> {
     let app_id = fastpatch_omaha::normalize_appid(p.app_id);
@@ -100,22 +120,84 @@ pub async fn publish(
         sha256_b64: fastpatch_omaha::encode_b64(&sha256),
         created_at: now,
     };
-    let stored = match store.add_package(&row).await {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e.into());
+    let id = row.id.clone();
+    let files_dir = extra_file_path(data_dir, &id, "x")
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.clone());
+    let cleanup = |dest_written: bool| {
+        let _ = std::fs::remove_file(&tmp);
+        if dest_written {
+            let _ = std::fs::remove_file(dir.join(&id));
         }
+        let _ = std::fs::remove_dir_all(&files_dir);
     };
+    let mut files = Vec::with_capacity(extra.len());
+    for path in extra {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let hashed = match crate::store::check_file_name(&name) {
+            Ok(()) => {
+                let src = path.clone();
+                let dest = hosted.then(|| files_dir.join(&name));
+                tokio::task::spawn_blocking(move || {
+                    if let Some(parent) = dest.as_deref().and_then(Path::parent) {
+                        std::fs::create_dir_all(parent).map_err(PublishError::Write)?;
+                    }
+                    hash_and_copy(&src, dest.as_deref())
+                })
+                .await
+                .unwrap_or_else(|e| Err(PublishError::Write(std::io::Error::other(e))))
+            }
+            Err(e) => Err(PublishError::Store(e)),
+        };
+        let (size, sha1, sha256) = match hashed {
+            Ok(h) => h,
+            Err(e) => {
+                cleanup(false);
+                return Err(e);
+            }
+        };
+        if size == 0 {
+            cleanup(false);
+            return Err(PublishError::Empty);
+        }
+        files.push(PackageFile {
+            name,
+            size: size as i64,
+            sha1_b64: fastpatch_omaha::encode_b64(&sha1),
+            sha256_b64: fastpatch_omaha::encode_b64(&sha256),
+        });
+    }
     if hosted {
-        let dest = dir.join(&stored.id);
-        if stored.id == row.id || !dest.exists() {
-            std::fs::rename(&tmp, &dest).map_err(PublishError::Write)?;
-        } else {
-            let _ = std::fs::remove_file(&tmp);
+        if let Err(e) = std::fs::rename(&tmp, dir.join(&id)) {
+            cleanup(false);
+            return Err(PublishError::Write(e));
         }
     }
-    Ok(stored)
+    match store.add_package_with_files(&row, &files).await {
+        // Newly registered: the files just placed are its files.
+        Ok(stored) if stored.id == id => Ok(stored),
+        // The identical package was already there: its bytes are these
+        // bytes, so they restore a payload file that went missing.
+        Ok(stored) => {
+            if hosted && !dir.join(&stored.id).exists() {
+                let _ = std::fs::rename(dir.join(&id), dir.join(&stored.id));
+                let theirs = extra_file_path(data_dir, &stored.id, "x");
+                if let Some(theirs) = theirs.parent().filter(|d| !d.exists()) {
+                    let _ = std::fs::rename(&files_dir, theirs);
+                }
+            }
+            cleanup(hosted);
+            Ok(stored)
+        }
+        Err(e) => {
+            cleanup(hosted);
+            Err(e.into())
+        }
+    }
 }
 
 fn hash_and_copy(
@@ -209,12 +291,17 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeSpec {
 /// Serves a hosted package's bytes.
 pub async fn serve(data_dir: &Path, pkg: &PackageRow, headers: &HeaderMap) -> Response {
     let path = payload_dir(data_dir).join(&pkg.id);
-    let mut file = match tokio::fs::File::open(&path).await {
+    serve_file(&path, pkg.size, &pkg.sha256_b64, headers).await
+}
+
+/// Serves a file of known size and SHA-256 (the ETag) with Range support.
+pub async fn serve_file(path: &Path, size: i64, sha256_b64: &str, headers: &HeaderMap) -> Response {
+    let mut file = match tokio::fs::File::open(path).await {
         Ok(f) => f,
         Err(_) => return (StatusCode::NOT_FOUND, "payload file missing").into_response(),
     };
-    let size = pkg.size.max(0) as u64;
-    let etag = format!("\"{}\"", pkg.sha256_b64);
+    let size = size.max(0) as u64;
+    let etag = format!("\"{sha256_b64}\"");
     let if_range_ok = headers
         .get(header::IF_RANGE)
         .map(|v| v.to_str().ok() == Some(etag.as_str()))

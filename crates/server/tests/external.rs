@@ -130,8 +130,97 @@ async fn external_package_with_extra_files(b: Backend) {
     s.handle.shutdown().await;
 }
 
+/// A hosted package with an extra file: both served here, with Range.
+async fn hosted_package_with_extra_file(b: Backend) {
+    let s = server(b).await;
+    let payload = s.dir.path().join("flatcar_production_update.gz");
+    std::fs::write(&payload, vec![1u8; 3000]).unwrap();
+    let extra: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let extra_path = s.dir.path().join("oem-qemu.gz");
+    std::fs::write(&extra_path, &extra).unwrap();
+    let publish = |extra_path: std::path::PathBuf| {
+        let payload = payload.clone();
+        let store = s.handle.store().clone();
+        let dir = s.dir.path().to_owned();
+        async move {
+            fastpatch_server::payloads::publish_with_files(
+                &store,
+                &dir,
+                &fastpatch_server::payloads::Publish {
+                    app_id: FLATCAR_APP_ID,
+                    version: "3815.2.0",
+                    arch: "amd64",
+                    file: &payload,
+                    file_name: None,
+                    base_url: None,
+                },
+                &[extra_path],
+                0,
+            )
+            .await
+        }
+    };
+    let pkg = publish(extra_path.clone()).await.unwrap();
+    // Again, identical: the same package; with other extra bytes: refused.
+    assert_eq!(publish(extra_path.clone()).await.unwrap().id, pkg.id);
+    std::fs::write(&extra_path, b"other bytes").unwrap();
+    assert!(publish(extra_path.clone()).await.is_err());
+    s.handle
+        .store()
+        .set_channel(FLATCAR_APP_ID, "stable", "3815.2.0", s.clock.now_ts())
+        .await
+        .unwrap();
+    let resp = s.check("m1", "3602.2.0", "stable", vec![], true).await;
+    let offer = offered(&resp).expect("an update");
+    let manifest = resp.apps[0]
+        .update_check
+        .as_ref()
+        .unwrap()
+        .manifest
+        .as_ref()
+        .unwrap();
+    assert_eq!(manifest.packages[1].name, "oem-qemu.gz");
+    let sha256 = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&extra)
+    };
+    assert_eq!(
+        manifest.packages[1].hash_sha256.as_deref(),
+        Some(encode_b64(&sha256).as_str())
+    );
+    let codebase = offer.urls[0].trim_end_matches("flatcar_production_update.gz");
+    let got = s
+        .http
+        .get(format!("{codebase}oem-qemu.gz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().await.unwrap().as_ref(), extra.as_slice());
+    let part = s
+        .http
+        .get(format!("{codebase}oem-qemu.gz"))
+        .header("Range", "bytes=4000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.bytes().await.unwrap().as_ref(), &extra[4000..]);
+    let missing = s
+        .http
+        .get(format!("{codebase}nope.gz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    s.handle.shutdown().await;
+}
+
 fn hex_of(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-both_backends!(external_package_with_extra_files);
+both_backends!(
+    external_package_with_extra_files,
+    hosted_package_with_extra_file
+);
