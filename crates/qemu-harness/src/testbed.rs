@@ -14,6 +14,9 @@ use crate::{FsFile, HostServer, Lab, Machine, OsVersion, Result, SigningKey, ENG
 /// The machine-id of the scenario machines (each has its own server, so one id is enough).
 pub const MACHINE_ID: &str = "f4a7c3e2d1b04e5f8a9b0c1d2e3f4a5b";
 
+/// The system CA bundle, on the host and (copied) in the guest.
+const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// The update group (and channel) the machines follow; safe mode is on by default.
 pub const GROUP: &str = "stable";
 
@@ -65,11 +68,17 @@ impl<'a> Testbed<'a> {
         OsVersion::with_engine(version, healthy, &self.engine, &self.key)
     }
 
-    /// The files a machine's initramfs adds: its identity and configuration under /etc.
+    /// The files a machine's initramfs adds: its identity and configuration under /etc, and
+    /// the CA bundle every OS has (the engine's HTTP client refuses to start without system
+    /// roots, even though the guest only speaks plain HTTP to the host).
     /// `engine_layer` is the admin layer of the engine config.
-    pub fn etc_files(&self, engine_layer: &str) -> Vec<FsFile> {
+    pub fn etc_files(&self, engine_layer: &str) -> Result<Vec<FsFile>> {
         let update_conf = format!("GROUP={GROUP}\nSERVER={}\n", self.server.guest_update_url());
-        vec![
+        let ca = std::fs::read(HOST_CA_BUNDLE).map_err(crate::io_err(format!(
+            "reading {HOST_CA_BUNDLE} for the guest (Debian package ca-certificates)"
+        )))?;
+        Ok(vec![
+            FsFile::new(HOST_CA_BUNDLE.trim_start_matches('/'), ca, 0o644),
             FsFile::new("etc/machine-id", format!("{MACHINE_ID}\n"), 0o444),
             FsFile::new("etc/flatcar/update.conf", update_conf, 0o644),
             FsFile::new(
@@ -80,13 +89,13 @@ impl<'a> Testbed<'a> {
                 engine_layer,
                 0o644,
             ),
-        ]
+        ])
     }
 
     /// A machine with `os` on USR-A whose OS is the engine, configured with `engine_layer`.
     pub fn machine(&self, name: &str, os: &OsVersion, engine_layer: &str) -> Result<Machine<'a>> {
         let mut m = Machine::with_os(self.lab, &self.dir, name, os)?;
-        m.with_initramfs_files(&self.etc_files(engine_layer))?;
+        m.with_initramfs_files(&self.etc_files(engine_layer)?)?;
         m.cmdline.push(format!("fastpatch.engine={ENGINE_IN_USR}"));
         Ok(m)
     }
