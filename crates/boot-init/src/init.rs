@@ -293,7 +293,8 @@ fn handover(cfg: &BootConfig, chosen: &Partition, root_mounted: bool) -> Result<
     let mut command = std::process::Command::new(&program);
     command.arg0(argv0).args(&args).envs(facts);
     if let Some(filter) = log {
-        command.env("FASTPATCH_LOG", filter);
+        // The console is a serial line read by people and harnesses: no colour codes.
+        command.env("FASTPATCH_LOG", filter).env("NO_COLOR", "1");
     }
     let child = command
         .spawn()

@@ -91,10 +91,17 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// The guest's own lines worth reading: the init's decisions and the engine's states.
+/// The guest's own lines worth reading: the init's decisions and the engine's states (its
+/// log lines without timestamp, level and module).
 fn show_guest(o: &BootOutcome) {
     for line in o.log.lines() {
         let line = line.trim();
+        let line = match line.find(" fastpatch_") {
+            Some(at) if line.starts_with("20") => line[at..]
+                .split_once(": ")
+                .map_or(line, |(_, message)| message),
+            _ => line,
+        };
         let engine = line.contains("UPDATE_STATUS_")
             || line.contains("health gate")
             || line.contains("slot staged")
