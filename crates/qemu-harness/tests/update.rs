@@ -231,6 +231,9 @@ fn bad_update_is_not_marked_good_falls_back_and_halts_the_group() {
 
 /// How many of the image's non-empty 1 MiB chunks after the first the slot already holds, of
 /// how many.
+/// The checkpoint line after the installer synced operations 0-3 (the first four MiB).
+const CUT_AT_CHECKPOINT: &str = "next_op=4";
+
 fn chunks_written(slot: &[u8], image: &[u8]) -> (usize, usize) {
     let mut written = 0;
     let mut total = 0;
@@ -272,12 +275,13 @@ fn power_cut_during_staging_keeps_a_and_the_update_restarts_and_finishes() {
     let image = std::fs::read(&image_path).unwrap();
     let a_good = attrs(&m, USR_A_INDEX);
 
-    // Boot 1: the installer's checkpoints are logged (debug), and the power is cut right after
-    // the first one, while the payload streams onto USR-B.
+    // Boot 1: the installer's checkpoints are logged (debug); the power is cut just after the
+    // one that synced the slot's first four operations (4 MiB, the rate limiter's burst), while
+    // the other 28 MiB stream onto USR-B at 4 MiB/s.
     let mut spec = m
         .next_spec()
         .timeout(BOOT_TIMEOUT)
-        .kill_after("install checkpoint", Duration::from_millis(300));
+        .kill_after(CUT_AT_CHECKPOINT, Duration::from_millis(200));
     spec.cmdline
         .push("fastpatch.log=info,fastpatch_payload::install=debug".to_string());
     let o = m.run(&spec).expect("running QEMU").clone();
@@ -289,6 +293,7 @@ fn power_cut_during_staging_keeps_a_and_the_update_restarts_and_finishes() {
     );
     let slot = m.partition_bytes(USR_B_INDEX).unwrap();
     let (written, total) = chunks_written(&slot, &image);
+    eprintln!("power cut with {written} of {total} non-empty chunks on USR-B");
     assert!(
         written > 0 && written < total,
         "the cut must land mid-write: {written} of {total} chunks on USR-B"
