@@ -3,6 +3,7 @@
 //! empty; a resumed download asks `Range: bytes=N-`).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,6 +51,7 @@ pub struct RecordingProxy {
     addr: SocketAddr,
     conns: Arc<Mutex<Vec<Conn>>>,
     upstream: Arc<Mutex<Option<SocketAddr>>>,
+    blackhole: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -61,13 +63,26 @@ impl RecordingProxy {
         let addr = listener.local_addr()?;
         let conns: Arc<Mutex<Vec<Conn>>> = Arc::default();
         let upstream: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
-        let task = tokio::spawn(accept_loop(listener, conns.clone(), upstream.clone()));
+        let blackhole: Arc<AtomicBool> = Arc::default();
+        let task = tokio::spawn(accept_loop(
+            listener,
+            conns.clone(),
+            upstream.clone(),
+            blackhole.clone(),
+        ));
         Ok(RecordingProxy {
             addr,
             conns,
             upstream,
+            blackhole,
             task,
         })
+    }
+
+    /// While on, new connections are accepted and recorded but never forwarded nor answered
+    /// (a request stuck in flight); connections already open are not affected.
+    pub fn set_blackhole(&self, on: bool) {
+        self.blackhole.store(on, Ordering::SeqCst);
     }
 
     pub fn forward_to(&self, upstream: SocketAddr) {
@@ -101,6 +116,7 @@ async fn accept_loop(
     listener: TcpListener,
     conns: Arc<Mutex<Vec<Conn>>>,
     upstream: Arc<Mutex<Option<SocketAddr>>>,
+    blackhole: Arc<AtomicBool>,
 ) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
@@ -113,6 +129,10 @@ async fn accept_loop(
         let rec: Conn = Arc::default();
         if let Ok(mut c) = conns.lock() {
             c.push(rec.clone());
+        }
+        if blackhole.load(Ordering::SeqCst) {
+            tokio::spawn(swallow(client, rec));
+            continue;
         }
         tokio::spawn(async move {
             let Ok(server) = TcpStream::connect(target).await else {
@@ -142,6 +162,19 @@ async fn accept_loop(
             };
             tokio::join!(up, down);
         });
+    }
+}
+
+/// Records what the client sends until it hangs up; answers nothing.
+async fn swallow(mut client: TcpStream, rec: Conn) {
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = client.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        if let Ok(mut r) = rec.lock() {
+            r.extend_from_slice(&buf[..n]);
+        }
     }
 }
 
