@@ -9,7 +9,8 @@ use fastpatch_locksmith::dbus::NEED_REBOOT;
 use fastpatch_locksmith::etcd::{EtcdConfig, EtcdStore};
 use fastpatch_locksmith::reboot::utmp_record;
 use fastpatch_locksmith::store::{Coordinator, RetryPolicy};
-use fastpatch_locksmith::testsupport::{DbusDaemon, EtcdServer, FakeEngine};
+use fastpatch_locksmith::testsupport::{EtcdServer, FakeEngine};
+use fastpatch_testsupport::PrivateBus;
 
 const MID: &str = "feedfacefeedfacefeedfacefeedface";
 
@@ -77,7 +78,7 @@ async fn coord(e: &EtcdServer) -> Coordinator<EtcdStore> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_lock_waits_for_slot_reboots_and_releases_after_good_boot() {
     let e = EtcdServer::start().unwrap_or_else(|e| panic!("{e}"));
-    let bus = DbusDaemon::start().unwrap_or_else(|e| panic!("{e}"));
+    let bus = PrivateBus::start();
     let (engine, status) = FakeEngine::serve(&bus.address, "UPDATE_STATUS_IDLE")
         .await
         .unwrap();
@@ -164,7 +165,7 @@ async fn etcd_lock_waits_for_slot_reboots_and_releases_after_good_boot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_daemon_hold_is_freed_after_lease_ttl() {
     let e = EtcdServer::start().unwrap_or_else(|e| panic!("{e}"));
-    let bus = DbusDaemon::start().unwrap_or_else(|e| panic!("{e}"));
+    let bus = PrivateBus::start();
     let (_engine, _status) = FakeEngine::serve(&bus.address, NEED_REBOOT).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
@@ -193,7 +194,7 @@ async fn killed_daemon_hold_is_freed_after_lease_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reboot_strategy_reacts_to_send_need_reboot_and_off_does_not() {
-    let bus = DbusDaemon::start().unwrap_or_else(|e| panic!("{e}"));
+    let bus = PrivateBus::start();
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let mut daemons = vec![];
     for (dir, strategy) in dirs.iter().zip(["reboot", "off"]) {
@@ -230,7 +231,7 @@ async fn reboot_strategy_reacts_to_send_need_reboot_and_off_does_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleetlock_strategy_takes_and_releases_a_slot() {
     let e = EtcdServer::start().unwrap_or_else(|e| panic!("{e}"));
-    let bus = DbusDaemon::start().unwrap_or_else(|e| panic!("{e}"));
+    let bus = PrivateBus::start();
     let (engine, status) = FakeEngine::serve(&bus.address, NEED_REBOOT).await.unwrap();
     let c = coord(&e).await;
     let dir = tempfile::tempdir().unwrap();

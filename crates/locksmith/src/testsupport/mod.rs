@@ -1,6 +1,6 @@
 //! Real components for tests and benchmarks: etcd (`/usr/bin/etcd`, Debian etcd-server) in a
 //! temporary data dir on free loopback ports, killed on drop, and restartable on the same ports
-//! and data (an etcd outage); a private dbus-daemon; a stand-in update engine on D-Bus; and in
+//! and data (an etcd outage); a stand-in update engine on D-Bus; and in
 //! [`tls`] a throwaway CA and nginx terminating TLS.
 
 pub mod tls;
@@ -150,44 +150,6 @@ impl EtcdServer {
 impl Drop for EtcdServer {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// A private `dbus-daemon --session` (Debian `dbus`), killed on drop.
-pub struct DbusDaemon {
-    child: Child,
-    /// The bus address to connect to.
-    pub address: String,
-}
-
-impl DbusDaemon {
-    pub fn start() -> Result<Self, String> {
-        use std::io::BufRead;
-        let mut child = Command::new("dbus-daemon")
-            .args(["--session", "--nofork", "--nopidfile", "--print-address=1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting dbus-daemon (install Debian package dbus): {e}"))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .map_err(|e| format!("reading dbus-daemon address: {e}"))?;
-        let address = line.trim().to_string();
-        if address.is_empty() {
-            let _ = child.kill();
-            return Err("dbus-daemon printed no address".into());
-        }
-        Ok(DbusDaemon { child, address })
-    }
-}
-
-impl Drop for DbusDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
