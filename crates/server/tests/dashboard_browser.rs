@@ -114,6 +114,23 @@ async fn text(c: &Client, css: &str) -> String {
         .expect("text")
 }
 
+/// Waits (up to 20 s) until the browser is on a URL containing `part`: a
+/// click returns before the navigation it starts has finished.
+async fn wait_url(c: &Client, part: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let url = c.current_url().await.expect("url");
+        if url.as_str().contains(part) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reached {part}, still at {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn login(c: &Client, base: &str, token: &str) {
     c.goto(&format!("{base}/ui/")).await.expect("goto");
     // Not logged in: the dashboard sends us to the login form.
@@ -169,6 +186,11 @@ async fn browser_login_rollout_pause_and_search() {
             .click()
             .await
             .expect("click");
+        wait_url(&c, &format!("/groups/{GROUP}")).await;
+        c.wait()
+            .for_element(Locator::Css("#group-name"))
+            .await
+            .expect("the group page");
         assert_eq!(text(&c, "#group-name").await, GROUP);
         assert_eq!(text(&c, "#total").await, TOTAL.to_string());
         for (status, n) in EXPECTED {
@@ -249,6 +271,8 @@ async fn browser_login_rollout_pause_and_search() {
             .click()
             .await
             .expect("click");
+        // The list page had a table before the search: wait for the new page.
+        wait_url(&c, "q=node-08").await;
         c.wait()
             .for_element(Locator::Css("#instances"))
             .await
@@ -285,6 +309,7 @@ async fn browser_login_rollout_pause_and_search() {
             .click()
             .await
             .expect("click");
+        wait_url(&c, "/ui/login").await;
         login(&c, &base, "viewer-token").await;
         c.goto(&format!("{base}/ui/apps/{APP}/groups/{GROUP}"))
             .await
