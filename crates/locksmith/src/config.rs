@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fastpatch_update_conf::{UpdateConf, UpdateConfError};
+
 use crate::etcd::EtcdConfig;
 use crate::strategy::Strategy;
 use crate::window::{parse_length, parse_zone, Window, WindowError};
@@ -26,48 +28,28 @@ pub enum ConfigError {
     NoFleetlockUrl,
 }
 
-/// Parses update.conf text: `KEY=VALUE` lines, `#` comments, surrounding quotes stripped.
-pub fn parse_update_conf(text: &str) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        if let Some((k, v)) = line.split_once('=') {
-            let v = v.trim();
-            let v = v
-                .strip_prefix('"')
-                .and_then(|x| x.strip_suffix('"'))
-                .or_else(|| v.strip_prefix('\'').and_then(|x| x.strip_suffix('\'')))
-                .unwrap_or(v);
-            m.insert(k.trim().to_string(), v.to_string());
-        }
-    }
-    m
-}
-
-/// The merged key/value view: env (LOCKSMITHD_*) over /etc over /usr/share.
+/// The merged key/value view: `LOCKSMITHD_*` environment variables over update.conf, read by
+/// the same reader as the engine's (`fastpatch-update-conf`: `/etc/flatcar`, `/etc/coreos`,
+/// `/usr/share/flatcar`, `/usr/share/coreos`; the first file that sets a key wins).
 pub struct Settings {
-    file: BTreeMap<String, String>,
+    file: UpdateConf,
     env: BTreeMap<String, String>,
 }
 
 impl Settings {
-    /// Reads the update.conf files under `root` and the given environment.
-    pub fn load(root: &Path, env: impl IntoIterator<Item = (String, String)>) -> Self {
-        let mut file = BTreeMap::new();
-        for p in ["usr/share/flatcar/update.conf", "etc/flatcar/update.conf"] {
-            if let Ok(t) = std::fs::read_to_string(root.join(p)) {
-                // Later (more specific) files override: /etc wins over /usr/share.
-                file.extend(parse_update_conf(&t));
-            }
-        }
+    /// Reads the update.conf files under `root` and the given environment. An update.conf
+    /// that exists but cannot be read is an error, as it is for the engine: skipping it could
+    /// change the reboot strategy or the lock group without a word.
+    pub fn load(
+        root: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, UpdateConfError> {
+        let file = UpdateConf::load(root)?;
         let env = env
             .into_iter()
             .filter(|(k, v)| k.starts_with("LOCKSMITHD_") && !v.is_empty())
             .collect();
-        Settings { file, env }
+        Ok(Settings { file, env })
     }
 
     /// Only `LOCKSMITHD_<key>` (env, then file): for keys whose plain name means something else
@@ -76,9 +58,10 @@ impl Settings {
         let pre = format!("LOCKSMITHD_{key}");
         self.env
             .get(&pre)
+            .map(String::as_str)
             .or_else(|| self.file.get(&pre))
             .filter(|v| !v.is_empty())
-            .cloned()
+            .map(str::to_string)
     }
 
     /// `LOCKSMITHD_<key>` from the environment, then the file's `LOCKSMITHD_<key>`, then the
@@ -87,10 +70,10 @@ impl Settings {
         let pre = format!("LOCKSMITHD_{key}");
         self.env
             .get(&pre)
-            .or_else(|| self.file.get(&pre))
-            .or_else(|| self.file.get(key))
+            .map(String::as_str)
+            .or_else(|| self.file.get_any(&[pre.as_str(), key]))
             .filter(|v| !v.is_empty())
-            .cloned()
+            .map(str::to_string)
     }
 }
 
@@ -240,7 +223,8 @@ mod tests {
                 ),
                 ("OTHER".into(), "x".into()),
             ],
-        );
+        )
+        .unwrap();
         let c = DaemonConfig::from_settings(r, &s).unwrap();
         assert_eq!(c.strategy, Strategy::EtcdLock);
         let w = c.window.unwrap();
@@ -255,8 +239,11 @@ mod tests {
         assert_eq!(c.group, "");
         // Defaults: best-effort, no window.
         let empty = tempfile::tempdir().unwrap();
-        let c = DaemonConfig::from_settings(empty.path(), &Settings::load(empty.path(), vec![]))
-            .unwrap();
+        let c = DaemonConfig::from_settings(
+            empty.path(),
+            &Settings::load(empty.path(), vec![]).unwrap(),
+        )
+        .unwrap();
         assert_eq!(c.strategy, Strategy::BestEffort);
         assert!(c.window.is_none());
         // Bad values are errors.
@@ -264,7 +251,8 @@ mod tests {
             let s = Settings::load(
                 empty.path(),
                 vec![(format!("LOCKSMITHD_{k}"), v.to_string())],
-            );
+            )
+            .unwrap();
             DaemonConfig::from_settings(empty.path(), &s)
                 .unwrap_err()
                 .to_string()
@@ -273,5 +261,34 @@ mod tests {
         assert!(bad("REBOOT_WINDOW_START", "04:00").contains("must be set together"));
         assert!(bad("REBOOT_STRATEGY", "fleetlock").contains("FLEETLOCK_URL"));
         assert!(bad("LEASE_TTL", "soon").contains("LEASE_TTL"));
+    }
+
+    #[test]
+    fn an_unreadable_update_conf_is_an_error_naming_the_file() {
+        let root = tempfile::tempdir().unwrap();
+        // A directory where the file should be: unreadable even for root.
+        std::fs::create_dir_all(root.path().join("etc/flatcar/update.conf")).unwrap();
+        let err = Settings::load(root.path(), vec![]).err().expect("an error");
+        assert!(
+            err.to_string().contains("etc/flatcar/update.conf"),
+            "error names the file: {err}"
+        );
+    }
+
+    #[test]
+    fn coreos_era_and_vendor_files_are_read_like_the_engine_reads_them() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("etc/coreos")).unwrap();
+        std::fs::create_dir_all(r.join("usr/share/coreos")).unwrap();
+        std::fs::write(r.join("etc/coreos/update.conf"), "REBOOT_STRATEGY=off\n").unwrap();
+        std::fs::write(
+            r.join("usr/share/coreos/update.conf"),
+            "REBOOT_STRATEGY=reboot\nLOCKSMITHD_REBOOT_DELAY=7s\n",
+        )
+        .unwrap();
+        let c = DaemonConfig::from_settings(r, &Settings::load(r, vec![]).unwrap()).unwrap();
+        assert_eq!(c.strategy, Strategy::Off);
+        assert_eq!(c.reboot_delay, Duration::from_secs(7));
     }
 }

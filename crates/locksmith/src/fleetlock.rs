@@ -87,7 +87,7 @@ impl GroupConfig {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if stamp.is_some() && stamp != cache.0 {
             if let Ok(text) = std::fs::read_to_string(&self.path) {
-                let parsed: BTreeMap<String, i64> = crate::config::parse_update_conf(&text)
+                let parsed: BTreeMap<String, i64> = fastpatch_update_conf::parse(&text, &self.path)
                     .into_iter()
                     .filter_map(|(k, v)| {
                         let n = v.parse::<i64>().ok().filter(|n| *n >= 0);

@@ -270,3 +270,23 @@ async fn fleetlock_strategy_takes_and_releases_a_slot() {
         "NAME=locksmithd\nSTRATEGY=fleetlock\nSTATE=running\n"
     );
 }
+
+#[test]
+fn an_unreadable_update_conf_stops_locksmithd_with_the_files_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // A directory where update.conf should be: unreadable even for root.
+    std::fs::create_dir_all(root.join("etc/flatcar/update.conf")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_locksmithd"))
+        .arg("--root")
+        .arg(root)
+        .env("LOCKSMITHD_REBOOT_STRATEGY", "reboot")
+        .output()
+        .expect("running locksmithd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "locksmithd started anyway: {stderr}");
+    assert!(
+        stderr.contains("reading update.conf") && stderr.contains("etc/flatcar/update.conf"),
+        "the error names the file: {stderr}"
+    );
+}

@@ -61,17 +61,7 @@ impl UpdateConf {
 
     /// Parses one file's text; keys already set by an earlier file keep their value.
     pub fn merge(&mut self, text: &str, path: &Path) {
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let Some((key, value)) = line.split_once('=') else {
-                tracing::warn!(file = %path.display(), line = n + 1, "ignoring line without '=': {line:?}");
-                continue;
-            };
-            let key = key.trim().to_string();
-            let value = unquote(value.trim()).to_string();
+        for (key, value) in parse(text, path) {
             self.values
                 .entry(key)
                 .or_insert((value, path.to_path_buf()));
@@ -116,6 +106,26 @@ impl UpdateConf {
     pub fn download_credentials(&self) -> Option<(&str, &str)> {
         Some((self.get("DOWNLOAD_USER")?, self.get("DOWNLOAD_PASSWORD")?))
     }
+}
+
+/// The `KEY=VALUE` pairs of one file's text, in file order: `#` starts a comment line, keys
+/// and values are trimmed, one pair of surrounding quotes is stripped from the value. A line
+/// without `=` is skipped with a warning naming `path` and the line number. The one parser of
+/// this format (update.conf, and locksmith's FleetLock group file).
+pub fn parse(text: &str, path: &Path) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            tracing::warn!(file = %path.display(), line = n + 1, "ignoring line without '=': {line:?}");
+            continue;
+        };
+        pairs.push((key.trim().to_string(), unquote(value.trim()).to_string()));
+    }
+    pairs
 }
 
 fn unquote(v: &str) -> &str {

@@ -32,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let settings = Settings::load(&args.root, std::env::vars());
+    let settings = Settings::load(&args.root, std::env::vars()).context("reading update.conf")?;
     let cfg = DaemonConfig::from_settings(&args.root, &settings).context("configuration")?;
     let conn = connect(cfg.dbus_address.as_deref())
         .await
