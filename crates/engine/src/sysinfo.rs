@@ -9,6 +9,8 @@ pub enum SysInfoError {
     Read { path: PathBuf, source: io::Error },
     #[error("{path} has no {key}= line")]
     Missing { path: PathBuf, key: &'static str },
+    #[error("no os-release to read the OS version from: neither {} nor {} exists", .0[0].display(), .0[1].display())]
+    NoOsRelease([PathBuf; 2]),
 }
 
 fn read(path: PathBuf) -> Result<String, SysInfoError> {
@@ -23,25 +25,28 @@ pub fn os_release_value(text: &str, key: &str) -> Option<String> {
     })
 }
 
-/// The running OS version: `VERSION` from `/usr/lib/os-release`, else `/etc/os-release`.
+/// The running OS version: `VERSION` from `/usr/lib/os-release`, else `/etc/os-release` (only
+/// when the first does not exist; any other read error is reported as it is).
 pub fn os_version(root: &Path) -> Result<String, SysInfoError> {
-    let mut last = None;
-    for rel in ["usr/lib/os-release", "etc/os-release"] {
-        let path = root.join(rel);
-        match read(path.clone()) {
+    let paths = [root.join("usr/lib/os-release"), root.join("etc/os-release")];
+    for path in &paths {
+        match std::fs::read_to_string(path) {
             Ok(text) => {
                 return os_release_value(&text, "VERSION").ok_or(SysInfoError::Missing {
-                    path,
+                    path: path.clone(),
                     key: "VERSION",
                 })
             }
-            Err(e) => last = Some(e),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(SysInfoError::Read {
+                    path: path.clone(),
+                    source,
+                })
+            }
         }
     }
-    Err(last.unwrap_or(SysInfoError::Missing {
-        path: root.join("usr/lib/os-release"),
-        key: "VERSION",
-    }))
+    Err(SysInfoError::NoOsRelease(paths))
 }
 
 /// `/etc/machine-id` (32 hex characters).
@@ -84,5 +89,25 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no VERSION= line"));
+    }
+
+    #[test]
+    fn no_os_release_names_both_paths_and_etc_is_the_fallback() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = os_version(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("usr/lib/os-release") && err.contains("etc/os-release"),
+            "{err}"
+        );
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/os-release"), "VERSION=7.1.0\n").unwrap();
+        assert_eq!(os_version(dir.path()).unwrap(), "7.1.0");
+        // An os-release that exists but cannot be read is that error, not the fallback.
+        std::fs::create_dir_all(dir.path().join("usr/lib/os-release")).unwrap();
+        let err = os_version(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("cannot read") && err.contains("usr/lib/os-release"),
+            "{err}"
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
 
 mod cgpt;
 mod disk;
@@ -16,8 +17,10 @@ mod disk;
 )]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info`, `fastpatch_disk=debug`.
-    #[arg(long, global = true, env = "FASTPATCH_LOG", default_value = "warn")]
-    log: String,
+    /// Default: `info` for the daemon (`engine run`: status changes and the server's answers),
+    /// `warn` for the one-shot commands.
+    #[arg(long, global = true, env = "FASTPATCH_LOG")]
+    log: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -56,7 +59,11 @@ fn main() {
         std::process::exit(code);
     }
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    let default_filter = match cli.command {
+        Command::Engine(_) => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log.as_deref().unwrap_or(default_filter));
     if let Err(err) = run(cli) {
         // One line per cause: what failed, then why.
         eprintln!("error: {err:#}");
@@ -81,10 +88,14 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
+        eprintln!("warning: log filter {filter:?} not understood ({e}); logging warnings only");
+        tracing_subscriber::EnvFilter::new("warn")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: a journal, a file or a pipe gets plain text.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
 }

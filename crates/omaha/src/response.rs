@@ -69,6 +69,22 @@ impl Status {
     pub fn is_error(&self) -> bool {
         self.as_str().starts_with("error-")
     }
+
+    /// Nebraska's answers that hold an update back for now: a rollout limit, updates disabled
+    /// for the group, no package on the channel, an update already in progress. Nothing is
+    /// wrong with the client; it asks again at its regular time. Every other `error-*` status
+    /// means the request or the server is broken (update_engine: OmahaResponseInvalid).
+    pub fn is_rollout_hold(&self) -> bool {
+        matches!(
+            self,
+            Status::ErrorNoPackageFound
+                | Status::ErrorMaxUpdatesPerPeriodLimitReached
+                | Status::ErrorMaxConcurrentUpdatesLimitReached
+                | Status::ErrorMaxTimedOutUpdatesLimitReached
+                | Status::ErrorUpdatesDisabled
+                | Status::ErrorUpdateInProgressOnInstance
+        )
+    }
 }
 
 /// `<response protocol="3.0" server="...">`.

@@ -262,6 +262,7 @@ fn admin_token(data_dir: &Path) -> Result<(String, PathBuf)> {
     let path = data_dir.join("admin-token");
     if let Ok(t) = std::fs::read_to_string(&path) {
         if !t.trim().is_empty() {
+            keep_private(&path)?;
             return Ok((t.trim().to_owned(), path));
         }
     }
@@ -285,6 +286,26 @@ fn admin_token(data_dir: &Path) -> Result<(String, PathBuf)> {
         writeln!(f, "{token}")?;
     }
     Ok((token, path))
+}
+
+/// The admin token file stays readable by its owner only: a mode widened by hand (or by a
+/// copy) is put back to 0600, with a warning that says so.
+fn keep_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            file = %path.display(),
+            "the admin token file was readable by others (mode {:o}); set back to 600",
+            mode & 0o777
+        );
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("setting {} to mode 600", path.display()))?;
+    }
+    Ok(())
 }
 
 pub async fn serve(db: &DbArgs, args: &ServeArgs) -> Result<()> {
@@ -327,6 +348,10 @@ pub async fn serve(db: &DbArgs, args: &ServeArgs) -> Result<()> {
     );
     println!(
         "  admin API:        {}/api/v1/  (OpenAPI: /api/v1/openapi.json; {token_note})",
+        handle.base_url()
+    );
+    println!(
+        "  dashboard:        {}/ui/   (log in with the admin token, or a --viewer-token for read-only)",
         handle.base_url()
     );
     println!(

@@ -278,7 +278,10 @@ async fn background_jobs(state: Arc<AppState>, when: Schedule, mut stop: watch::
             _ = prune.tick() => {
                 let now = state.clock.now().timestamp();
                 match state.store.prune(now, retention.keep_days * 86400, retention.silent_instance_days * 86400).await {
-                    Ok(r) => info!(?r, "retention job pruned old data"),
+                    Ok(r) => info!(
+                        "retention job: removed {} events, {} history rows, {} silent instances, {} grants, {} activity entries",
+                        r.events, r.history, r.instances, r.grants, r.activity
+                    ),
                     Err(e) => warn!(error = %e, "retention job failed"),
                 }
             }

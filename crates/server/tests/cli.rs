@@ -224,10 +224,17 @@ fn no_arguments_serves_with_defaults() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_fastpatch-server"))
         .env("FASTPATCH_DATA_DIR", dir.path().join("data"))
         .env("FASTPATCH_LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = err.read_to_string(&mut text);
+        text
+    });
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut banner = String::new();
     while !banner.contains("publish flatcar_production_update.gz") {
@@ -245,13 +252,28 @@ fn no_arguments_serves_with_defaults() {
         banner.contains("SQLite") && banner.contains("/v1/update/"),
         "{banner}"
     );
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    std::io::Write::write_all(&mut conn, b"GET /health HTTP/1.0\r\n\r\n").unwrap();
-    let mut health = String::new();
-    conn.read_to_string(&mut health).unwrap();
+    assert!(
+        banner.contains(&format!("dashboard:        http://127.0.0.1:{port}/ui/"))
+            && banner.contains("log in with the admin token"),
+        "the banner says where the dashboard is and how to log in: {banner}"
+    );
+    let get = |path: &str| {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::io::Write::write_all(&mut conn, format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let health = get("/health");
     assert!(
         health.starts_with("HTTP/1.0 200") || health.starts_with("HTTP/1.1 200"),
         "{health}"
+    );
+    let ui = get("/ui/");
+    assert!(
+        ui.contains(" 303 ") && ui.contains("location: /ui/login"),
+        "the dashboard the banner names answers (with its login page): {ui}"
     );
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -263,7 +285,60 @@ fn no_arguments_serves_with_defaults() {
     let _ = out.read_to_string(&mut rest);
     assert!(status.success(), "exit status {status:?}");
     assert!(dir.path().join("data/fastpatch.db").exists());
-    assert!(dir.path().join("data/admin-token").exists());
+    let token = dir.path().join("data/admin-token");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the generated admin token is private");
+    // A log written to a pipe carries no colour codes.
+    let log = log.join().unwrap();
+    assert!(log.contains("INFO"), "the server logged: {log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape codes in a piped log: {log}"
+    );
+}
+
+/// An admin token file whose mode was widened is put back to 0600 at the next start.
+#[test]
+fn a_widened_admin_token_file_is_made_private_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let token = data.join("admin-token");
+    std::fs::write(&token, "0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fastpatch-server"))
+        .env("FASTPATCH_DATA_DIR", &data)
+        .env("FASTPATCH_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The banner's first line comes after the token was read.
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let mode = std::fs::metadata(&token).unwrap().permissions().mode();
+    assert!(line.contains("listening"), "{line}");
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        std::fs::read_to_string(&token).unwrap(),
+        "0123456789abcdef\n",
+        "token kept"
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("readable by others"), "{log}");
 }
 
 both_backends!(admin_commands);

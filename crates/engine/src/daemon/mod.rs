@@ -457,6 +457,9 @@ impl Daemon {
     fn server_url(&self) -> (UpdateConf, Option<String>) {
         match UpdateConf::load(&self.cfg.root) {
             Ok(conf) => {
+                if conf.get("SERVER").is_none() {
+                    warn_default_server_once(&self.cfg.root);
+                }
                 let url = match conf.server() {
                     Server::Url(u) => Some(u),
                     Server::Disabled => None,
@@ -639,4 +642,22 @@ async fn recv_opt(rx: &mut Option<mpsc::UnboundedReceiver<Input>>) -> Option<Inp
         Some(r) => r.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// No update.conf sets SERVER: the machine asks Flatcar's public server, as update_engine does.
+/// Said once per process, at the first check, with the files that were looked for.
+fn warn_default_server_once(root: &std::path::Path) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let looked: Vec<String> = fastpatch_update_conf::SEARCH_PATHS
+        .iter()
+        .map(|rel| root.join(rel).display().to_string())
+        .collect();
+    tracing::warn!(
+        "no update.conf sets SERVER (looked for {}): checking the public Flatcar server {}",
+        looked.join(", "),
+        fastpatch_update_conf::DEFAULT_SERVER
+    );
 }

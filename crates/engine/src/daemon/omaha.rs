@@ -201,9 +201,9 @@ pub fn interpret_check(app_id: &str, body: &[u8]) -> (Input, Option<u32>) {
     let Some(app) = resp.app(app_id).or_else(|| resp.apps.first()) else {
         return invalid("no <app> in the response".into());
     };
-    if app.status.is_error() {
-        // The server refused this app or group (Nebraska's error-* statuses): nothing to
-        // install, try again at the regular time.
+    if app.status.is_rollout_hold() {
+        // A rollout limit or a paused group (Nebraska's statuses): nothing to install now,
+        // try again at the regular time.
         tracing::info!(
             status = app.status.as_str(),
             "server declined the update check"
@@ -211,6 +211,20 @@ pub fn interpret_check(app_id: &str, body: &[u8]) -> (Input, Option<u32>) {
         return (
             Input::CheckFailed {
                 server_error: false,
+            },
+            None,
+        );
+    }
+    if app.status.is_error() {
+        // An unknown app or group, an internal error, or a status nobody defined: as
+        // update_engine does, an error that is logged and reported.
+        tracing::error!(
+            status = app.status.as_str(),
+            "the server refused the update check"
+        );
+        return (
+            Input::Failed {
+                code: ErrorCode::OMAHA_RESPONSE_INVALID,
             },
             None,
         );
@@ -380,12 +394,23 @@ mod tests {
                 code: ErrorCode::OMAHA_RESPONSE_INVALID
             }
         );
-        let refused = br#"<response protocol="3.0"><app appid="x" status="error-unknownApplicationOrGroup"/></response>"#;
+        let held = br#"<response protocol="3.0"><app appid="x" status="error-maxConcurrentUpdatesLimitReached"/></response>"#;
         assert_eq!(
-            interpret_check(app, refused).0,
+            interpret_check(app, held).0,
             Input::CheckFailed {
                 server_error: false
             }
         );
+        for refused in [
+            &br#"<response protocol="3.0"><app appid="x" status="error-unknownApplicationOrGroup"/></response>"#[..],
+            br#"<response protocol="3.0"><app appid="x" status="error-somethingNew"/></response>"#,
+        ] {
+            assert_eq!(
+                interpret_check(app, refused).0,
+                Input::Failed {
+                    code: ErrorCode::OMAHA_RESPONSE_INVALID
+                }
+            );
+        }
     }
 }

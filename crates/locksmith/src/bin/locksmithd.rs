@@ -1,5 +1,6 @@
 //! locksmithd: reboots the machine when an update is staged, coordinated per REBOOT_STRATEGY.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -31,6 +32,8 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: a journal, a file or a pipe gets plain text.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     let settings = Settings::load(&args.root, std::env::vars()).context("reading update.conf")?;
     let cfg = DaemonConfig::from_settings(&args.root, &settings).context("configuration")?;
