@@ -145,35 +145,41 @@ fn parse(
         .get("fleet-lock-protocol")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim() == "true");
+    // airlock's kinds (Zincati logs and labels its metrics by them): every malformed request
+    // is an invalid client identity; a group that is not configured or not a valid name is
+    // an unknown group.
     if !ok_header {
         return Err(error(
             StatusCode::BAD_REQUEST,
-            "missing_protocol_header",
+            "invalid_client_identity",
             "header fleet-lock-protocol: true is required",
         ));
     }
     let req: Request = serde_json::from_slice(body).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
-            "invalid_request_body",
+            "invalid_client_identity",
             format!("body is not {{\"client_params\":{{\"id\",\"group\"}}}}: {e}"),
         )
     })?;
     let ClientParams { id, group } = req.client_params;
-    if id.trim().is_empty() || !valid_group(&group) {
+    if id.trim().is_empty() {
         return Err(error(
             StatusCode::BAD_REQUEST,
             "invalid_client_identity",
-            "id must be non-empty and group must match ^[a-zA-Z0-9.-]+$",
+            "client_params.id must be non-empty",
         ));
     }
-    let slots = server.groups.groups().get(&group).copied().ok_or_else(|| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "unknown_group",
-            format!("group {group:?} is not configured"),
-        )
-    })?;
+    let slots = valid_group(&group)
+        .then(|| server.groups.groups().get(&group).copied())
+        .flatten()
+        .ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "unknown_group",
+                format!("group {group:?} is not configured (names match ^[a-zA-Z0-9.-]+$)"),
+            )
+        })?;
     Ok((id, group, slots))
 }
 

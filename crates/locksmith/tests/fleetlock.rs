@@ -61,15 +61,18 @@ fn kind(text: &str) -> String {
 async fn protocol_cases() {
     let s = setup("default=2\nworkers=1\n").await;
     let b = &s.base;
-    // Missing header, bad JSON, bad identity, unknown group.
+    // airlock's kinds: missing header, bad JSON, no client_params, incomplete client_params
+    // and an empty id are invalid identities; an invalid or unconfigured group is unknown.
     let (st, t) = post(b, "/v1/pre-reboot", false, &body("a", "default")).await;
-    assert_eq!((st, kind(&t).as_str()), (400, "missing_protocol_header"));
-    let (st, t) = post(b, "/v1/pre-reboot", true, "{not json").await;
-    assert_eq!((st, kind(&t).as_str()), (400, "invalid_request_body"));
-    let (st, t) = post(b, "/v1/pre-reboot", true, r#"{"client_params":{"id":"a"}}"#).await;
-    assert_eq!((st, kind(&t).as_str()), (400, "invalid_request_body"));
-    let (st, t) = post(b, "/v1/pre-reboot", true, &body("a", "bad/group")).await;
     assert_eq!((st, kind(&t).as_str()), (400, "invalid_client_identity"));
+    let (st, t) = post(b, "/v1/pre-reboot", true, "{not json").await;
+    assert_eq!((st, kind(&t).as_str()), (400, "invalid_client_identity"));
+    let (st, t) = post(b, "/v1/pre-reboot", true, r#"{"other":1}"#).await;
+    assert_eq!((st, kind(&t).as_str()), (400, "invalid_client_identity"));
+    let (st, t) = post(b, "/v1/pre-reboot", true, r#"{"client_params":{"id":"a"}}"#).await;
+    assert_eq!((st, kind(&t).as_str()), (400, "invalid_client_identity"));
+    let (st, t) = post(b, "/v1/pre-reboot", true, &body("a", "bad/group")).await;
+    assert_eq!((st, kind(&t).as_str()), (400, "unknown_group"));
     let (st, t) = post(b, "/v1/pre-reboot", true, &body("", "default")).await;
     assert_eq!((st, kind(&t).as_str()), (400, "invalid_client_identity"));
     let (st, t) = post(b, "/v1/pre-reboot", true, &body("a", "nope")).await;
@@ -134,7 +137,7 @@ async fn protocol_cases() {
         200
     );
     let (st, t) = post(b, "/v1/steady-state", false, &body("c", "default")).await;
-    assert_eq!((st, kind(&t).as_str()), (400, "missing_protocol_header"));
+    assert_eq!((st, kind(&t).as_str()), (400, "invalid_client_identity"));
     let wc = Coordinator::new(s.store.clone(), "workers", RetryPolicy::short());
     assert_eq!(wc.get().await.unwrap().holders(), ["c"]);
 }
