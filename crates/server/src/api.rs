@@ -81,15 +81,7 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-/// Constant-time comparison, so token checks leak no prefix timing.
-fn token_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
+/// The role a bearer token grants (tokens are compared in constant time).
 pub fn role_of(state: &AppState, headers: &HeaderMap) -> Option<Role> {
     let token = headers
         .get(header::AUTHORIZATION)?
@@ -97,9 +89,17 @@ pub fn role_of(state: &AppState, headers: &HeaderMap) -> Option<Role> {
         .ok()?
         .strip_prefix("Bearer ")?
         .trim();
-    if state.admin_tokens.iter().any(|t| token_eq(t, token)) {
+    if state
+        .admin_tokens
+        .iter()
+        .any(|t| crate::dashboard::auth::same(t, token))
+    {
         Some(Role::Admin)
-    } else if state.viewer_tokens.iter().any(|t| token_eq(t, token)) {
+    } else if state
+        .viewer_tokens
+        .iter()
+        .any(|t| crate::dashboard::auth::same(t, token))
+    {
         Some(Role::Viewer)
     } else {
         None

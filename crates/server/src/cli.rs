@@ -154,6 +154,11 @@ pub struct ServeArgs {
     pub admin_token: Vec<String>,
     #[arg(long, env = "FASTPATCH_VIEWER_TOKEN")]
     pub viewer_token: Vec<String>,
+    /// A reverse proxy (address or network, e.g. 127.0.0.1 or 10.0.0.0/8) whose
+    /// X-Forwarded-For header names the client; repeat or separate with commas. From any
+    /// other peer the header is ignored. Default: none (the peer's address is recorded).
+    #[arg(long, env = "FASTPATCH_TRUSTED_PROXY", value_delimiter = ',', value_parser = parse_proxy)]
+    pub trusted_proxy: Vec<ipnet::IpNet>,
     /// Keep events, history and activity this many days.
     #[arg(long, default_value_t = 90)]
     pub retention_days: i64,
@@ -172,6 +177,7 @@ impl Default for ServeArgs {
             public_url: None,
             admin_token: Vec::new(),
             viewer_token: Vec::new(),
+            trusted_proxy: Vec::new(),
             retention_days: 90,
             silent_instance_days: 180,
             http_threads: None,
@@ -288,6 +294,14 @@ fn admin_token(data_dir: &Path) -> Result<(String, PathBuf)> {
     Ok((token, path))
 }
 
+/// `--trusted-proxy`: a network (`10.0.0.0/8`) or one address (`127.0.0.1`, `::1`).
+fn parse_proxy(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not an IP address or network (e.g. 127.0.0.1, 10.0.0.0/8)"))
+}
+
 /// The admin token file stays readable by its owner only: a mode widened by hand (or by a
 /// copy) is put back to 0600, with a warning that says so.
 fn keep_private(path: &Path) -> Result<()> {
@@ -314,6 +328,7 @@ pub async fn serve(db: &DbArgs, args: &ServeArgs) -> Result<()> {
     config.listen = args.listen;
     config.public_url = args.public_url.clone();
     config.viewer_tokens = args.viewer_token.clone();
+    config.trusted_proxies = args.trusted_proxy.clone();
     if let Some(n) = args.http_threads {
         config.http_threads = n.max(1);
     }

@@ -1,6 +1,6 @@
 //! Routes: Omaha, payloads, health, metrics, the admin API and its OpenAPI document.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use futures_util::StreamExt;
+use ipnet::IpNet;
 use tracing::{error, warn};
 
 use crate::omaha::OmahaError;
@@ -51,12 +52,7 @@ async fn update(
             return e.into_response();
         }
     };
-    let ip = headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|| peer.ip().to_string());
+    let ip = client_ip(peer.ip(), &headers, &state.trusted_proxies).to_string();
     match crate::omaha::handle(&state, &body, Some(ip)).await {
         Ok(xml) => ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], xml).into_response(),
         Err(OmahaError::BadRequest(e)) => {
@@ -216,4 +212,34 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }
+}
+
+/// The address an instance is recorded with. `X-Forwarded-For` counts only when the peer is
+/// one of the configured proxies: then the nearest address in the header that is not itself
+/// a trusted proxy (read from the right, as each proxy appends the address it saw). From
+/// anyone else the header is ignored, so a machine cannot record someone else's address.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut nearest = peer;
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>() else {
+            // A malformed entry: nothing left of it can be trusted.
+            break;
+        };
+        nearest = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    nearest
 }

@@ -23,6 +23,7 @@ pub mod payloads;
 pub mod policy;
 mod serve;
 pub mod store;
+pub mod throttle;
 pub mod version;
 
 use std::net::SocketAddr;
@@ -70,6 +71,9 @@ pub struct Config {
     pub public_url: Option<String>,
     pub admin_tokens: Vec<String>,
     pub viewer_tokens: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed (addresses or networks); from any other
+    /// peer the header is ignored. Default: none.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub retention: Retention,
     /// How often grants are checked for safe-mode timeouts.
     pub timeout_sweep: Duration,
@@ -94,6 +98,7 @@ impl Config {
             public_url: None,
             admin_tokens: Vec::new(),
             viewer_tokens: Vec::new(),
+            trusted_proxies: Vec::new(),
             retention: Retention::default(),
             timeout_sweep: Duration::from_secs(60),
             checkin_flush: Duration::from_secs(5),
@@ -124,7 +129,10 @@ pub struct AppState {
     pub data_dir: PathBuf,
     pub admin_tokens: Vec<String>,
     pub viewer_tokens: Vec<String>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub max_body_bytes: usize,
+    /// Refused dashboard logins per client address.
+    pub login_throttle: throttle::LoginThrottle,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -220,7 +228,9 @@ impl Server {
             data_dir: config.data_dir.clone(),
             admin_tokens: config.admin_tokens.clone(),
             viewer_tokens: config.viewer_tokens.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
             max_body_bytes: config.max_body_bytes,
+            login_throttle: throttle::LoginThrottle::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let router = http::router(state.clone());

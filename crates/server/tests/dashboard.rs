@@ -645,3 +645,46 @@ async fn sampler_tiers_sqlite() {
 async fn sampler_tiers_postgres() {
     sampler_tiers(Backend::Postgres).await;
 }
+
+/// Guessing tokens at the login is slowed per address: after the free failures every attempt,
+/// even with the right token, waits as long as Retry-After says; then the right token works.
+#[tokio::test]
+async fn repeated_wrong_tokens_are_slowed_down() {
+    use fastpatch_server::throttle::FREE_FAILURES;
+    let s = server(Backend::Sqlite).await;
+    let mut ui = Ui::new(&s);
+    for n in 1..=FREE_FAILURES {
+        let p = ui.login("guess").await;
+        assert_eq!(p.status, 401, "wrong token {n}: {}", p.body);
+    }
+    let attempt = |token: &str| {
+        ui.http
+            .post(format!("{}/ui/login", ui.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[("token", token)]))
+            .send()
+    };
+    let r = attempt("admin-token").await.expect("login");
+    assert_eq!(r.status().as_u16(), 429, "the right token waits too");
+    let retry: u64 = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After header");
+    assert!((1..=2).contains(&retry), "first wait: {retry} s");
+    assert!(r
+        .text()
+        .await
+        .expect("body")
+        .contains("Too many wrong tokens"));
+    tokio::time::sleep(std::time::Duration::from_secs(retry)).await;
+    let p = ui.login("admin-token").await;
+    assert_eq!(
+        p.status, 303,
+        "after the wait the right token works: {}",
+        p.body
+    );
+    assert!(ui.cookie.is_some());
+    s.handle.shutdown().await;
+}

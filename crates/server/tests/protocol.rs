@@ -481,7 +481,67 @@ async fn retention_prunes_old_data(b: Backend) {
     s.handle.shutdown().await;
 }
 
+/// `X-Forwarded-For` names the client only when the peer is a configured proxy.
+async fn recorded_ip(s: &support::TestServer, machine: &str, xff: &str) -> Option<String> {
+    let body = request(machine, OLD, "stable", vec![], true).to_xml();
+    let r = s
+        .http
+        .post(&s.url)
+        .header("x-forwarded-for", xff)
+        .body(body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 200);
+    s.handle
+        .store()
+        .instance(FLATCAR_APP_ID, machine)
+        .await
+        .expect("db")
+        .expect("instance")
+        .ip
+}
+
+async fn forwarded_for_is_believed_only_from_trusted_proxies(b: Backend) {
+    let record = recorded_ip;
+    // No proxy configured: the header is ignored, the peer (loopback) is recorded.
+    let s = server(b).await;
+    assert_eq!(
+        record(&s, "spoofer", "203.0.113.9").await.as_deref(),
+        Some("127.0.0.1")
+    );
+    s.handle.shutdown().await;
+    // Loopback is the proxy: the nearest untrusted hop is the client.
+    let s = support::server_with(b, |c| {
+        c.trusted_proxies = vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "10.1.0.0/16".parse().unwrap(),
+        ]
+    })
+    .await;
+    assert_eq!(
+        record(&s, "behind-proxy", "198.51.100.7").await.as_deref(),
+        Some("198.51.100.7")
+    );
+    // A client that sends its own header cannot choose the address: the proxies append.
+    assert_eq!(
+        record(&s, "forged", "203.0.113.9, 198.51.100.8, 10.1.2.3")
+            .await
+            .as_deref(),
+        Some("198.51.100.8")
+    );
+    // Garbage stops the walk at the last good hop.
+    assert_eq!(
+        record(&s, "garbage", "not-an-ip, 10.1.2.3")
+            .await
+            .as_deref(),
+        Some("10.1.2.3")
+    );
+    s.handle.shutdown().await;
+}
+
 both_backends!(
+    forwarded_for_is_believed_only_from_trusted_proxies,
     update_flow_moves_status,
     no_update_and_no_downgrade,
     rollback_halts_group_in_safe_mode,

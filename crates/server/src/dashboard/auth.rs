@@ -5,9 +5,11 @@
 //! on every server process, with no session table. Each request's role comes
 //! from [`crate::api::role_of`], the REST API's own check.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -46,7 +48,8 @@ pub fn csrf_token(token: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// Constant-time string comparison.
+/// Constant-time string comparison (tokens, CSRF tokens): the time depends only on the
+/// lengths, never on where the first difference is.
 pub fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
@@ -157,14 +160,37 @@ pub struct LoginForm {
     token: String,
 }
 
-pub async fn login(State(state): State<Arc<AppState>>, Form(f): Form<LoginForm>) -> Response {
+pub async fn login(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let ip = crate::http::client_ip(peer.ip(), &headers, &state.trusted_proxies);
+    let now = Instant::now();
+    if let Some(wait) = state.login_throttle.must_wait(ip, now) {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        tracing::warn!(%ip, "dashboard login refused unread: too many wrong tokens, {secs} s to wait");
+        let mut resp = login_form(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(&format!(
+                "Too many wrong tokens from this address. Try again in {secs} s."
+            )),
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return resp;
+    }
     let token = f.token.trim();
     if role_for_token(&state, token).is_none() {
+        let count = state.login_throttle.failed(ip, now);
+        tracing::warn!(%ip, "dashboard login with a token this server does not accept ({count} in a row)");
         return login_form(
             StatusCode::UNAUTHORIZED,
             Some("That token is not accepted by this server."),
         );
     }
+    state.login_throttle.succeeded(ip);
     let secure = if state.public_url.starts_with("https://") {
         "; Secure"
     } else {
