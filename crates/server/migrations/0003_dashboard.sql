@@ -4,7 +4,8 @@
 -- four resolutions (res = 60, 900, 3600, 21600 s; bucket = start of the interval,
 -- each bucket holds the last sample taken in it). A chart reads at most a
 -- few thousand rows through the primary key, however many instances exist.
--- Idempotent: the dashboard applies it itself on start (IF NOT EXISTS).
+-- Applied with the other migrations; IF NOT EXISTS because earlier servers had the
+-- dashboard create these itself, so a database may have them without version 3 recorded.
 
 CREATE TABLE IF NOT EXISTS dashboard_samples (
     app_id TEXT NOT NULL,

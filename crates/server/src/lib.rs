@@ -289,8 +289,8 @@ async fn background_jobs(state: Arc<AppState>, when: Schedule, mut stop: watch::
                 let now = state.clock.now().timestamp();
                 match state.store.prune(now, retention.keep_days * 86400, retention.silent_instance_days * 86400).await {
                     Ok(r) => info!(
-                        "retention job: removed {} events, {} history rows, {} silent instances, {} grants, {} activity entries",
-                        r.events, r.history, r.instances, r.grants, r.activity
+                        "retention job: removed {} events, {} history rows, {} silent instances, {} grants, {} activity entries, {} expired sessions",
+                        r.events, r.history, r.instances, r.grants, r.activity, r.sessions
                     ),
                     Err(e) => warn!(error = %e, "retention job failed"),
                 }

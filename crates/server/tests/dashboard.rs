@@ -688,3 +688,66 @@ async fn repeated_wrong_tokens_are_slowed_down() {
     assert!(ui.cookie.is_some());
     s.handle.shutdown().await;
 }
+
+/// Sessions are opaque and live on the server: the cookie is not the token, another server
+/// process on the same database honours it, logout ends it for every process, and a session
+/// whose token was removed from the server is over.
+async fn sessions_are_opaque_shared_and_revocable(b: Backend) {
+    let s = server(b).await;
+    let mut ui = Ui::new(&s);
+    assert_eq!(ui.login("admin-token").await.status, 303);
+    let cookie = ui.cookie.clone().expect("a session cookie");
+    let value = cookie.split_once('=').expect("name=value").1;
+    assert_eq!(value.len(), 64, "{cookie}");
+    assert!(
+        !value.contains(&hex::encode("admin-token")) && !value.contains("admin-token"),
+        "the cookie does not carry the token: {cookie}"
+    );
+    // A second process on the same database.
+    let other = support::server_on(&s.db_url, tempfile::tempdir().expect("tempdir")).await;
+    let mut ui2 = Ui::new(&other);
+    ui2.cookie = Some(cookie.clone());
+    assert_eq!(
+        ui2.get("/ui/").await.status,
+        200,
+        "the other process knows the session"
+    );
+    // Logout on the first ends it on both.
+    let csrf = csrf_of(&ui.get("/ui/").await.body);
+    let out = ui.post("/ui/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(
+        (out.status, out.location.as_deref()),
+        (303, Some("/ui/login"))
+    );
+    for (name, u) in [("first", &ui), ("second", &ui2)] {
+        let p = u.get("/ui/").await;
+        assert_eq!(
+            (p.status, p.location.as_deref()),
+            (303, Some("/ui/login")),
+            "the replayed cookie after logout, {name} process"
+        );
+    }
+    other.handle.shutdown().await;
+    // A server that no longer has the token ends its sessions.
+    assert_eq!(ui.login("viewer-token").await.status, 303);
+    let viewer_cookie = ui.cookie.clone().expect("cookie");
+    let without_viewer = support::server_with_db(&s.db_url, |c| c.viewer_tokens.clear()).await;
+    let mut ui3 = Ui::new(&without_viewer);
+    ui3.cookie = Some(viewer_cookie);
+    assert_eq!(
+        ui3.get("/ui/").await.status,
+        303,
+        "the viewer token was removed"
+    );
+    without_viewer.handle.shutdown().await;
+    s.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn sessions_are_opaque_shared_and_revocable_sqlite() {
+    sessions_are_opaque_shared_and_revocable(Backend::Sqlite).await;
+}
+#[tokio::test]
+async fn sessions_are_opaque_shared_and_revocable_postgres() {
+    sessions_are_opaque_shared_and_revocable(Backend::Postgres).await;
+}

@@ -1,9 +1,11 @@
-//! Login with an API bearer token, the session cookie, CSRF tokens.
+//! Login with an API bearer token, opaque server-side sessions, CSRF tokens.
 //!
-//! The cookie holds the token itself (hex, HttpOnly, SameSite=Strict), so a
-//! session is valid exactly as long as the token is configured on the server,
-//! on every server process, with no session table. Each request's role comes
-//! from [`crate::api::role_of`], the REST API's own check.
+//! A login checks the token with the REST API's own check and creates a session: the cookie
+//! holds a random id (HttpOnly, SameSite=Strict, Secure over https), the database keeps only
+//! its SHA-256, the SHA-256 of the token and the expiry (12 h), so sessions work on every
+//! server process sharing the database, a stolen cookie dies at logout or expiry, and
+//! removing a token from the server ends its sessions. Each request's role comes from
+//! [`crate::api::role_of`] for the session's token. A `Bearer` header works too (scripts).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +26,8 @@ use crate::api::Role;
 use crate::AppState;
 
 pub const COOKIE: &str = "fastpatch_session";
+/// How long a session lasts (also the cookie's Max-Age).
+pub const SESSION_SECS: i64 = 12 * 3600;
 
 /// A logged-in user: their token, role and CSRF token.
 #[derive(Debug, Clone)]
@@ -31,6 +35,8 @@ pub struct Session {
     pub token: String,
     pub role: Role,
     pub csrf: String,
+    /// The cookie's session id; `None` for a request with a `Bearer` header.
+    pub id: Option<String>,
 }
 
 impl Session {
@@ -39,10 +45,10 @@ impl Session {
     }
 }
 
-/// The CSRF token for a session: HMAC-SHA256 keyed with the session's token,
-/// so it cannot be computed without the token and needs no server state.
-pub fn csrf_token(token: &str) -> String {
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(token.as_bytes())
+/// The CSRF token for a session: HMAC-SHA256 keyed with the session's secret (its random
+/// id, or the bearer token), so it cannot be computed without it and needs no server state.
+pub fn csrf_token(secret: &str) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
         .expect("HMAC accepts keys of any length");
     mac.update(b"fastpatch-dashboard-csrf-v1");
     hex::encode(mac.finalize().into_bytes())
@@ -58,15 +64,29 @@ pub fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// The session token from a `Cookie` header value, if any.
-pub fn token_from_cookie(cookie_header: &str) -> Option<String> {
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// A new random session id (256 bits, hex).
+fn new_session_id() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// The session id from a `Cookie` header value, if it has the shape of one.
+pub fn session_id_from_cookie(cookie_header: &str) -> Option<String> {
     cookie_header
         .split(';')
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == COOKIE)
-        .and_then(|(_, v)| hex::decode(v.trim()).ok())
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .filter(|t| !t.is_empty())
+        .map(|(_, v)| v.trim())
+        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
 }
 
 /// Which role the API gives `token`: the very same function the API uses.
@@ -79,18 +99,59 @@ pub fn role_for_token(state: &AppState, token: &str) -> Option<Role> {
     crate::api::role_of(state, &h)
 }
 
-fn token_from_headers(h: &HeaderMap) -> Option<String> {
-    if let Some(t) = h
-        .get(header::AUTHORIZATION)
+fn bearer_token(h: &HeaderMap) -> Option<String> {
+    h.get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-    {
-        return Some(t.trim().to_owned());
-    }
+        .map(|t| t.trim().to_owned())
+}
+
+fn cookie_session_id(h: &HeaderMap) -> Option<String> {
     h.get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find_map(token_from_cookie)
+        .find_map(session_id_from_cookie)
+}
+
+/// The configured token (admin or viewer) whose SHA-256 is `hash`.
+fn token_with_hash(state: &AppState, hash: &str) -> Option<String> {
+    state
+        .admin_tokens
+        .iter()
+        .chain(&state.viewer_tokens)
+        .find(|t| same(&sha256_hex(t), hash))
+        .cloned()
+}
+
+/// The session a request carries: a `Bearer` token, or a live session cookie whose token is
+/// still configured.
+async fn session_of(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Session>, crate::store::StoreError> {
+    if let Some(token) = bearer_token(headers) {
+        return Ok(role_for_token(state, &token).map(|role| Session {
+            csrf: csrf_token(&token),
+            token,
+            role,
+            id: None,
+        }));
+    }
+    let Some(id) = cookie_session_id(headers) else {
+        return Ok(None);
+    };
+    let now = state.clock.now().timestamp();
+    let Some(token_hash) = state.store.session_token(&sha256_hex(&id), now).await? else {
+        return Ok(None);
+    };
+    Ok(token_with_hash(state, &token_hash).and_then(|token| {
+        role_for_token(state, &token).map(|role| Session {
+            token,
+            role,
+            csrf: csrf_token(&id),
+            id: Some(id),
+        })
+    }))
 }
 
 impl FromRequestParts<Arc<AppState>> for Session {
@@ -100,24 +161,24 @@ impl FromRequestParts<Arc<AppState>> for Session {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let token = token_from_headers(&parts.headers);
-        match token
-            .as_deref()
-            .and_then(|t| role_for_token(state, t).map(|r| (t, r)))
-        {
-            Some((t, role)) => Ok(Session {
-                token: t.to_owned(),
-                role,
-                csrf: csrf_token(t),
-            }),
-            None if parts.method == axum::http::Method::GET => {
+        match session_of(state, &parts.headers).await {
+            Ok(Some(session)) => Ok(session),
+            Ok(None) if parts.method == axum::http::Method::GET => {
                 Err(Redirect::to("/ui/login").into_response())
             }
-            None => Err(view::message_page(
+            Ok(None) => Err(view::message_page(
                 StatusCode::UNAUTHORIZED,
                 "Not logged in",
-                "Your session is missing or its token is no longer accepted. Log in again.",
+                "Your session is missing, has ended, or its token is no longer accepted. Log in again.",
             )),
+            Err(e) => {
+                tracing::error!(error = %e, "reading the dashboard session failed");
+                Err(view::message_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Database unavailable",
+                    "The session could not be read. Try again shortly.",
+                ))
+            }
         }
     }
 }
@@ -191,15 +252,31 @@ pub async fn login(
         );
     }
     state.login_throttle.succeeded(ip);
+    let id = new_session_id();
+    let now = state.clock.now().timestamp();
+    if let Err(e) = state
+        .store
+        .create_session(
+            &sha256_hex(&id),
+            &sha256_hex(token),
+            now,
+            now + SESSION_SECS,
+        )
+        .await
+    {
+        tracing::error!(error = %e, "storing a dashboard session failed");
+        return login_form(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("The session could not be stored. Try again shortly."),
+        );
+    }
     let secure = if state.public_url.starts_with("https://") {
         "; Secure"
     } else {
         ""
     };
-    let cookie = format!(
-        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200{secure}",
-        hex::encode(token.as_bytes())
-    );
+    let cookie =
+        format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}{secure}");
     match HeaderValue::from_str(&cookie) {
         Ok(v) => {
             let mut resp = Redirect::to("/ui/").into_response();
@@ -216,9 +293,24 @@ pub struct CsrfForm {
     pub csrf: String,
 }
 
-pub async fn logout(session: Session, Form(f): Form<CsrfForm>) -> Response {
+pub async fn logout(
+    State(state): State<Arc<AppState>>,
+    session: Session,
+    Form(f): Form<CsrfForm>,
+) -> Response {
     if let Some(r) = check_csrf(&session, &f.csrf) {
         return r;
+    }
+    // The session ends on the server, not only in this browser.
+    if let Some(id) = &session.id {
+        if let Err(e) = state.store.delete_session(&sha256_hex(id)).await {
+            tracing::error!(error = %e, "ending a dashboard session failed");
+            return view::message_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Database unavailable",
+                "The session could not be ended. Try again shortly.",
+            );
+        }
     }
     let mut resp = Redirect::to("/ui/login").into_response();
     *resp.status_mut() = StatusCode::SEE_OTHER;
@@ -237,11 +329,20 @@ mod tests {
 
     #[test]
     fn cookie_round_trip_and_garbage() {
-        let header = format!("a=b; {COOKIE}={}; c=d", hex::encode("tok en"));
-        assert_eq!(token_from_cookie(&header).as_deref(), Some("tok en"));
-        assert_eq!(token_from_cookie("a=b"), None);
-        assert_eq!(token_from_cookie(&format!("{COOKIE}=zz")), None);
-        assert_eq!(token_from_cookie(&format!("{COOKIE}=")), None);
+        let id = new_session_id();
+        assert_eq!(id.len(), 64);
+        assert_ne!(id, new_session_id());
+        let header = format!("a=b; {COOKIE}={id}; c=d");
+        assert_eq!(
+            session_id_from_cookie(&header).as_deref(),
+            Some(id.as_str())
+        );
+        assert_eq!(session_id_from_cookie("a=b"), None);
+        assert_eq!(session_id_from_cookie(&format!("{COOKIE}=zz")), None);
+        assert_eq!(session_id_from_cookie(&format!("{COOKIE}=")), None);
+        // The old cookie (the token in hex) is not a session.
+        let old = format!("{COOKIE}={}", hex::encode("admin-token"));
+        assert_eq!(session_id_from_cookie(&old), None);
     }
 
     #[test]

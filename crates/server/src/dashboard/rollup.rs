@@ -12,12 +12,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use sqlx::Executor;
 use tracing::{debug, warn};
 
 use super::queries::{self, CountRow};
 use super::Dash;
-use crate::store::{Backend, Result, Store};
+use crate::store::{Result, Store};
 use crate::AppState;
 
 /// Resolutions kept: (seconds per bucket, how long buckets are kept).
@@ -73,34 +72,13 @@ impl Range {
     }
 }
 
-/// Creates `dashboard_samples` if missing (PostgreSQL: under an advisory lock,
-/// since concurrent `CREATE … IF NOT EXISTS` can collide between processes).
+/// Checks that `dashboard_samples` is there (migration 3, applied when the store opens with
+/// every other migration), so a sampler on a database that is not migrated fails clearly.
 pub async fn ensure_schema(store: &Store) -> Result<()> {
-    let mut conn = store.pool().acquire().await?;
-    let pg = store.backend() == Backend::Postgres;
-    if pg {
-        conn.execute("SELECT pg_advisory_lock(727103)").await?;
-    }
-    let mut result = Ok(());
-    let sql: String = include_str!("../../migrations/0003_dashboard.sql")
-        .lines()
-        .map(|l| l.split("--").next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n");
-    for stmt in sql
-        .split(';')
-        .filter(|s| !s.trim().is_empty())
-        .map(str::to_owned)
-    {
-        if let Err(e) = conn.execute(sqlx::AssertSqlSafe(stmt)).await {
-            result = Err(e.into());
-            break;
-        }
-    }
-    if pg {
-        conn.execute("SELECT pg_advisory_unlock(727103)").await?;
-    }
-    result
+    sqlx::query("SELECT COUNT(*) FROM dashboard_samples WHERE 1 = 0")
+        .execute(store.pool())
+        .await?;
+    Ok(())
 }
 
 /// Takes one sample of every group at `now` and prunes old buckets.

@@ -8,6 +8,7 @@ mod instances;
 mod packages;
 mod recent;
 mod retention;
+mod sessions;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -57,6 +58,8 @@ pub struct Store {
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/0001_init.sql")),
     (2, include_str!("../../migrations/0002_package_files.sql")),
+    (3, include_str!("../../migrations/0003_dashboard.sql")),
+    (4, include_str!("../../migrations/0004_sessions.sql")),
 ];
 
 impl Store {

@@ -11,6 +11,7 @@ pub struct PruneReport {
     pub instances: u64,
     pub grants: u64,
     pub activity: u64,
+    pub sessions: u64,
 }
 
 impl Store {
@@ -91,6 +92,7 @@ impl Store {
         if report.instances > 0 {
             self.recent.clear();
         }
+        report.sessions = self.prune_sessions(now).await?;
         Ok(report)
     }
 }

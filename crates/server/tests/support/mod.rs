@@ -171,6 +171,11 @@ pub async fn server_with(backend: Backend, tune: impl FnOnce(&mut Config)) -> Te
     server_configured(&db_url, dir, tune).await
 }
 
+/// Another server process on an existing database (its own data dir), with `tune` applied.
+pub async fn server_with_db(db_url: &str, tune: impl FnOnce(&mut Config)) -> TestServer {
+    server_configured(db_url, tempfile::tempdir().expect("tempdir"), tune).await
+}
+
 pub async fn server_configured(
     db_url: &str,
     dir: tempfile::TempDir,
