@@ -3,8 +3,8 @@
 
 use fastpatch_locksmith::etcd::{EtcdConfig, EtcdStore};
 use fastpatch_locksmith::store::{Coordinator, RetryPolicy};
-use fastpatch_locksmith::testsupport::tls::TestCa;
 use fastpatch_locksmith::testsupport::EtcdServer;
+use fastpatch_testsupport::TestCa;
 
 #[tokio::test]
 async fn ca_file_alone_is_enough() {

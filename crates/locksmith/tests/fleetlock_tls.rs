@@ -4,8 +4,9 @@
 use fastpatch_locksmith::etcd::{EtcdConfig, EtcdStore};
 use fastpatch_locksmith::fleetlock::{self, ClientError, GroupConfig};
 use fastpatch_locksmith::store::{Coordinator, RetryPolicy};
-use fastpatch_locksmith::testsupport::tls::{NginxTlsProxy, TestCa};
+use fastpatch_locksmith::testsupport::tls::NginxTlsProxy;
 use fastpatch_locksmith::testsupport::EtcdServer;
+use fastpatch_testsupport::TestCa;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleetlock_over_https_with_a_private_ca() {

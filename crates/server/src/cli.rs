@@ -159,6 +159,23 @@ pub struct ServeArgs {
     /// other peer the header is ignored. Default: none (the peer's address is recorded).
     #[arg(long, env = "FASTPATCH_TRUSTED_PROXY", value_delimiter = ',', value_parser = parse_proxy)]
     pub trusted_proxy: Vec<ipnet::IpNet>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key). Dashboard session cookies
+    /// are then marked Secure.
+    #[arg(
+        long,
+        env = "FASTPATCH_TLS_CERT",
+        requires = "tls_key",
+        value_name = "PEM"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "FASTPATCH_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "PEM"
+    )]
+    pub tls_key: Option<PathBuf>,
     /// Keep events, history and activity this many days.
     #[arg(long, default_value_t = 90)]
     pub retention_days: i64,
@@ -178,6 +195,8 @@ impl Default for ServeArgs {
             admin_token: Vec::new(),
             viewer_token: Vec::new(),
             trusted_proxy: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
             retention_days: 90,
             silent_instance_days: 180,
             http_threads: None,
@@ -329,6 +348,12 @@ pub async fn serve(db: &DbArgs, args: &ServeArgs) -> Result<()> {
     config.public_url = args.public_url.clone();
     config.viewer_tokens = args.viewer_token.clone();
     config.trusted_proxies = args.trusted_proxy.clone();
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = Some(crate::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+    }
     if let Some(n) = args.http_threads {
         config.http_threads = n.max(1);
     }

@@ -24,6 +24,7 @@ pub mod policy;
 mod serve;
 pub mod store;
 pub mod throttle;
+pub mod tls;
 pub mod version;
 
 use std::net::SocketAddr;
@@ -74,6 +75,8 @@ pub struct Config {
     /// Proxies whose `X-Forwarded-For` is believed (addresses or networks); from any other
     /// peer the header is ignored. Default: none.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Serve HTTPS with this certificate and key (default: plain HTTP).
+    pub tls: Option<tls::TlsFiles>,
     pub retention: Retention,
     /// How often grants are checked for safe-mode timeouts.
     pub timeout_sweep: Duration,
@@ -99,6 +102,7 @@ impl Config {
             admin_tokens: Vec::new(),
             viewer_tokens: Vec::new(),
             trusted_proxies: Vec::new(),
+            tls: None,
             retention: Retention::default(),
             timeout_sweep: Duration::from_secs(60),
             checkin_flush: Duration::from_secs(5),
@@ -133,10 +137,14 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Refused dashboard logins per client address.
     pub login_throttle: throttle::LoginThrottle,
+    /// Session cookies carry `Secure` (served over TLS, or behind an https public URL).
+    pub secure_cookies: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("opening the database: {0}")]
     Store(#[from] store::StoreError),
     #[error("binding {addr}: {source}")]
@@ -200,6 +208,8 @@ impl ServerHandle {
 
 impl Server {
     pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
+        // Certificate problems stop the start before anything else is touched.
+        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
         let store = match &config.database_url {
             Some(url) => Store::open(url).await?,
             None => Store::open_data_dir(&config.data_dir).await?,
@@ -217,7 +227,10 @@ impl Server {
         let base_url = config
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{addr}"))
+            .unwrap_or_else(|| {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{addr}")
+            })
             .trim_end_matches('/')
             .to_owned();
         let state = Arc::new(AppState {
@@ -231,10 +244,11 @@ impl Server {
             trusted_proxies: config.trusted_proxies.clone(),
             max_body_bytes: config.max_body_bytes,
             login_throttle: throttle::LoginThrottle::default(),
+            secure_cookies: tls.is_some() || base_url.starts_with("https://"),
         });
         let (stop, stopped) = watch::channel(false);
         let router = http::router(state.clone());
-        let http = serve::spawn(listeners, router, stopped.clone()).map_err(|source| {
+        let http = serve::spawn(listeners, router, tls, stopped.clone()).map_err(|source| {
             StartError::Bind {
                 addr: config.listen,
                 source,

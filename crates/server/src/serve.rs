@@ -11,9 +11,12 @@
 
 use std::net::SocketAddr;
 
+use axum::serve::{Listener, ListenerExt};
 use axum::Router;
 use tokio::sync::{oneshot, watch};
 use tracing::warn;
+
+use crate::tls::TlsListener;
 
 /// Binds `n` listening sockets to `addr` (port 0: one port chosen for all).
 pub(crate) fn bind(
@@ -50,10 +53,12 @@ pub(crate) struct HttpThreads {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// Serves `router` on each listener in its own thread until `stop` turns true.
+/// Serves `router` on each listener in its own thread until `stop` turns true; over TLS
+/// when an acceptor is given.
 pub(crate) fn spawn(
     listeners: Vec<std::net::TcpListener>,
     router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<HttpThreads> {
     let (release, released) = watch::channel(false);
@@ -64,6 +69,7 @@ pub(crate) fn spawn(
             .enable_all()
             .build()?;
         let router = router.clone();
+        let tls = tls.clone();
         let mut stop = stop.clone();
         let mut released = released.clone();
         let (done_tx, done_rx) = oneshot::channel();
@@ -73,20 +79,21 @@ pub(crate) fn spawn(
                 .name(format!("fastpatch-http-{i}"))
                 .spawn(move || {
                     rt.block_on(async move {
-                        match tokio::net::TcpListener::from_std(listener) {
-                            Ok(listener) => {
-                                let serve = axum::serve(
-                                    listener,
-                                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                                )
-                                .with_graceful_shutdown(async move {
-                                    let _ = stop.wait_for(|s| *s).await;
-                                });
-                                if let Err(e) = serve.await {
-                                    warn!(error = %e, "HTTP thread stopped with an error");
-                                }
-                            }
-                            Err(e) => warn!(error = %e, "HTTP thread could not take its socket"),
+                        let stopped = async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        };
+                        let served = match tokio::net::TcpListener::from_std(listener) {
+                            Ok(listener) => match tls {
+                                None => serve(listener, router, stopped).await,
+                                Some(acceptor) => match TlsListener::new(listener, acceptor) {
+                                    Ok(l) => serve(l.tap_io(|_| {}), router, stopped).await,
+                                    Err(e) => Err(e),
+                                },
+                            },
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = served {
+                            warn!(error = %e, "HTTP thread stopped with an error");
                         }
                         let _ = done_tx.send(());
                         let _ = released.wait_for(|r| *r).await;
@@ -99,6 +106,24 @@ pub(crate) fn spawn(
         release,
         threads,
     })
+}
+
+/// One thread's accept loop over any listener whose address is the peer's socket address.
+async fn serve<L>(
+    listener: L,
+    router: Router,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: Listener<Addr = SocketAddr>,
+    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopped)
+    .await
 }
 
 impl HttpThreads {

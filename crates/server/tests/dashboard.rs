@@ -751,3 +751,93 @@ async fn sessions_are_opaque_shared_and_revocable_sqlite() {
 async fn sessions_are_opaque_shared_and_revocable_postgres() {
     sessions_are_opaque_shared_and_revocable(Backend::Postgres).await;
 }
+
+/// `--tls-cert/--tls-key`: the server speaks HTTPS only, with the given certificate; the
+/// Omaha endpoint and the dashboard work over it, and the session cookie is marked Secure.
+#[tokio::test]
+async fn tls_serves_https_and_marks_the_session_cookie_secure() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let ca = fastpatch_testsupport::TestCa::create(certs.path()).unwrap_or_else(|e| panic!("{e}"));
+    let s = support::server_with(Backend::Sqlite, |c| {
+        c.tls = Some(fastpatch_server::tls::TlsFiles {
+            cert: ca.server_pem.clone(),
+            key: ca.server_key.clone(),
+        })
+    })
+    .await;
+    let base = s.handle.base_url().to_owned();
+    assert!(base.starts_with("https://127.0.0.1:"), "{base}");
+    let pem = std::fs::read(&ca.ca_pem).expect("CA");
+    let https = reqwest::Client::builder()
+        .tls_certs_merge(reqwest::Certificate::from_pem_bundle(&pem).expect("CA PEM"))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let health = https
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .expect("HTTPS");
+    assert_eq!(health.status().as_u16(), 200);
+    // The Omaha endpoint over TLS.
+    let body = support::request("tls-machine", "1.0.0", "stable", vec![], true).to_xml();
+    let omaha = https
+        .post(format!("{base}/v1/update/"))
+        .body(body)
+        .send()
+        .await
+        .expect("Omaha over HTTPS");
+    assert_eq!(omaha.status().as_u16(), 200);
+    assert!(omaha.text().await.expect("body").contains("<response"));
+    // Login: the cookie is Secure.
+    let login = https
+        .post(format!("{base}/ui/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=admin-token")
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(login.status().as_u16(), 303);
+    let cookie = login
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("a cookie")
+        .to_owned();
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    // Plain HTTP on the same port gets no answer it could use.
+    let plain = s
+        .http
+        .get(base.replace("https://", "http://") + "/health")
+        .send()
+        .await;
+    assert!(
+        plain.map(|r| r.status().as_u16() != 200).unwrap_or(true),
+        "plain HTTP must not be served"
+    );
+    s.handle.shutdown().await;
+}
+
+/// A certificate file that is not one stops the start with a message naming it.
+#[tokio::test]
+async fn a_bad_tls_certificate_stops_the_start_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, "not a certificate\n").expect("write");
+    let mut config = fastpatch_server::Config::for_tests(dir.path());
+    config.tls = Some(fastpatch_server::tls::TlsFiles {
+        cert: cert.clone(),
+        key: dir.path().join("key.pem"),
+    });
+    let err = match fastpatch_server::Server::start(config).await {
+        Ok(_) => panic!("started with a bad certificate"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("cert.pem") && err.contains("certificate"),
+        "{err}"
+    );
+}

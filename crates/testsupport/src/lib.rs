@@ -5,14 +5,17 @@
 //!   on the stable channel, reached through a [`RecordingProxy`] so tests can see every
 //!   request byte (Omaha bodies, `Range` headers) while the server stays the real one.
 //! - [`signed_payload`]: a signed payload of an incompressible image.
+//! - [`TestCa`]: a throwaway CA and a server certificate for 127.0.0.1 (openssl).
 
 mod bus;
 mod proxy;
 mod server;
+mod tls;
 
 pub use bus::PrivateBus;
 pub use proxy::{RecordedRequest, RecordingProxy};
 pub use server::{signed_payload, SeenEvent, UpdateServer, MACHINE, NEW};
+pub use tls::TestCa;
 
 pub const MIB: u64 = 1 << 20;
 

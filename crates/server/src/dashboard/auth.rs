@@ -270,11 +270,7 @@ pub async fn login(
             Some("The session could not be stored. Try again shortly."),
         );
     }
-    let secure = if state.public_url.starts_with("https://") {
-        "; Secure"
-    } else {
-        ""
-    };
+    let secure = if state.secure_cookies { "; Secure" } else { "" };
     let cookie =
         format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}{secure}");
     match HeaderValue::from_str(&cookie) {
