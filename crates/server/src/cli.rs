@@ -1,17 +1,18 @@
 //! The `fastpatch-server` command line: serve (the default) and admin commands
 //! that work directly on the database (SQLite file or PostgreSQL).
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::store::{ExternalPackage, Group, InstanceFilter, Store};
-use crate::{Config, Retention, Server};
 
 mod parse;
+mod serve;
+
 pub use parse::{opt_limit, parse_days, parse_extra_file, parse_hours, print_group};
+pub use serve::{serve, ServeArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -142,68 +143,6 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct ServeArgs {
-    #[arg(long, default_value = "127.0.0.1:8080", env = "FASTPATCH_LISTEN")]
-    pub listen: SocketAddr,
-    /// URL machines reach this server at (used in payload URLs).
-    #[arg(long, env = "FASTPATCH_PUBLIC_URL")]
-    pub public_url: Option<String>,
-    /// Admin bearer token(s); default: generated once into <data-dir>/admin-token.
-    #[arg(long, env = "FASTPATCH_ADMIN_TOKEN")]
-    pub admin_token: Vec<String>,
-    #[arg(long, env = "FASTPATCH_VIEWER_TOKEN")]
-    pub viewer_token: Vec<String>,
-    /// A reverse proxy (address or network, e.g. 127.0.0.1 or 10.0.0.0/8) whose
-    /// X-Forwarded-For header names the client; repeat or separate with commas. From any
-    /// other peer the header is ignored. Default: none (the peer's address is recorded).
-    #[arg(long, env = "FASTPATCH_TRUSTED_PROXY", value_delimiter = ',', value_parser = parse_proxy)]
-    pub trusted_proxy: Vec<ipnet::IpNet>,
-    /// Serve HTTPS with this PEM certificate chain (with --tls-key). Dashboard session cookies
-    /// are then marked Secure.
-    #[arg(
-        long,
-        env = "FASTPATCH_TLS_CERT",
-        requires = "tls_key",
-        value_name = "PEM"
-    )]
-    pub tls_cert: Option<PathBuf>,
-    /// The PEM private key of --tls-cert.
-    #[arg(
-        long,
-        env = "FASTPATCH_TLS_KEY",
-        requires = "tls_cert",
-        value_name = "PEM"
-    )]
-    pub tls_key: Option<PathBuf>,
-    /// Keep events, history and activity this many days.
-    #[arg(long, default_value_t = 90)]
-    pub retention_days: i64,
-    /// Forget instances silent for this many days.
-    #[arg(long, default_value_t = 180)]
-    pub silent_instance_days: i64,
-    /// Threads serving HTTP, each with its own socket and runtime (default: one per core).
-    #[arg(long, env = "FASTPATCH_HTTP_THREADS")]
-    pub http_threads: Option<usize>,
-}
-
-impl Default for ServeArgs {
-    fn default() -> Self {
-        ServeArgs {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            public_url: None,
-            admin_token: Vec::new(),
-            viewer_token: Vec::new(),
-            trusted_proxy: Vec::new(),
-            tls_cert: None,
-            tls_key: None,
-            retention_days: 90,
-            silent_instance_days: 180,
-            http_threads: None,
-        }
-    }
-}
-
 #[derive(Debug, Subcommand)]
 pub enum ChannelCmd {
     List,
@@ -281,152 +220,6 @@ async fn open(db: &DbArgs) -> Result<Store> {
         .ensure_defaults(chrono::Utc::now().timestamp())
         .await?;
     Ok(store)
-}
-
-fn admin_token(data_dir: &Path) -> Result<(String, PathBuf)> {
-    let path = data_dir.join("admin-token");
-    if let Ok(t) = std::fs::read_to_string(&path) {
-        if !t.trim().is_empty() {
-            keep_private(&path)?;
-            return Ok((t.trim().to_owned(), path));
-        }
-    }
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
-    let token = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("writing {}", path.display()))?;
-        writeln!(f, "{token}")?;
-    }
-    Ok((token, path))
-}
-
-/// `--trusted-proxy`: a network (`10.0.0.0/8`) or one address (`127.0.0.1`, `::1`).
-fn parse_proxy(s: &str) -> Result<ipnet::IpNet, String> {
-    let s = s.trim();
-    s.parse::<ipnet::IpNet>()
-        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-        .map_err(|_| format!("{s:?} is not an IP address or network (e.g. 127.0.0.1, 10.0.0.0/8)"))
-}
-
-/// The admin token file stays readable by its owner only: a mode widened by hand (or by a
-/// copy) is put back to 0600, with a warning that says so.
-fn keep_private(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        tracing::warn!(
-            file = %path.display(),
-            "the admin token file was readable by others (mode {:o}); set back to 600",
-            mode & 0o777
-        );
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("setting {} to mode 600", path.display()))?;
-    }
-    Ok(())
-}
-
-pub async fn serve(db: &DbArgs, args: &ServeArgs) -> Result<()> {
-    let mut config = Config::new(&db.data_dir);
-    config.database_url = db.database_url.clone();
-    config.listen = args.listen;
-    config.public_url = args.public_url.clone();
-    config.viewer_tokens = args.viewer_token.clone();
-    config.trusted_proxies = args.trusted_proxy.clone();
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        config.tls = Some(crate::tls::TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-        });
-    }
-    if let Some(n) = args.http_threads {
-        config.http_threads = n.max(1);
-    }
-    config.retention = Retention {
-        keep_days: args.retention_days,
-        silent_instance_days: args.silent_instance_days,
-        ..Retention::default()
-    };
-    let token_note = if args.admin_token.is_empty() {
-        let (token, path) = admin_token(&db.data_dir)?;
-        config.admin_tokens = vec![token];
-        format!("admin token: in {}", path.display())
-    } else {
-        config.admin_tokens = args.admin_token.clone();
-        "admin token: as given".to_owned()
-    };
-    let handle = Server::start(config).await.context("starting the server")?;
-    let signal = shutdown_signal()?;
-    let data_dir = std::fs::canonicalize(&db.data_dir).unwrap_or(db.data_dir.clone());
-    let database = db
-        .database_url
-        .as_deref()
-        .map(|u| u.split('@').next_back().unwrap_or(u).to_owned())
-        .unwrap_or_else(|| format!("SQLite {}", data_dir.join("fastpatch.db").display()));
-    println!(
-        "fastpatch-server listening on http://{}",
-        handle.local_addr()
-    );
-    println!(
-        "  Omaha endpoint:   {}/v1/update/   (Flatcar: SERVER= in /etc/flatcar/update.conf)",
-        handle.base_url()
-    );
-    println!(
-        "  admin API:        {}/api/v1/  (OpenAPI: /api/v1/openapi.json; {token_note})",
-        handle.base_url()
-    );
-    println!(
-        "  dashboard:        {}/ui/   (log in with the admin token, or a --viewer-token for read-only)",
-        handle.base_url()
-    );
-    println!(
-        "  metrics, health:  {0}/metrics  {0}/health",
-        handle.base_url()
-    );
-    println!("  database:         {database}");
-    println!("  data dir:         {}", data_dir.display());
-    println!("Publish a first payload and offer it on the stable channel:");
-    println!(
-        "  fastpatch-server --data-dir {} publish flatcar_production_update.gz --version 3815.2.0 --channel stable",
-        data_dir.display()
-    );
-    let stop = handle.stopper();
-    tokio::spawn(async move {
-        signal.await;
-        tracing::info!("shutting down");
-        let _ = stop.send(true);
-    });
-    handle.wait().await;
-    Ok(())
-}
-
-/// SIGINT or SIGTERM. The handlers are installed when this is called, not
-/// when the future is first polled, so call it before announcing the server.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-    })
 }
 
 pub async fn run(cli: Cli) -> Result<()> {

@@ -4,6 +4,7 @@
 
 use fastpatch_omaha::{Event, FLATCAR_APP_ID};
 use fastpatch_server::store::Group;
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 
 use crate::support::{request, NowTs, TestServer};
 
@@ -138,4 +139,109 @@ pub async fn group(s: &TestServer) -> Group {
         .await
         .expect("db")
         .expect("group")
+}
+
+/// A browser-like client: keeps the session cookie, does not follow redirects.
+pub struct Ui {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub cookie: Option<String>,
+}
+
+pub struct Page {
+    pub status: u16,
+    pub location: Option<String>,
+    pub body: String,
+    pub timing: Option<String>,
+}
+
+pub fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", utf8_percent_encode(v, NON_ALPHANUMERIC)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The value of the first `name="csrf"` field on a page.
+pub fn csrf_of(body: &str) -> String {
+    let at = body
+        .find(r#"name="csrf" value=""#)
+        .expect("a CSRF field on the page");
+    let rest = &body[at + r#"name="csrf" value=""#.len()..];
+    rest[..rest.find('"').expect("closing quote")].to_owned()
+}
+
+impl Ui {
+    pub fn new(s: &TestServer) -> Ui {
+        Ui {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            base: s.handle.base_url().to_owned(),
+            cookie: None,
+        }
+    }
+
+    pub async fn send(&self, r: reqwest::RequestBuilder) -> Page {
+        let r = match &self.cookie {
+            Some(c) => r.header("cookie", c),
+            None => r,
+        };
+        let resp = r.send().await.expect("request");
+        let header = |n: &str| {
+            resp.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (location, timing) = (header("location"), header("server-timing"));
+        Page {
+            status: resp.status().as_u16(),
+            location,
+            timing,
+            body: resp.text().await.expect("body"),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Page {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn post(&self, path: &str, pairs: &[(&str, &str)]) -> Page {
+        self.send(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form(pairs)),
+        )
+        .await
+    }
+
+    pub async fn login(&mut self, token: &str) -> Page {
+        let resp = self
+            .http
+            .post(format!("{}/ui/login", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[("token", token)]))
+            .send()
+            .await
+            .expect("login");
+        if let Some(c) = resp.headers().get("set-cookie") {
+            let c = c.to_str().expect("ascii cookie");
+            assert!(
+                c.contains("HttpOnly") && c.contains("SameSite=Strict"),
+                "{c}"
+            );
+            self.cookie = c.split(';').next().map(str::to_owned);
+        }
+        Page {
+            status: resp.status().as_u16(),
+            location: None,
+            timing: None,
+            body: resp.text().await.expect("body"),
+        }
+    }
 }
