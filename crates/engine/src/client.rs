@@ -101,7 +101,7 @@ impl UpdateFollower {
     }
 }
 
-fn snapshot(t: (i64, f64, String, String, i64)) -> StatusSnapshot {
+fn snapshot(t: crate::dbus::RawStatus) -> StatusSnapshot {
     StatusSnapshot {
         last_checked_time: t.0,
         progress: t.1,

@@ -9,9 +9,7 @@ use zbus::object_server::SignalEmitter;
 
 use crate::status_report::StatusSnapshot;
 
-pub const BUS_NAME: &str = "com.coreos.update1";
-pub const OBJECT_PATH: &str = "/com/coreos/update1";
-pub const INTERFACE: &str = "com.coreos.update1.Manager";
+pub use fastpatch_update1::{RawStatus, BUS_NAME, INTERFACE, OBJECT_PATH};
 
 /// What a D-Bus caller asked the engine to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +50,7 @@ impl Manager {
     }
 
     /// (last_checked_time, progress, current_operation, new_version, new_size)
-    async fn get_status(&self) -> (i64, f64, String, String, i64) {
+    async fn get_status(&self) -> RawStatus {
         let s = self.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
         (
             s.last_checked_time,
@@ -111,7 +109,7 @@ pub async fn emit_status(connection: &zbus::Connection, s: &StatusSnapshot) -> z
 pub trait ManagerClient {
     fn attempt_update(&self) -> zbus::Result<()>;
     fn reset_status(&self) -> zbus::Result<()>;
-    fn get_status(&self) -> zbus::Result<(i64, f64, String, String, i64)>;
+    fn get_status(&self) -> zbus::Result<RawStatus>;
     #[zbus(signal)]
     fn status_update(
         &self,

@@ -6,29 +6,17 @@ use tracing::{debug, warn};
 use zbus::message::Type as MessageType;
 use zbus::{Connection, MatchRule, MessageStream};
 
-/// Engine bus name, object and interface (update_engine.xml).
-pub const ENGINE_NAME: &str = "com.coreos.update1";
-pub const ENGINE_PATH: &str = "/com/coreos/update1";
-pub const ENGINE_INTERFACE: &str = "com.coreos.update1.Manager";
+use fastpatch_update1::{RawStatus, UpdateStatus};
+
+/// Engine bus name, object and interface (update_engine.xml), from the one definition.
+pub use fastpatch_update1::{
+    BUS_NAME as ENGINE_NAME, INTERFACE as ENGINE_INTERFACE, OBJECT_PATH as ENGINE_PATH,
+};
 /// The `current_operation` that means "staged, reboot needed".
-pub const NEED_REBOOT: &str = "UPDATE_STATUS_UPDATED_NEED_REBOOT";
+pub const NEED_REBOOT: &str = UpdateStatus::UpdatedNeedReboot.as_str();
 
-/// `GetStatus` / `StatusUpdate`: (last_checked_time, progress, current_operation, new_version,
-/// new_size).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, zbus::Type)]
-pub struct EngineStatus {
-    pub last_checked_time: i64,
-    pub progress: f64,
-    pub current_operation: String,
-    pub new_version: String,
-    pub new_size: i64,
-}
-
-impl EngineStatus {
-    pub fn need_reboot(&self) -> bool {
-        self.current_operation == NEED_REBOOT
-    }
-}
+/// `GetStatus` / `StatusUpdate` as read from the bus.
+pub type EngineStatus = fastpatch_update1::Status;
 
 /// Where update status comes from (the D-Bus engine in production; anything in tests).
 pub trait UpdateStatusSource: Send {
@@ -76,16 +64,9 @@ impl UpdateStatusSource for DbusEngine {
             use futures_util::StreamExt;
             while let Some(msg) = stream.next().await {
                 let Ok(msg) = msg else { continue };
-                match msg.body().deserialize::<(i64, f64, String, String, i64)>() {
-                    Ok((a, b, c, d, e)) => {
-                        let s = EngineStatus {
-                            last_checked_time: a,
-                            progress: b,
-                            current_operation: c,
-                            new_version: d,
-                            new_size: e,
-                        };
-                        if tx.send(s).await.is_err() {
+                match msg.body().deserialize::<RawStatus>() {
+                    Ok(raw) => {
+                        if tx.send(EngineStatus::from(raw)).await.is_err() {
                             return;
                         }
                     }
@@ -108,14 +89,8 @@ pub async fn get_status(conn: &Connection) -> zbus::Result<EngineStatus> {
             &(),
         )
         .await?;
-    let (a, b, c, d, e): (i64, f64, String, String, i64) = reply.body().deserialize()?;
-    Ok(EngineStatus {
-        last_checked_time: a,
-        progress: b,
-        current_operation: c,
-        new_version: d,
-        new_size: e,
-    })
+    let raw: RawStatus = reply.body().deserialize()?;
+    Ok(EngineStatus::from(raw))
 }
 
 /// Emits a `StatusUpdate` saying a reboot is needed (`locksmithctl send-need-reboot`).

@@ -162,11 +162,11 @@ pub struct FakeEngine {
 use std::sync::Arc;
 
 /// The fake engine's status: (last_checked_time, progress, operation, version, size).
-pub type SharedStatus = Arc<std::sync::Mutex<(i64, f64, String, String, i64)>>;
+pub type SharedStatus = Arc<std::sync::Mutex<fastpatch_update1::RawStatus>>;
 
 #[zbus::interface(name = "com.coreos.update1.Manager")]
 impl FakeEngine {
-    fn get_status(&self) -> (i64, f64, String, String, i64) {
+    fn get_status(&self) -> fastpatch_update1::RawStatus {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
