@@ -45,8 +45,12 @@ pub fn boot_control(cfg: &DaemonConfig) -> Result<(GptBootControl, PathBuf)> {
         .with_context(|| format!("reading {}", cfg.cmdline_path.display()))?;
     let uuid = match fastpatch_boot_control::booted_partuuid_from_cmdline(&cmdline) {
         Some(UsrSpec::PartUuid(u)) => u,
-        other => anyhow::bail!(
-            "the kernel command line names no USR PARTUUID ({other:?}); set booted_slot in the engine config"
+        Some(UsrSpec::Device(dev)) => anyhow::bail!(
+            "the kernel command line names the USR partition as {dev}, not by PARTUUID; set booted_slot (and disk) in the engine config"
+        ),
+        None => anyhow::bail!(
+            "{} has no mount.usr=, verity.usr= or usr= naming the booted USR partition; set booted_slot (and disk) in the engine config",
+            cfg.cmdline_path.display()
         ),
     };
     let disk = match &cfg.disk {
