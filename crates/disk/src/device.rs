@@ -26,7 +26,7 @@ impl Device {
     pub(crate) fn open(path: &Path, mode: OpenMode) -> Result<Device> {
         let open_err = |source| DiskError::Open {
             path: path.to_path_buf(),
-            source,
+            error: source,
         };
         let meta = std::fs::metadata(path).map_err(open_err)?;
         let is_block = meta.file_type().is_block_device();
@@ -57,7 +57,7 @@ impl Device {
             f.seek(SeekFrom::End(0)).map_err(|source| DiskError::Io {
                 path: path.to_path_buf(),
                 op: "size query",
-                source,
+                error: source,
             })?
         };
         Ok(Device {
@@ -87,7 +87,7 @@ impl Device {
             .map_err(|source| DiskError::Io {
                 path: self.path.clone(),
                 op: "read",
-                source,
+                error: source,
             })?;
         Ok(buf)
     }
@@ -98,7 +98,7 @@ impl Device {
             .map_err(|source| DiskError::Io {
                 path: self.path.clone(),
                 op: "write",
-                source,
+                error: source,
             })
     }
 
@@ -107,7 +107,7 @@ impl Device {
         self.file.sync_data().map_err(|source| DiskError::Io {
             path: self.path.clone(),
             op: "sync",
-            source,
+            error: source,
         })
     }
 }

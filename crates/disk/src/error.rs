@@ -6,15 +6,15 @@ use crate::gpt::HeaderProblem;
 /// Everything that can go wrong with a disk. Each message is one line that names the disk.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
-    #[error("cannot open {path}: {source}")]
-    Open { path: PathBuf, source: io::Error },
+    #[error("cannot open {path}: {error}")]
+    Open { path: PathBuf, error: io::Error },
     #[error("{path} is read-only (no write permission bits); refusing to modify it")]
     ReadOnly { path: PathBuf },
-    #[error("{path}: {op} failed: {source}")]
+    #[error("{path}: {op} failed: {error}")]
     Io {
         path: PathBuf,
         op: &'static str,
-        source: io::Error,
+        error: io::Error,
     },
     #[error("{path} is too small to hold a GPT ({len} bytes)")]
     TooSmall { path: PathBuf, len: u64 },

@@ -113,12 +113,12 @@ pub fn create(path: &Path, spec: &LayoutSpec, overwrite: bool) -> Result<Disk> {
     }
     let f = file.open(path).map_err(|source| DiskError::Open {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     f.set_len(total).map_err(|source| DiskError::Io {
         path: path.to_path_buf(),
         op: "resize",
-        source,
+        error: source,
     })?;
 
     // Lay the partitions out one after another on 1 MiB boundaries.
@@ -220,7 +220,7 @@ pub fn create(path: &Path, spec: &LayoutSpec, overwrite: bool) -> Result<Disk> {
         move |source| DiskError::Io {
             path: path.to_path_buf(),
             op,
-            source,
+            error: source,
         }
     };
     f.write_all_at(&protective_mbr(sectors, ss), 0)

@@ -12,11 +12,11 @@ use crate::machine::DurableState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}: {error}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        source: io::Error,
+        error: io::Error,
     },
     #[error("cannot encode the engine state: {0}")]
     Encode(serde_json::Error),
@@ -35,7 +35,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Per
     move |source| PersistError::Io {
         op,
         path: path.to_path_buf(),
-        source,
+        error: source,
     }
 }
 

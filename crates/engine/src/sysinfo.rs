@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SysInfoError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {error}")]
+    Read { path: PathBuf, error: io::Error },
     #[error("{path} has no {key}= line")]
     Missing { path: PathBuf, key: &'static str },
     #[error("no os-release to read the OS version from: neither {} nor {} exists", .0[0].display(), .0[1].display())]
@@ -14,7 +14,10 @@ pub enum SysInfoError {
 }
 
 fn read(path: PathBuf) -> Result<String, SysInfoError> {
-    std::fs::read_to_string(&path).map_err(|source| SysInfoError::Read { path, source })
+    std::fs::read_to_string(&path).map_err(|source| SysInfoError::Read {
+        path,
+        error: source,
+    })
 }
 
 /// `KEY=value` from an os-release style file (quotes stripped).
@@ -41,7 +44,7 @@ pub fn os_version(root: &Path) -> Result<String, SysInfoError> {
             Err(source) => {
                 return Err(SysInfoError::Read {
                     path: path.clone(),
-                    source,
+                    error: source,
                 })
             }
         }

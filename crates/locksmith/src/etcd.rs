@@ -55,10 +55,10 @@ impl EtcdConfig {
 /// Errors setting up the client.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {error}")]
     ReadFile {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("a client certificate needs both a certificate file and a key file")]
     HalfIdentity,
@@ -84,7 +84,7 @@ impl std::fmt::Debug for EtcdStore {
 fn read(path: &PathBuf) -> Result<Vec<u8>, ConnectError> {
     std::fs::read(path).map_err(|source| ConnectError::ReadFile {
         path: path.clone(),
-        source,
+        error: source,
     })
 }
 

@@ -6,12 +6,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{context}: {error}")]
+    Io { context: String, error: io::Error },
     #[error("not a CrAU payload (magic bytes are {0:02x?}, expected \"CrAU\")")]
     BadMagic([u8; 4]),
     #[error("unsupported payload format version {0} (only version 1 is supported)")]
@@ -87,7 +83,7 @@ impl<T> IoContext<T> for io::Result<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|source| PayloadError::Io {
             context: context(),
-            source,
+            error: source,
         })
     }
 }

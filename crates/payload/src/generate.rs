@@ -210,7 +210,7 @@ pub fn generate(
 
     let mut blobs = blobs.into_inner().map_err(|e| PayloadError::Io {
         context: "flushing operation data".into(),
-        source: e.into_error(),
+        error: e.into_error(),
     })?;
     blobs
         .seek(SeekFrom::Start(0))
@@ -250,7 +250,7 @@ pub fn generate(
         .ctx(|| "syncing the payload".into())?;
     tmp.persist(out).map_err(|e| PayloadError::Io {
         context: format!("moving the payload to {}", out.display()),
-        source: e.error,
+        error: e.error,
     })?;
     Ok(GenerateReport {
         image_size,

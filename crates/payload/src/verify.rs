@@ -196,7 +196,7 @@ fn read_some(reader: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
             Err(e) => {
                 return Err(PayloadError::Io {
                     context: "reading the payload".into(),
-                    source: e,
+                    error: e,
                 })
             }
         }

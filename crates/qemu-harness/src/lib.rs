@@ -48,12 +48,8 @@ use std::sync::OnceLock;
 /// Everything that went wrong in the harness, with the command or file involved.
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
     #[error("{command} failed ({status}){}", if .stderr.is_empty() { String::new() } else { format!(":\n{}", .stderr) })]
     Command {
         command: String,
@@ -70,7 +66,10 @@ pub type Result<T, E = HarnessError> = std::result::Result<T, E>;
 
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
     let what = what.into();
-    move |source| HarnessError::Io { what, source }
+    move |source| HarnessError::Io {
+        what,
+        error: source,
+    }
 }
 
 /// Runs a command to completion; a non-zero exit becomes [`HarnessError::Command`] with its

@@ -147,10 +147,10 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("opening the database: {0}")]
     Store(#[from] store::StoreError),
-    #[error("binding {addr}: {source}")]
+    #[error("binding {addr}: {error}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -222,7 +222,7 @@ impl Server {
         let (addr, listeners) =
             serve::bind(config.listen, config.http_threads).map_err(|source| StartError::Bind {
                 addr: config.listen,
-                source,
+                error: source,
             })?;
         let base_url = config
             .public_url
@@ -251,7 +251,7 @@ impl Server {
         let http = serve::spawn(listeners, router, tls, stopped.clone()).map_err(|source| {
             StartError::Bind {
                 addr: config.listen,
-                source,
+                error: source,
             }
         })?;
         let jobs = tokio::spawn(background_jobs(

@@ -15,10 +15,10 @@ use crate::store::{PackageFile, PackageRow, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("storing payload: {0}")]
     Write(std::io::Error),
@@ -207,7 +207,7 @@ fn hash_and_copy(
     use std::io::Write;
     let read_err = |e| PublishError::Read {
         path: src.to_owned(),
-        source: e,
+        error: e,
     };
     let mut f = std::fs::File::open(src).map_err(read_err)?;
     let mut out = match copy_to {

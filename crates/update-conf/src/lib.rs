@@ -24,8 +24,8 @@ pub const DEFAULT_GROUP: &str = "stable";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateConfError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {error}")]
+    Read { path: PathBuf, error: io::Error },
 }
 
 /// Where the update server is.
@@ -52,7 +52,12 @@ impl UpdateConf {
             let text = match std::fs::read_to_string(&path) {
                 Ok(t) => t,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(source) => return Err(UpdateConfError::Read { path, source }),
+                Err(source) => {
+                    return Err(UpdateConfError::Read {
+                        path,
+                        error: source,
+                    })
+                }
             };
             conf.merge(&text, &path);
         }

@@ -21,15 +21,15 @@ pub const DEFAULT_LAYERS: [&str; 3] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Parse {
         path: PathBuf,
-        source: toml::de::Error,
+        error: toml::de::Error,
     },
     #[error("engine config: {0}")]
     Invalid(String),
@@ -192,18 +192,18 @@ impl DaemonConfig {
             for file in layer_files(layer.as_ref())? {
                 let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read {
                     path: file.clone(),
-                    source,
+                    error: source,
                 })?;
                 let table: toml::Table =
                     toml::from_str(&text).map_err(|source| ConfigError::Parse {
                         path: file.clone(),
-                        source,
+                        error: source,
                     })?;
                 // Validate each file on its own so an error names the file at fault.
                 DaemonConfig::deserialize(toml::Value::Table(table.clone())).map_err(|source| {
                     ConfigError::Parse {
                         path: file.clone(),
-                        source,
+                        error: source,
                     }
                 })?;
                 merge(&mut merged, table);
@@ -226,7 +226,7 @@ impl DaemonConfig {
 fn layer_files(layer: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     let read_err = |source| ConfigError::Read {
         path: layer.to_path_buf(),
-        source,
+        error: source,
     };
     match std::fs::metadata(layer) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),

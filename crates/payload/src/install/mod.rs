@@ -499,7 +499,7 @@ fn pump(
             Err(e) => {
                 return Err(PayloadError::Io {
                     context: "reading the payload".into(),
-                    source: e,
+                    error: e,
                 })
             }
         };

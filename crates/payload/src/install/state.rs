@@ -147,7 +147,7 @@ impl StateStore {
                 Err(e) => {
                     return Err(PayloadError::Io {
                         context: format!("removing {name}"),
-                        source: e,
+                        error: e,
                     })
                 }
             }
