@@ -134,53 +134,69 @@ pub fn router(server: Arc<Server>) -> Router {
         .with_state(server)
 }
 
-/// Validates header and body; returns (id, group, slots).
-#[allow(clippy::result_large_err)]
-fn parse(
-    server: &Server,
-    headers: &HeaderMap,
+/// A FleetLock request that passed the checks: who asks, for which group, with how many slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub id: String,
+    pub group: String,
+    pub slots: i64,
+}
+
+/// Why a request was refused: airlock's error kind and a sentence (always answered with 400).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub kind: &'static str,
+    pub value: String,
+}
+
+/// Checks a request's `fleet-lock-protocol` header value and body against the configured
+/// groups. Pure: the one reader of what a client sends, shared by both endpoints and the fuzz
+/// target.
+pub fn check_request(
+    protocol_header: Option<&[u8]>,
     body: &[u8],
-) -> Result<(String, String, i64), Response> {
-    let ok_header = headers
-        .get("fleet-lock-protocol")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim() == "true");
+    groups: &BTreeMap<String, i64>,
+) -> Result<Accepted, Refused> {
     // airlock's kinds (Zincati logs and labels its metrics by them): every malformed request
     // is an invalid client identity; a group that is not configured or not a valid name is
     // an unknown group.
+    let invalid = |value: String| Refused {
+        kind: "invalid_client_identity",
+        value,
+    };
+    let ok_header = protocol_header
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .is_some_and(|v| v.trim() == "true");
     if !ok_header {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "invalid_client_identity",
-            "header fleet-lock-protocol: true is required",
+        return Err(invalid(
+            "header fleet-lock-protocol: true is required".into(),
         ));
     }
     let req: Request = serde_json::from_slice(body).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "invalid_client_identity",
-            format!("body is not {{\"client_params\":{{\"id\",\"group\"}}}}: {e}"),
-        )
+        invalid(format!(
+            "body is not {{\"client_params\":{{\"id\",\"group\"}}}}: {e}"
+        ))
     })?;
     let ClientParams { id, group } = req.client_params;
     if id.trim().is_empty() {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "invalid_client_identity",
-            "client_params.id must be non-empty",
-        ));
+        return Err(invalid("client_params.id must be non-empty".into()));
     }
     let slots = valid_group(&group)
-        .then(|| server.groups.groups().get(&group).copied())
+        .then(|| groups.get(&group).copied())
         .flatten()
-        .ok_or_else(|| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "unknown_group",
-                format!("group {group:?} is not configured (names match ^[a-zA-Z0-9.-]+$)"),
-            )
+        .ok_or_else(|| Refused {
+            kind: "unknown_group",
+            value: format!("group {group:?} is not configured (names match ^[a-zA-Z0-9.-]+$)"),
         })?;
-    Ok((id, group, slots))
+    Ok(Accepted { id, group, slots })
+}
+
+/// Validates header and body against the group file as it is now.
+#[allow(clippy::result_large_err)]
+fn parse(server: &Server, headers: &HeaderMap, body: &[u8]) -> Result<Accepted, Response> {
+    let header = headers.get("fleet-lock-protocol").map(|v| v.as_bytes());
+    check_request(header, body, &server.groups.groups())
+        .map_err(|r| error(StatusCode::BAD_REQUEST, r.kind, r.value))
 }
 
 async fn pre_reboot(
@@ -188,7 +204,7 @@ async fn pre_reboot(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let (id, group, slots) = match parse(&server, &headers, &body) {
+    let Accepted { id, group, slots } = match parse(&server, &headers, &body) {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -223,7 +239,7 @@ async fn steady_state(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let (id, group, _) = match parse(&server, &headers, &body) {
+    let Accepted { id, group, .. } = match parse(&server, &headers, &body) {
         Ok(v) => v,
         Err(r) => return r,
     };
