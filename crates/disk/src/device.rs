@@ -93,6 +93,19 @@ impl Device {
     }
 
     pub(crate) fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        #[cfg(feature = "failpoints")]
+        let data = {
+            let allowed = crate::power::take(data.len());
+            if allowed < data.len() {
+                // The power goes off inside this write: only its first bytes land.
+                let _ = self.file.write_all_at(&data[..allowed], offset);
+                return Err(DiskError::InjectedCut {
+                    path: self.path.clone(),
+                    point: "power cut inside a table write",
+                });
+            }
+            data
+        };
         self.file
             .write_all_at(data, offset)
             .map_err(|source| DiskError::Io {

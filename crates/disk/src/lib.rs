@@ -15,6 +15,8 @@ mod disk;
 mod error;
 mod gpt;
 mod layout;
+#[cfg(feature = "failpoints")]
+pub mod power;
 mod prio;
 #[cfg(test)]
 mod robustness_tests;

@@ -24,6 +24,13 @@ pub enum PersistError {
     InjectedCut(&'static str),
 }
 
+/// The fail-points of [`save`], in the order a save passes them (the power-cut tests arm them).
+pub const CUT_POINTS: &[&str] = &[
+    "engine-state-tmp-written",
+    "engine-state-tmp-synced",
+    "engine-state-renamed",
+];
+
 macro_rules! cut_point {
     ($name:literal) => {
         #[cfg(feature = "failpoints")]

@@ -33,8 +33,7 @@ use fastpatch_update_conf::UpdateConf;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-pub use self::boot::boot_control;
-use self::boot::passive_staged;
+pub use self::boot::{boot_control, passive_staged};
 use self::config::DaemonConfig;
 use self::download::InstallHandle;
 use self::metrics::Metrics;
