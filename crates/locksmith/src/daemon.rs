@@ -3,8 +3,6 @@
 //! [`crate::strategy::step`].
 
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -14,6 +12,7 @@ use crate::config::DaemonConfig;
 use crate::dbus::UpdateStatusSource;
 use crate::etcd::{EtcdConfig, EtcdStore};
 use crate::fleetlock;
+use crate::lease::LeaseKeeper;
 use crate::store::{Coordinator, RetryPolicy};
 use crate::strategy::{step, Action, CoordState, Event, Mode, Policy, State, Strategy};
 
@@ -29,7 +28,7 @@ enum Backend {
     None,
     Etcd {
         coord: Box<Coordinator<EtcdStore>>,
-        lease: Option<Arc<AtomicI64>>,
+        lease: Option<LeaseKeeper>,
     },
     FleetLock(fleetlock::Client),
 }
@@ -196,29 +195,10 @@ async fn etcd_backend(cfg: &DaemonConfig, store: EtcdStore, id: &str) -> Backend
             lease: None,
         };
     };
-    let lease = Arc::new(AtomicI64::new(0));
-    let (l, c, s, id2) = (lease.clone(), coord.clone(), store, id.to_string());
-    tokio::spawn(async move {
-        loop {
-            let cur = l.load(Ordering::SeqCst);
-            let alive = cur != 0 && s.keep_alive_once(cur).await.unwrap_or(false);
-            if !alive {
-                match s.grant_lease(ttl).await {
-                    Ok(new) => {
-                        l.store(new, Ordering::SeqCst);
-                        if let Err(e) = c.adopt(&id2, new).await {
-                            warn!(error = %e, "cannot move our hold onto the new lease");
-                        }
-                    }
-                    Err(e) => warn!(error = %e, "cannot grant an etcd lease"),
-                }
-            }
-            tokio::time::sleep((ttl / 3).max(Duration::from_millis(200))).await;
-        }
-    });
+    let keeper = LeaseKeeper::spawn(coord.clone(), id.to_string(), ttl);
     Backend::Etcd {
         coord: Box::new(coord),
-        lease: Some(lease),
+        lease: Some(keeper),
     }
 }
 
@@ -258,10 +238,7 @@ async fn perform(
             let r = match backend {
                 Backend::None => Ok(()),
                 Backend::Etcd { coord, lease } => {
-                    let l = lease
-                        .as_ref()
-                        .map(|l| l.load(Ordering::SeqCst))
-                        .filter(|l| *l != 0);
+                    let l = lease.as_ref().and_then(LeaseKeeper::current);
                     match coord.try_lock(id, l).await {
                         Ok(Ok(_)) => Ok(()),
                         Ok(Err(seen)) => {

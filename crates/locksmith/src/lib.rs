@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod flags;
 pub mod fleetlock;
 pub mod keys;
+pub mod lease;
 pub mod reboot;
 pub mod semaphore;
 pub mod sim;

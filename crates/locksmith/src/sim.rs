@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::etcd::EtcdStore;
+use crate::lease::LeaseKeeper;
 use crate::semaphore::SemaphoreError;
 use crate::store::{CoordError, Coordinator, RetryPolicy};
 use crate::strategy::{step, Action, Event, Mode, Policy, State};
@@ -24,7 +25,21 @@ pub struct SimReport {
     pub peak_rebooting: usize,
     /// Most holders seen in the semaphore right after a lock.
     pub peak_holders: usize,
+    /// Machines that finished: rebooted into the new version, released their slot.
     pub done: usize,
+    /// Machines that died holding their slot (see [`Faults::die_holding`]).
+    pub died: usize,
+}
+
+/// Faults a rollout runs with (beyond what the test does to etcd itself).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Each machine ties its hold to an etcd lease of this TTL (locksmithd's `LEASE_TTL`),
+    /// kept alive while the machine is up; must exceed the reboot time.
+    pub lease_ttl: Option<Duration>,
+    /// This many machines die right after taking their slot: no reboot, no unlock, no more
+    /// keep-alives. With leases their slots free after the TTL; without, they are held forever.
+    pub die_holding: usize,
 }
 
 impl SimReport {
@@ -49,6 +64,17 @@ pub async fn rollout(
     max: i64,
     reboot_time: Duration,
 ) -> Result<SimReport, SimError> {
+    rollout_with(store, machines, max, reboot_time, Faults::default()).await
+}
+
+/// [`rollout`] with faults.
+pub async fn rollout_with(
+    store: EtcdStore,
+    machines: usize,
+    max: i64,
+    reboot_time: Duration,
+    faults: Faults,
+) -> Result<SimReport, SimError> {
     let coord = Coordinator::new(store, "", RetryPolicy::patient(Duration::from_secs(60)));
     coord.set_max(max).await?;
     let rebooting = Arc::new(AtomicUsize::new(0));
@@ -58,15 +84,25 @@ pub async fn rollout(
     let mut tasks = Vec::with_capacity(machines);
     for i in 0..machines {
         let c = coord.clone();
-        let (r, p, ph) = (rebooting.clone(), peak.clone(), peak_holders.clone());
-        tasks.push(tokio::spawn(async move {
-            machine(c, format!("sim-{i:04}"), reboot_time, r, p, ph).await
-        }));
+        let fleet = Fleet {
+            rebooting: rebooting.clone(),
+            peak: peak.clone(),
+            peak_holders: peak_holders.clone(),
+        };
+        let m = Machine {
+            id: format!("sim-{i:04}"),
+            reboot_time,
+            lease_ttl: faults.lease_ttl,
+            dies: i < faults.die_holding,
+        };
+        tasks.push(tokio::spawn(async move { m.run(c, fleet).await }));
     }
-    let mut done = 0;
+    let (mut done, mut died) = (0, 0);
     for t in tasks {
-        t.await.map_err(|e| SimError::Task(e.to_string()))??;
-        done += 1;
+        match t.await.map_err(|e| SimError::Task(e.to_string()))?? {
+            Ending::Done => done += 1,
+            Ending::Died => died += 1,
+        }
     }
     let rounds = machines.div_ceil(max.max(1) as usize) as u32;
     Ok(SimReport {
@@ -78,76 +114,116 @@ pub async fn rollout(
         peak_rebooting: peak.load(Ordering::SeqCst),
         peak_holders: peak_holders.load(Ordering::SeqCst),
         done,
+        died,
     })
 }
 
-/// One machine: staged update → lock → reboot (sleep) → boot good → unlock, driven by
-/// [`step`]. A failed lock waits for the semaphore to change (an etcd watch) rather than
-/// polling, capped by the policy's retry interval.
-async fn machine(
-    c: Coordinator<EtcdStore>,
-    id: String,
-    reboot_time: Duration,
+/// The counters every machine updates.
+struct Fleet {
     rebooting: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
     peak_holders: Arc<AtomicUsize>,
-) -> Result<(), SimError> {
-    let mut policy = Policy::new(Mode::Coordinated, None);
-    policy.lock_retry = chrono::Duration::seconds(2);
-    policy.unlock_backoff = chrono::Duration::milliseconds(50);
-    let mut state = State::Idle;
-    let mut events = std::collections::VecDeque::from([Event::UpdateStaged]);
-    let mut booted_new = false;
-    let mut last_rev = 0;
-    while let Some(ev) = events.pop_front() {
-        let (next, actions) = step(&policy, state, ev, chrono::Utc::now());
-        state = next;
-        for a in actions {
-            match a {
-                Action::SetState(_) => {}
-                Action::Lock => match c.try_lock(&id, None).await? {
-                    Ok(holders) => {
-                        peak_holders.fetch_max(holders, Ordering::SeqCst);
-                        events.push_back(Event::Locked);
+}
+
+/// One simulated machine.
+struct Machine {
+    id: String,
+    reboot_time: Duration,
+    lease_ttl: Option<Duration>,
+    dies: bool,
+}
+
+enum Ending {
+    Done,
+    Died,
+}
+
+impl Machine {
+    /// Staged update → lock → reboot (sleep) → boot good → unlock, driven by [`step`]. A
+    /// failed lock waits for the semaphore to change (an etcd watch) rather than polling,
+    /// capped by the policy's retry interval. With a lease TTL the machine keeps its lease
+    /// while it is up (the keeper stops during the reboot and a new one adopts the hold).
+    async fn run(self, c: Coordinator<EtcdStore>, fleet: Fleet) -> Result<Ending, SimError> {
+        let keep = |c: &Coordinator<EtcdStore>| {
+            self.lease_ttl
+                .map(|ttl| LeaseKeeper::spawn(c.clone(), self.id.clone(), ttl))
+        };
+        let mut keeper = keep(&c);
+        let mut policy = Policy::new(Mode::Coordinated, None);
+        policy.lock_retry = chrono::Duration::seconds(2);
+        policy.unlock_backoff = chrono::Duration::milliseconds(50);
+        let mut state = State::Idle;
+        let mut events = std::collections::VecDeque::from([Event::UpdateStaged]);
+        let mut booted_new = false;
+        let mut last_rev = 0;
+        while let Some(ev) = events.pop_front() {
+            let (next, actions) = step(&policy, state, ev, chrono::Utc::now());
+            state = next;
+            for a in actions {
+                match a {
+                    Action::SetState(_) => {}
+                    Action::Lock => {
+                        if self.lease_ttl.is_some() {
+                            // A hold needs a lease: wait for the keeper's first grant.
+                            while keeper.as_ref().and_then(LeaseKeeper::current).is_none() {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                        let lease = keeper.as_ref().and_then(LeaseKeeper::current);
+                        match c.try_lock(&self.id, lease).await? {
+                            Ok(holders) => {
+                                fleet.peak_holders.fetch_max(holders, Ordering::SeqCst);
+                                if self.dies {
+                                    return Ok(Ending::Died); // the keeper stops with it
+                                }
+                                events.push_back(Event::Locked);
+                            }
+                            Err(seen) => {
+                                last_rev = seen;
+                                events.push_back(Event::LockFailed("semaphore is at 0".into()))
+                            }
+                        }
                     }
-                    Err(seen) => {
-                        last_rev = seen;
-                        events.push_back(Event::LockFailed("semaphore is at 0".into()))
+                    Action::WakeAfter(d) => {
+                        let d = d.to_std().unwrap_or_default();
+                        if matches!(state, State::Locking { .. }) {
+                            // As locksmithd: a broken watch (etcd went away) means "try
+                            // the lock again now"; the lock itself waits for etcd.
+                            if let Err(e) = c.wait_free(last_rev, d).await {
+                                tracing::debug!(id = %self.id, error = %e, "watch failed");
+                            }
+                        } else {
+                            tokio::time::sleep(d).await;
+                        }
+                        events.push_back(Event::Tick);
                     }
-                },
-                Action::WakeAfter(d) => {
-                    let d = d.to_std().unwrap_or_default();
-                    if matches!(state, State::Locking { .. }) {
-                        c.wait_free(last_rev, d).await.map_err(CoordError::from)?;
-                    } else {
-                        tokio::time::sleep(d).await;
+                    Action::Broadcast => events.push_back(Event::Broadcasted { told: 0 }),
+                    Action::Reboot => {
+                        keeper = None; // the machine is down
+                        let now = fleet.rebooting.fetch_add(1, Ordering::SeqCst) + 1;
+                        fleet.peak.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(self.reboot_time).await;
+                        fleet.rebooting.fetch_sub(1, Ordering::SeqCst);
+                        // The new boot: the daemon starts again and the boot is marked good.
+                        keeper = keep(&c);
+                        booted_new = true;
+                        events.clear();
+                        events.extend([Event::Start, Event::BootGood]);
                     }
-                    events.push_back(Event::Tick);
+                    Action::Unlock => match c.unlock(&self.id).await {
+                        Ok(()) | Err(CoordError::Semaphore(SemaphoreError::NotHolder)) => {
+                            events.push_back(Event::Unlocked)
+                        }
+                        Err(e) => events.push_back(Event::UnlockFailed(e.to_string())),
+                    },
                 }
-                Action::Broadcast => events.push_back(Event::Broadcasted { told: 0 }),
-                Action::Reboot => {
-                    let now = rebooting.fetch_add(1, Ordering::SeqCst) + 1;
-                    peak.fetch_max(now, Ordering::SeqCst);
-                    tokio::time::sleep(reboot_time).await;
-                    rebooting.fetch_sub(1, Ordering::SeqCst);
-                    // The new boot: the daemon starts again and the boot is marked good.
-                    booted_new = true;
-                    events.clear();
-                    events.extend([Event::Start, Event::BootGood]);
-                }
-                Action::Unlock => match c.unlock(&id).await {
-                    Ok(()) | Err(CoordError::Semaphore(SemaphoreError::NotHolder)) => {
-                        events.push_back(Event::Unlocked)
-                    }
-                    Err(e) => events.push_back(Event::UnlockFailed(e.to_string())),
-                },
+            }
+            if booted_new && state == State::Idle {
+                return Ok(Ending::Done);
             }
         }
-        if booted_new && state == State::Idle {
-            return Ok(());
-        }
+        Err(SimError::Task(format!("{} stopped in {state:?}", self.id)))
     }
-    Err(SimError::Task(format!("{id} stopped in {state:?}")))
 }
 
 /// Lock + unlock round trips per second for `dur` (one client, sequential).
