@@ -68,6 +68,8 @@ pub enum ParseError {
     Xml { position: u64, message: String },
     #[error("malformed XML: {0}")]
     Malformed(&'static str),
+    #[error("character U+{code:04X} is not allowed in XML 1.0 ({place})")]
+    ForbiddenChar { code: u32, place: String },
     #[error("DTDs are not accepted")]
     DtdRefused,
     #[error("limit exceeded: {0}")]

@@ -58,6 +58,9 @@ pub(crate) fn parse_tree(input: &[u8], limits: &Limits) -> Result<Element, Parse
         });
     }
     let text = std::str::from_utf8(input).map_err(|_| ParseError::NotUtf8)?;
+    // What XML 1.0 forbids (C0 controls, U+FFFE/U+FFFF) is refused, not passed on: a value
+    // holding one could not be written back as XML.
+    check_chars(text, |i| format!("at byte {i}"))?;
     let mut reader = Reader::from_str(text);
     reader.config_mut().check_end_names = true;
     reader.config_mut().allow_unmatched_ends = false;
@@ -114,6 +117,16 @@ pub(crate) fn parse_tree(input: &[u8], limits: &Limits) -> Result<Element, Parse
     root.ok_or(ParseError::Malformed("no root element"))
 }
 
+fn check_chars(text: &str, place: impl FnOnce(usize) -> String) -> Result<(), ParseError> {
+    match text.char_indices().find(|(_, c)| !is_xml_char(*c)) {
+        Some((i, c)) => Err(ParseError::ForbiddenChar {
+            code: u32::from(c),
+            place: place(i),
+        }),
+        None => Ok(()),
+    }
+}
+
 fn check_counts(elements: usize, depth: usize, limits: &Limits) -> Result<(), ParseError> {
     if elements > limits.max_elements {
         return Err(ParseError::LimitExceeded("too many elements"));
@@ -148,6 +161,15 @@ fn element_from(start: &BytesStart<'_>, limits: &Limits) -> Result<Element, Pars
         }
         let key: &str = attr.key.as_ref();
         let key = key.to_owned();
+        // The names the writer can write back (found by fuzzing: `a%b` parsed and was lost).
+        if !is_xml_name(&key) {
+            return Err(ParseError::Xml {
+                position: 0,
+                message: format!(
+                    "attribute name {key:?} is not accepted (ASCII letters, digits, _ - . :)"
+                ),
+            });
+        }
         let value = attr
             .normalized_value(XmlVersion::Implicit1_0)
             .map_err(|e| ParseError::Xml {
@@ -155,6 +177,8 @@ fn element_from(start: &BytesStart<'_>, limits: &Limits) -> Result<Element, Pars
                 message: e.to_string(),
             })?
             .into_owned();
+        // Character references can name forbidden characters too (`&#17;`).
+        check_chars(&value, |_| format!("in the value of {key}"))?;
         attrs.push((key, value));
     }
     Ok(Element {
@@ -283,6 +307,35 @@ fn is_xml_name(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Found by the fuzz targets: a control character in an attribute parsed, then could not
+    // be written back, so a request changed across parse + write.
+    #[test]
+    fn characters_xml_forbids_are_refused_raw_or_as_references() {
+        for doc in [
+            "<request protocol=\"3.0\" version=\"a\u{11}b\"></request>",
+            "<request protocol=\"3.0\" version=\"a&#17;b\"></request>",
+            "<request protocol=\"3.0\" version=\"a&#0;b\"></request>",
+            "<request protocol=\"3.0\"><app appid=\"x\u{0}\"></app></request>",
+            "<request protocol=\"3.0\">\u{FFFE}</request>",
+        ] {
+            let err = parse_tree(doc.as_bytes(), &Limits::default()).unwrap_err();
+            assert!(
+                matches!(err, ParseError::ForbiddenChar { .. })
+                    || matches!(err, ParseError::Xml { .. }),
+                "{doc:?}: {err}"
+            );
+        }
+        let err = parse_tree(b"<a x=\"1&#17;\"></a>", &Limits::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "character U+0011 is not allowed in XML 1.0 (in the value of x)"
+        );
+        let err = parse_tree(b"<a b%c=\"1\"></a>", &Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("attribute name \"b%c\""), "{err}");
+        let ok = "<a x=\"tab&#9;nl&#10;\">\t\r\n</a>";
+        assert!(parse_tree(ok.as_bytes(), &Limits::default()).is_ok());
+    }
 
     #[test]
     fn writer_escapes_and_closes() {
