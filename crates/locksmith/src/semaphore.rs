@@ -26,6 +26,10 @@ pub enum SemaphoreError {
     /// The stored value is not locksmith's JSON.
     #[error("semaphore value is not valid JSON: {0}")]
     Decode(String),
+    /// The change would take the available count beyond what a 64-bit count holds (a
+    /// hand-edited value, or an absurd max).
+    #[error("the semaphore's available count ({semaphore}) cannot be changed by {by}")]
+    CountOverflow { semaphore: i64, by: String },
 }
 
 /// The semaphore as stored: available count, max, holders.
@@ -139,8 +143,15 @@ impl Semaphore {
         };
         match holders.binary_search_by(|h| h.as_str().cmp(id)) {
             Ok(pos) => {
+                let semaphore =
+                    self.semaphore
+                        .checked_add(1)
+                        .ok_or(SemaphoreError::CountOverflow {
+                            semaphore: self.semaphore,
+                            by: "+1".into(),
+                        })?;
                 holders.remove(pos);
-                self.semaphore += 1;
+                self.semaphore = semaphore;
                 Ok(())
             }
             Err(_) => Err(SemaphoreError::NotHolder),
@@ -162,7 +173,14 @@ impl Semaphore {
         }
         let old = self.max;
         // Same arithmetic as locksmith (shift both counts by the difference).
-        self.semaphore -= old - max;
+        let semaphore = max
+            .checked_sub(old)
+            .and_then(|d| self.semaphore.checked_add(d))
+            .ok_or_else(|| SemaphoreError::CountOverflow {
+                semaphore: self.semaphore,
+                by: format!("{max} - {old}"),
+            })?;
+        self.semaphore = semaphore;
         self.max = max;
         Ok(old)
     }
@@ -191,6 +209,26 @@ fn go_json_string(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Found by the fuzz target (fuzz/fuzz_targets/semaphore.rs): counts near i64's limits in a
+    // hand-edited value overflowed (a panic in debug builds, a wrapped count in release).
+    #[test]
+    fn counts_that_would_overflow_are_refused_and_change_nothing() {
+        let mut s =
+            Semaphore::decode(br#"{"semaphore":9223372036854775807,"max":1,"holders":["a"]}"#)
+                .unwrap();
+        let before = s.clone();
+        assert!(matches!(
+            s.unlock("a"),
+            Err(SemaphoreError::CountOverflow { .. })
+        ));
+        assert_eq!(s, before);
+        let mut s = Semaphore::decode(br#"{"semaphore":2,"max":1,"holders":null}"#).unwrap();
+        s.set_max(0).unwrap();
+        let err = s.set_max(i64::MAX).unwrap_err();
+        assert!(err.to_string().contains("cannot be changed"), "{err}");
+        assert_eq!((s.semaphore, s.max), (1, 0));
+    }
 
     #[test]
     fn fresh_encodes_like_locksmith() {
