@@ -64,9 +64,11 @@ impl UpdateConf {
         Ok(conf)
     }
 
-    /// Parses one file's text; keys already set by an earlier file keep their value.
+    /// Parses one file's text; keys already set by an earlier file keep their value. Within
+    /// one file the last line setting a key wins, as in update_engine's key-value store.
     pub fn merge(&mut self, text: &str, path: &Path) {
-        for (key, value) in parse(text, path) {
+        let file: BTreeMap<String, String> = parse(text, path).into_iter().collect();
+        for (key, value) in file {
             self.values
                 .entry(key)
                 .or_insert((value, path.to_path_buf()));
@@ -150,6 +152,21 @@ mod tests {
         let p = root.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
+    }
+
+    // Found by the fuzz target: within one file the first line won, where update_engine's
+    // key-value store (and a shell sourcing the file) takes the last.
+    #[test]
+    fn within_one_file_the_last_line_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "etc/flatcar/update.conf",
+            "SERVER=disabled\nGROUP=alpha\nSERVER=https://u.example/v1/update/\n",
+        );
+        let c = UpdateConf::load(dir.path()).unwrap();
+        assert_eq!(c.get("SERVER"), Some("https://u.example/v1/update/"));
+        assert_eq!(c.group(), "alpha");
     }
 
     #[test]
