@@ -199,7 +199,7 @@ impl Machine {
                     }
                     Action::Broadcast => events.push_back(Event::Broadcasted { told: 0 }),
                     Action::Reboot => {
-                        keeper = None; // the machine is down
+                        drop(keeper.take()); // the machine is down: no keep-alives
                         let now = fleet.rebooting.fetch_add(1, Ordering::SeqCst) + 1;
                         fleet.peak.fetch_max(now, Ordering::SeqCst);
                         tokio::time::sleep(self.reboot_time).await;
