@@ -43,9 +43,64 @@ async fn main() -> anyhow::Result<()> {
         r.peak_rebooting,
         r.done
     );
-    let rt = sim::roundtrips(store, Duration::from_secs(5)).await?;
+    let rt = sim::roundtrips(store.clone(), Duration::from_secs(5)).await?;
     println!(
         "lock+unlock round trips: {rt:.0}/s (one client, sequential, real etcd 3.4 on loopback)"
     );
+    // Where the floor comes from: every etcd write waits for an fsync of its WAL, and a lock
+    // + unlock pair is two writes. The same loop on an etcd that skips fsync, and this disk's
+    // own fdatasync rate, show how much of the time is the disk.
+    let (puts, gets) = raw_rates(&store, Duration::from_secs(3)).await?;
+    println!(
+        "etcd itself, same client: {puts:.0} puts/s, {gets:.0} gets/s, one at a time \
+         (a lock or an unlock is one read and one guarded transaction)"
+    );
+    let syncs = fdatasync_rate(etcd.data_dir(), Duration::from_secs(3))?;
+    println!("fdatasync of a 4 KiB write on etcd's data filesystem: {syncs:.0}/s");
+    let unsafe_etcd = EtcdServer::start_without_fsync().map_err(anyhow::Error::msg)?;
+    let store = EtcdStore::connect(&EtcdConfig::local().with_endpoints(&unsafe_etcd.endpoint()))
+        .await
+        .context("connecting to the no-fsync etcd")?;
+    let no_fsync = sim::roundtrips(store, Duration::from_secs(5)).await?;
+    println!(
+        "lock+unlock round trips with etcd --unsafe-no-fsync: {no_fsync:.0}/s ({:.2}x the fsyncing etcd)",
+        no_fsync / rt
+    );
     Ok(())
+}
+
+/// Plain sequential puts and gets of one small key per second.
+async fn raw_rates(store: &EtcdStore, dur: Duration) -> anyhow::Result<(f64, f64)> {
+    let mut client = store.client();
+    let started = std::time::Instant::now();
+    let mut puts = 0u64;
+    while started.elapsed() < dur {
+        client.put("bench/raw", puts.to_string(), None).await?;
+        puts += 1;
+    }
+    let put_rate = puts as f64 / started.elapsed().as_secs_f64();
+    let started = std::time::Instant::now();
+    let mut gets = 0u64;
+    while started.elapsed() < dur {
+        client.get("bench/raw", None).await?;
+        gets += 1;
+    }
+    Ok((put_rate, gets as f64 / started.elapsed().as_secs_f64()))
+}
+
+/// Sequential 4 KiB writes, each followed by `fdatasync`, per second.
+fn fdatasync_rate(dir: &std::path::Path, dur: Duration) -> anyhow::Result<f64> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("fsync-probe");
+    let f = std::fs::File::create(&path).context("creating the fsync probe")?;
+    let block = [0x5a_u8; 4096];
+    let started = std::time::Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < dur {
+        f.write_all_at(&block, (n % 256) * 4096)?;
+        f.sync_data()?;
+        n += 1;
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(n as f64 / started.elapsed().as_secs_f64())
 }

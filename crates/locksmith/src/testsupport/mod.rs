@@ -6,7 +6,7 @@
 pub mod tls;
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,8 @@ pub struct EtcdServer {
     child: Option<Child>,
     /// Server certificate and key: serve clients over TLS.
     tls: Option<(PathBuf, PathBuf)>,
+    /// `--unsafe-no-fsync` (benchmarks only: shows what etcd's fsyncs cost).
+    no_fsync: bool,
 }
 
 impl EtcdServer {
@@ -44,15 +46,33 @@ impl EtcdServer {
         Self::start_with(Some((cert, key)))
     }
 
-    fn start_with(tls: Option<(PathBuf, PathBuf)>) -> Result<Self, String> {
+    /// Starts etcd with `--unsafe-no-fsync`: loses data on a crash; for measuring only.
+    pub fn start_without_fsync() -> Result<Self, String> {
+        let mut s = Self::unstarted(None)?;
+        s.no_fsync = true;
+        s.restart()?;
+        Ok(s)
+    }
+
+    /// The data directory (on the filesystem whose fsync etcd waits for).
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn unstarted(tls: Option<(PathBuf, PathBuf)>) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-        let mut s = EtcdServer {
+        Ok(EtcdServer {
             dir,
             client_port: free_port().map_err(|e| e.to_string())?,
             peer_port: free_port().map_err(|e| e.to_string())?,
             child: None,
             tls,
-        };
+            no_fsync: false,
+        })
+    }
+
+    fn start_with(tls: Option<(PathBuf, PathBuf)>) -> Result<Self, String> {
+        let mut s = Self::unstarted(tls)?;
         s.restart()?;
         Ok(s)
     }
@@ -102,6 +122,7 @@ impl EtcdServer {
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=test={peer}"))
             .arg("--log-level=error")
+            .args(self.no_fsync.then_some("--unsafe-no-fsync"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
