@@ -26,6 +26,7 @@ use fastpatch_disk::{power, Disk, LayoutSpec, OpenMode, USR_A_INDEX, USR_B_INDEX
 use fastpatch_engine::daemon::passive_staged;
 use fastpatch_engine::machine::{Action, BootFacts, CheckReply, Engine, Input, UpdateOffer};
 use fastpatch_engine::persist;
+use fastpatch_engine::report::{ErrorCode, Event};
 use fastpatch_engine::status::UpdateStatus;
 use fastpatch_payload::install::{FileRange, InstallOptions, InstallTarget, Installer};
 use sha2::{Digest, Sha256};
@@ -189,6 +190,8 @@ struct Machine<'f> {
     boots: u32,
     /// Boots in which the chooser fell back to A after B had been tried.
     fallbacks: u32,
+    /// Rollback reports (errorcode 44) the engine sent to the server.
+    rollback_reports: std::cell::Cell<u32>,
 }
 
 impl<'f> Machine<'f> {
@@ -205,6 +208,7 @@ impl<'f> Machine<'f> {
             install_dir: root.join("install"),
             boots: 0,
             fallbacks: 0,
+            rollback_reports: std::cell::Cell::new(0),
         }
     }
 
@@ -311,12 +315,18 @@ impl Shell<'_, '_> {
         while !queue.is_empty() {
             let action = queue.remove(0);
             let input = match action {
-                Action::SendUpdateCheck { .. } => Some(Input::CheckAnswered {
-                    reply: CheckReply::Update(self.offer()),
-                    poll_interval: None,
-                }),
+                Action::SendUpdateCheck { events, .. } => {
+                    self.count_rollbacks(&events);
+                    Some(Input::CheckAnswered {
+                        reply: CheckReply::Update(self.offer()),
+                        poll_interval: None,
+                    })
+                }
                 Action::SendPing | Action::PublishStatus | Action::ScheduleCheck(_) => None,
-                Action::SendEvents(_) => Some(Input::ErrorReported),
+                Action::SendEvents(events) => {
+                    self.count_rollbacks(&events);
+                    Some(Input::ErrorReported)
+                }
                 Action::StartInstall(_) => {
                     self.install()?;
                     Some(Input::DownloadFinished)
@@ -346,6 +356,16 @@ impl Shell<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    fn count_rollbacks(&self, events: &[Event]) {
+        let n = events
+            .iter()
+            .filter(|e| e.error_code == Some(ErrorCode::ROLLED_BACK))
+            .count() as u32;
+        self.m
+            .rollback_reports
+            .set(self.m.rollback_reports.get() + n);
     }
 
     fn offer(&self) -> UpdateOffer {
@@ -527,6 +547,20 @@ fn no_power_cut_leaves_a_machine_booting_anything_but_a_complete_slot() {
             Cut::Bytes(_) => "a byte of a table write".to_string(),
             Cut::Point { name, .. } => name.to_string(),
         };
+        // A rollback is reported exactly when one happened (a repeat is allowed only when a
+        // cut fell between the server's answer and the state save).
+        let reports = m.rollback_reports.get();
+        if m.fallbacks == 0 {
+            assert_eq!(
+                reports, 0,
+                "cut {i} ({cut:?}): a rollback reported that never happened"
+            );
+        } else {
+            assert!(
+                reports >= m.fallbacks,
+                "cut {i} ({cut:?}): a rollback went unreported"
+            );
+        }
         let e = by_kind.entry(kind).or_default();
         e.0 += 1;
         e.1 += u64::from(boots);
