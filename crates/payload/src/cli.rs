@@ -23,6 +23,24 @@ pub enum PayloadCommand {
     Verify(VerifyArgs),
     /// Install a payload onto a partition of a disk (or an image file), resumably.
     Install(InstallArgs),
+    /// Sign a payload anew with a set of keys (key rotation: old and new, then new only).
+    ///
+    /// The payload must already verify with one of the given keys. Every key that should sign
+    /// the result is given: the signature block's size is part of the signed manifest, so the
+    /// old signatures cannot be kept and each key signs again.
+    Sign(SignArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The signed payload.
+    pub payload: PathBuf,
+    /// PEM private key(s) to sign with; at least one must have signed the payload already.
+    #[arg(long = "key", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// Output payload file (default: replace the input).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -58,7 +76,7 @@ pub struct InspectArgs {
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     pub payload: PathBuf,
-    /// Trusted PEM public key(s); any one valid signature suffices.
+    /// Trusted PEM public key(s), or directories of `*.pem`; any one valid signature suffices.
     #[arg(long = "key", required = true)]
     pub keys: Vec<PathBuf>,
     #[arg(long)]
@@ -77,7 +95,7 @@ pub struct InstallArgs {
     /// Write to this whole file or device instead of a disk partition.
     #[arg(long, conflicts_with = "disk")]
     pub target_file: Option<PathBuf>,
-    /// Trusted PEM public key(s).
+    /// Trusted PEM public key(s), or directories of `*.pem`.
     #[arg(long = "key", required = true)]
     pub keys: Vec<PathBuf>,
     /// Directory for resume checkpoints (resumes automatically when one matches).
@@ -123,7 +141,30 @@ pub fn run(cmd: PayloadCommand) -> Result<()> {
         PayloadCommand::Inspect(a) => run_inspect(a),
         PayloadCommand::Verify(a) => run_verify(a),
         PayloadCommand::Install(a) => run_install(a),
+        PayloadCommand::Sign(a) => run_sign(a),
     }
+}
+
+fn run_sign(a: SignArgs) -> Result<()> {
+    let keys = a
+        .keys
+        .iter()
+        .map(|p| keys::load_private_key(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let out = a.output.as_ref().unwrap_or(&a.payload);
+    let report = crate::resign::resign(&a.payload, &keys, out)
+        .with_context(|| format!("signing {}", a.payload.display()))?;
+    println!(
+        "{}: {} bytes, {} signature(s)",
+        out.display(),
+        report.payload_len,
+        report.signatures
+    );
+    println!(
+        "payload sha256 (Omaha action sha256): {}",
+        base64_sha(&report.payload_sha256)
+    );
+    Ok(())
 }
 
 fn run_generate(a: GenerateArgs) -> Result<()> {
@@ -222,7 +263,8 @@ fn run_inspect(a: InspectArgs) -> Result<()> {
 }
 
 fn run_verify(a: VerifyArgs) -> Result<()> {
-    let trusted = keys::load_public_keys(&a.keys)?;
+    let files = keys::load_public_key_files(&a.keys)?;
+    let trusted: Vec<_> = files.iter().map(|(_, k)| k.clone()).collect();
     let v = verify::verify(open(&a.payload)?, &trusted)
         .with_context(|| format!("verifying {}", a.payload.display()))?;
     if a.json {
@@ -232,7 +274,7 @@ fn run_verify(a: VerifyArgs) -> Result<()> {
             "{}: OK (signature {} verified with {}; {} operations; image hash {})",
             a.payload.display(),
             v.signature.signature_index,
-            a.keys[v.signature.key_index].display(),
+            files[v.signature.key_index].0.display(),
             v.inspection.operations,
             if v.image_hash_checked {
                 "checked"

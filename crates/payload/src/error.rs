@@ -50,6 +50,10 @@ pub enum PayloadError {
     BadSignatureBlock(String),
     #[error("no trusted public key configured; refusing to install or verify without one")]
     NoTrustedKeys,
+    #[error("no trusted public key found (looked at {0}); refusing to install without one")]
+    NoKeysFound(String),
+    #[error("cannot re-sign: {0}")]
+    Resign(String),
     #[error("key {path}: {reason}")]
     Key { path: PathBuf, reason: String },
     #[error("signing failed: {0}")]

@@ -30,6 +30,7 @@ pub mod install;
 pub mod keys;
 pub mod proto;
 pub mod ratelimit;
+pub mod resign;
 mod sha;
 pub mod signing;
 pub mod stream;

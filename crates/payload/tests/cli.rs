@@ -179,3 +179,124 @@ fn keygen_generate_inspect_verify_install() {
     assert_eq!(read_slot(&disk, usr_b(), image.len()), image);
     assert_eq!(attrs(&disk), before);
 }
+
+/// Key rotation as README "Rotating the payload signing key" describes it, on key directories
+/// (the engine's vendor and admin key sets): old key → payloads signed by both → new key only
+/// → old key removed.
+#[test]
+fn key_rotation_old_then_both_then_new_only_then_old_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let image = make_image(&dir.path().join("usr.img"), 3 << 20, 41);
+    let keys_d = dir.path().join("keys.d");
+    std::fs::create_dir(&keys_d).unwrap();
+    let trusted = keys_d.to_str().unwrap().to_string();
+    run(&[
+        "keygen",
+        "-o",
+        &p("old.pem"),
+        "--public",
+        &p("keys.d/old.pem"),
+    ])
+    .unwrap();
+    run(&["keygen", "-o", &p("new.pem"), "--public", &p("new.pub.pem")]).unwrap();
+    let verify = |payload: &str, key: &str| run(&["payload", "verify", &p(payload), "--key", key]);
+    let refused = |payload: &str, key: &str| {
+        let err = verify(payload, key).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no signature in the payload verifies"),
+            "{payload} with {key}: {err:#}"
+        );
+    };
+
+    // 1. Today: releases are signed by the old key, machines trust the old key.
+    run(&[
+        "payload",
+        "generate",
+        "--image",
+        &p("usr.img"),
+        "--key",
+        &p("old.pem"),
+        "-o",
+        &p("v1.gz"),
+    ])
+    .unwrap();
+    verify("v1.gz", &trusted).unwrap();
+
+    // 2. Releases signed by both keys: machines that trust either accept them.
+    run(&[
+        "payload",
+        "sign",
+        &p("v1.gz"),
+        "--key",
+        &p("old.pem"),
+        "--key",
+        &p("new.pem"),
+        "-o",
+        &p("v2.gz"),
+    ])
+    .unwrap();
+    assert_eq!(
+        fastpatch_payload::verify::inspect(std::fs::File::open(p("v2.gz")).unwrap())
+            .unwrap()
+            .signature_versions,
+        vec![2, 2]
+    );
+    verify("v2.gz", &trusted).unwrap();
+    verify("v2.gz", &p("new.pub.pem")).unwrap();
+    // A payload the given keys never signed cannot be signed anew: nothing is written.
+    let err = run(&[
+        "payload",
+        "sign",
+        &p("v1.gz"),
+        "--key",
+        &p("new.pem"),
+        "-o",
+        &p("forged.gz"),
+    ])
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("must already verify with one of the given keys"),
+        "{err:#}"
+    );
+    assert!(!dir.path().join("forged.gz").exists());
+    // The fleet learns the new key (the admin's key directory, or the next OS version's).
+    std::fs::copy(p("new.pub.pem"), keys_d.join("new.pem")).unwrap();
+    verify("v1.gz", &trusted).unwrap();
+    verify("v2.gz", &trusted).unwrap();
+
+    // 3. New key only (re-signed in place): machines still on the old key alone refuse it.
+    std::fs::copy(p("v2.gz"), p("v3.gz")).unwrap();
+    run(&["payload", "sign", &p("v3.gz"), "--key", &p("new.pem")]).unwrap();
+    verify("v3.gz", &trusted).unwrap();
+    refused("v3.gz", &p("keys.d/old.pem"));
+
+    // 4. The old key is removed: what only it signed is refused, on verify and on install
+    // (the partition table unchanged, nothing staged); the new releases install.
+    std::fs::remove_file(keys_d.join("old.pem")).unwrap();
+    refused("v1.gz", &trusted);
+    let disk = standard_disk(dir.path());
+    let disk_s = disk.to_str().unwrap();
+    let before = attrs(&disk);
+    let install = |payload: &str| {
+        run(&[
+            "payload",
+            "install",
+            &p(payload),
+            "--disk",
+            disk_s,
+            "--partition",
+            "4",
+            "--key",
+            &trusted,
+        ])
+    };
+    let err = install("v1.gz").unwrap_err();
+    assert!(format!("{err:#}").contains("no signature"), "{err:#}");
+    install("v3.gz").unwrap();
+    assert_eq!(read_slot(&disk, usr_b(), image.len()), image);
+    assert_eq!(attrs(&disk), before);
+    // An empty key directory is no key at all.
+    std::fs::remove_file(keys_d.join("new.pem")).unwrap();
+    assert!(verify("v3.gz", &trusted).is_err());
+}

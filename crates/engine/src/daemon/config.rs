@@ -128,7 +128,9 @@ pub struct DaemonConfig {
     /// Resume checkpoints of a payload install.
     pub install_state_dir: PathBuf,
     pub boot_id_path: PathBuf,
-    /// Public keys a payload signature must verify with (PEM).
+    /// Public keys a payload signature must verify with: PEM files, or directories of `*.pem`
+    /// (the vendor's under /usr ship with each OS version; the admin's under /etc). Paths that
+    /// do not exist are skipped; no key at all is an error. Any one valid signature suffices.
     pub trusted_keys: Vec<PathBuf>,
     pub app_id: String,
     pub board: String,
@@ -161,9 +163,11 @@ impl Default for DaemonConfig {
             state_file: PathBuf::from("/var/lib/fastpatch/engine.json"),
             install_state_dir: PathBuf::from("/var/lib/fastpatch/install"),
             boot_id_path: PathBuf::from("/proc/sys/kernel/random/boot_id"),
-            trusted_keys: vec![PathBuf::from(
-                "/usr/share/update_engine/update-payload-key.pub.pem",
-            )],
+            trusted_keys: vec![
+                PathBuf::from("/usr/share/update_engine/update-payload-key.pub.pem"),
+                PathBuf::from("/usr/share/fastpatch/keys.d"),
+                PathBuf::from("/etc/fastpatch/keys.d"),
+            ],
             app_id: format!("{{{}}}", fastpatch_omaha::FLATCAR_APP_ID),
             board: "amd64-usr".into(),
             reboot_command: vec!["systemctl".into(), "reboot".into()],

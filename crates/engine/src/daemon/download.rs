@@ -94,6 +94,7 @@ pub fn error_code(e: &PayloadError) -> ErrorCode {
         | PayloadError::BadSignatureBlock(_)
         | PayloadError::Unsigned
         | PayloadError::NoTrustedKeys
+        | PayloadError::NoKeysFound(_)
         | PayloadError::BadMagic(_)
         | PayloadError::UnsupportedVersion(_)
         | PayloadError::ManifestTooLarge(_)

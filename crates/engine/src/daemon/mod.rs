@@ -465,8 +465,12 @@ impl Daemon {
             Ok(s) => s,
             Err(e) => return fail(self, ErrorCode::INSTALL_DEVICE_OPEN_ERROR, e.to_string()),
         };
-        let keys = match fastpatch_payload::keys::load_public_keys(&self.cfg.trusted_keys) {
-            Ok(k) => k,
+        let keys = match fastpatch_payload::keys::load_key_set(&self.cfg.trusted_keys) {
+            Ok(k) => {
+                let files: Vec<String> = k.iter().map(|(p, _)| p.display().to_string()).collect();
+                tracing::info!(keys = %files.join(", "), "payload signature keys trusted");
+                k.into_iter().map(|(_, key)| key).collect()
+            }
             Err(e) => {
                 return fail(
                     self,
