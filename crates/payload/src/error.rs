@@ -34,8 +34,9 @@ pub enum PayloadError {
     PayloadTooLarge { image: u64, slot_len: u64 },
     #[error("payload truncated: ended after {got} bytes, {expected} expected")]
     Truncated { got: u64, expected: u64 },
-    #[error("{0} unexpected bytes after the end of the payload")]
-    TrailingData(u64),
+    /// More bytes than the manifest accounts for (`end`: where the payload ends).
+    #[error("unexpected bytes after the end of the payload (byte {end})")]
+    TrailingData { end: u64 },
     #[error("operation {index}: data SHA-256 mismatch (corrupt or tampered payload)")]
     OperationHashMismatch { index: usize },
     #[error("operation {index}: {reason}")]

@@ -193,7 +193,8 @@ impl Demux {
             }
             let want = self.want();
             let take = match want {
-                Want::Done => return Err(PayloadError::TrailingData(data.len() as u64)),
+                // The offset, not the count: the count would depend on how the bytes arrive.
+                Want::Done => return Err(PayloadError::TrailingData { end: self.offset }),
                 Want::Skip(n) => n.min(data.len() as u64) as usize,
                 Want::Collect(n) => (n - self.buf.len() as u64).min(data.len() as u64) as usize,
             };

@@ -87,7 +87,7 @@ impl Drop for InstallHandle {
 pub fn error_code(e: &PayloadError) -> ErrorCode {
     match e {
         PayloadError::OperationHashMismatch { .. } => ErrorCode::PAYLOAD_HASH_MISMATCH,
-        PayloadError::Truncated { .. } | PayloadError::TrailingData(_) => {
+        PayloadError::Truncated { .. } | PayloadError::TrailingData { .. } => {
             ErrorCode::PAYLOAD_SIZE_MISMATCH
         }
         PayloadError::BadSignature { .. }
