@@ -1,11 +1,18 @@
 //! Omaha request parse (what the server reads from every machine): never panics, stays within
-//! its limits, and whatever parses survives a write and a second parse unchanged.
+//! its limits, whatever parses survives a write and a second parse unchanged, and the fast
+//! path (plain documents) builds exactly the tree the full parser builds whenever it accepts.
 #![no_main]
 
-use fastpatch_omaha::Request;
+use fastpatch_omaha::{fast_path_agrees, Limits, Request};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    assert_ne!(
+        fast_path_agrees(data, &Limits::default()),
+        Some(false),
+        "the fast path and the full parser disagree on {:?}",
+        String::from_utf8_lossy(data)
+    );
     let Ok(request) = Request::parse(data) else {
         return;
     };

@@ -16,6 +16,9 @@ mod request;
 mod response;
 mod xml;
 
+#[doc(hidden)]
+pub use xml::fast_path_agrees;
+
 pub use event::{error_code, event_result, event_type, ErrorCode, EventKind};
 pub use offer::{
     encode_b64, CheckOutcome, InvalidResponse, UpdateOffer, DEFAULT_MAX_FAILURE_COUNT_PER_URL,

@@ -160,21 +160,6 @@ pub fn normalize_appid(appid: &str) -> String {
     inner.to_ascii_lowercase()
 }
 
-const APP_ATTRS: &[&str] = &[
-    "appid",
-    "version",
-    "track",
-    "bootid",
-    "oem",
-    "oemversion",
-    "alephversion",
-    "machineid",
-    "machinealias",
-    "lang",
-    "board",
-    "hardware_class",
-    "delta_okay",
-];
 const REQUEST_ATTRS: &[&str] = &[
     "protocol",
     "version",
@@ -190,36 +175,36 @@ impl Request {
     }
 
     pub fn parse_with_limits(input: &[u8], limits: &Limits) -> Result<Request, ParseError> {
-        let root = parse_tree(input, limits)?;
+        let mut root = parse_tree(input, limits)?;
         if root.name != "request" {
-            return Err(ParseError::UnexpectedRoot(root.name));
+            return Err(ParseError::UnexpectedRoot(root.name.into_owned()));
         }
-        let protocol = root.attr("protocol").ok_or(ParseError::MissingAttribute {
+        let protocol = root.take("protocol").ok_or(ParseError::MissingAttribute {
             element: "request",
             attribute: "protocol",
         })?;
         if protocol != PROTOCOL_VERSION {
-            return Err(ParseError::UnsupportedProtocol(protocol.to_owned()));
+            return Err(ParseError::UnsupportedProtocol(protocol));
         }
-        let os = root.child("os").map(|os| Os {
-            version: os.attr_owned("version"),
-            platform: os.attr_owned("platform"),
-            sp: os.attr_owned("sp"),
-            arch: os.attr_owned("arch"),
+        let os = root.child_mut("os").map(|os| Os {
+            version: os.take("version"),
+            platform: os.take("platform"),
+            sp: os.take("sp"),
+            arch: os.take("arch"),
         });
         let mut apps = Vec::new();
-        for app in root.children_named("app") {
+        for app in root.children.iter_mut().filter(|c| c.name == "app") {
             if apps.len() >= limits.max_apps {
                 return Err(ParseError::LimitExceeded("too many apps"));
             }
             apps.push(parse_app(app, limits)?);
         }
         Ok(Request {
-            protocol: protocol.to_owned(),
-            version: root.attr_owned("version"),
-            updater_version: root.attr_owned("updaterversion"),
-            install_source: root.attr_owned("installsource"),
-            is_machine: root.attr_owned("ismachine"),
+            protocol,
+            version: root.take("version"),
+            updater_version: root.take("updaterversion"),
+            install_source: root.take("installsource"),
+            is_machine: root.take("ismachine"),
             os,
             apps,
             extra: root.extra_attrs(REQUEST_ATTRS),
@@ -288,11 +273,14 @@ impl Request {
     }
 }
 
-fn parse_app(app: &Element, limits: &Limits) -> Result<RequestApp, ParseError> {
-    let appid = app.attr("appid").ok_or(ParseError::MissingAttribute {
+fn parse_app(app: &mut Element, limits: &Limits) -> Result<RequestApp, ParseError> {
+    let missing_appid = ParseError::MissingAttribute {
         element: "app",
         attribute: "appid",
-    })?;
+    };
+    if app.attr("appid").is_none() {
+        return Err(missing_appid);
+    }
     let mut events = Vec::new();
     for ev in app.children_named("event") {
         if events.len() >= limits.max_events_per_app {
@@ -300,31 +288,44 @@ fn parse_app(app: &Element, limits: &Limits) -> Result<RequestApp, ParseError> {
         }
         events.push(parse_event(ev)?);
     }
-    Ok(RequestApp {
-        appid: appid.to_owned(),
-        version: app.attr_owned("version"),
-        track: app.attr_owned("track"),
-        bootid: app.attr_owned("bootid"),
-        oem: app.attr_owned("oem"),
-        oem_version: app.attr_owned("oemversion"),
-        aleph_version: app.attr_owned("alephversion"),
-        machine_id: app.attr_owned("machineid"),
-        machine_alias: app.attr_owned("machinealias"),
-        lang: app.attr_owned("lang"),
-        board: app.attr_owned("board"),
-        hardware_class: app.attr_owned("hardware_class"),
-        delta_okay: app.attr_owned("delta_okay"),
-        ping: app.child("ping").map(|p| Ping {
-            active: p.attr_owned("active"),
-            a: p.attr_owned("a"),
-            r: p.attr_owned("r"),
+    let mut out = RequestApp {
+        ping: app.child_mut("ping").map(|p| Ping {
+            active: p.take("active"),
+            a: p.take("a"),
+            r: p.take("r"),
         }),
-        update_check: app.child("updatecheck").map(|u| UpdateCheck {
-            target_version_prefix: u.attr_owned("targetversionprefix"),
+        update_check: app.child_mut("updatecheck").map(|u| UpdateCheck {
+            target_version_prefix: u.take("targetversionprefix"),
         }),
         events,
-        extra: app.extra_attrs(APP_ATTRS),
-    })
+        ..RequestApp::default()
+    };
+    let mut appid = None;
+    // One pass over the attributes (names are unique within an element).
+    for (key, value) in app.attrs.drain(..) {
+        let slot = match key.as_ref() {
+            "appid" => &mut appid,
+            "version" => &mut out.version,
+            "track" => &mut out.track,
+            "bootid" => &mut out.bootid,
+            "oem" => &mut out.oem,
+            "oemversion" => &mut out.oem_version,
+            "alephversion" => &mut out.aleph_version,
+            "machineid" => &mut out.machine_id,
+            "machinealias" => &mut out.machine_alias,
+            "lang" => &mut out.lang,
+            "board" => &mut out.board,
+            "hardware_class" => &mut out.hardware_class,
+            "delta_okay" => &mut out.delta_okay,
+            _ => {
+                out.extra.push((key.into_owned(), value.into_owned()));
+                continue;
+            }
+        };
+        *slot = Some(value.into_owned());
+    }
+    out.appid = appid.ok_or(missing_appid)?;
+    Ok(out)
 }
 
 fn parse_event(ev: &Element) -> Result<Event, ParseError> {

@@ -327,7 +327,7 @@ impl Response {
     pub fn parse_with_limits(input: &[u8], limits: &Limits) -> Result<Response, ParseError> {
         let root = parse_tree(input, limits)?;
         if root.name != "response" {
-            return Err(ParseError::UnexpectedRoot(root.name));
+            return Err(ParseError::UnexpectedRoot(root.name.into_owned()));
         }
         let protocol = root.attr("protocol").ok_or(ParseError::MissingAttribute {
             element: "response",

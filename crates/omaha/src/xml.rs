@@ -5,37 +5,60 @@
 //! outright: no internal subset, no external entities, nothing to expand. Only
 //! the five predefined entities and character references are resolved.
 
+use std::borrow::Cow;
+
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};
 
 use crate::{Limits, ParseError};
 
-/// One parsed element: name, attributes in document order, child elements.
+mod fast;
+
+/// One parsed element: name, attributes in document order, child elements. Names and
+/// values borrow from the input where the fast path read them as they stand.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Element {
-    pub name: String,
-    pub attrs: Vec<(String, String)>,
-    pub children: Vec<Element>,
+pub(crate) struct Element<'a> {
+    pub name: Cow<'a, str>,
+    pub attrs: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    pub children: Vec<Element<'a>>,
 }
 
-impl Element {
+impl<'a> Element<'a> {
     /// The value of an attribute; names are case-sensitive, as Flatcar expects.
     pub fn attr(&self, name: &str) -> Option<&str> {
         self.attrs
             .iter()
             .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
     pub fn attr_owned(&self, name: &str) -> Option<String> {
         self.attr(name).map(str::to_owned)
     }
 
-    pub fn children_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
+    /// Moves an attribute's value out (the name stays, with an empty value): for
+    /// building a typed value from the tree without copying each string again.
+    /// Names are unique within an element (the reader refuses duplicates).
+    pub fn take(&mut self, name: &str) -> Option<String> {
+        self.attrs
+            .iter_mut()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| std::mem::take(v).into_owned())
+    }
+
+    /// The first child element named `name`, mutably.
+    pub fn child_mut(&mut self, name: &str) -> Option<&mut Element<'a>> {
+        self.children.iter_mut().find(|c| c.name == name)
+    }
+
+    pub fn children_named<'s>(
+        &'s self,
+        name: &'s str,
+    ) -> impl Iterator<Item = &'s Element<'a>> + 's {
         self.children.iter().filter(move |c| c.name == name)
     }
 
-    pub fn child(&self, name: &str) -> Option<&Element> {
+    pub fn child(&self, name: &str) -> Option<&Element<'a>> {
         self.children.iter().find(|c| c.name == name)
     }
 
@@ -43,14 +66,33 @@ impl Element {
     pub fn extra_attrs(&self, known: &[&str]) -> Vec<(String, String)> {
         self.attrs
             .iter()
-            .filter(|(k, _)| !known.contains(&k.as_str()))
-            .cloned()
+            .filter(|(k, _)| !known.contains(&k.as_ref()))
+            .map(|(k, v)| (k.clone().into_owned(), v.clone().into_owned()))
             .collect()
     }
 }
 
-/// Parses `input` into an element tree, enforcing `limits` as it goes.
-pub(crate) fn parse_tree(input: &[u8], limits: &Limits) -> Result<Element, ParseError> {
+/// Parses `input` into an element tree, enforcing `limits` as it goes: the fast path
+/// for plain documents, else the full parser.
+pub(crate) fn parse_tree<'a>(input: &'a [u8], limits: &Limits) -> Result<Element<'a>, ParseError> {
+    let text = checked_text(input, limits)?;
+    match fast::parse(text, limits) {
+        Some(tree) => Ok(tree),
+        None => parse_full(text, limits),
+    }
+}
+
+/// Whether the fast path accepts `input`, and if so whether its tree equals the full
+/// parser's (for the fuzz target; `None` when the fast path declines).
+#[doc(hidden)]
+pub fn fast_path_agrees(input: &[u8], limits: &Limits) -> Option<bool> {
+    let text = checked_text(input, limits).ok()?;
+    let fast = fast::parse(text, limits)?;
+    Some(parse_full(text, limits).as_ref() == Ok(&fast))
+}
+
+/// The size limit, UTF-8 and the characters XML 1.0 forbids.
+fn checked_text<'a>(input: &'a [u8], limits: &Limits) -> Result<&'a str, ParseError> {
     if input.len() > limits.max_bytes {
         return Err(ParseError::TooLarge {
             size: input.len(),
@@ -60,13 +102,18 @@ pub(crate) fn parse_tree(input: &[u8], limits: &Limits) -> Result<Element, Parse
     let text = std::str::from_utf8(input).map_err(|_| ParseError::NotUtf8)?;
     // What XML 1.0 forbids (C0 controls, U+FFFE/U+FFFF) is refused, not passed on: a value
     // holding one could not be written back as XML.
-    check_chars(text, |i| format!("at byte {i}"))?;
+    check_text(text)?;
+    Ok(text)
+}
+
+/// The full parser (quick-xml): every document the fast path declines.
+fn parse_full(text: &str, limits: &Limits) -> Result<Element<'static>, ParseError> {
     let mut reader = Reader::from_str(text);
     reader.config_mut().check_end_names = true;
     reader.config_mut().allow_unmatched_ends = false;
 
-    let mut stack: Vec<Element> = Vec::new();
-    let mut root: Option<Element> = None;
+    let mut stack: Vec<Element<'static>> = Vec::new();
+    let mut root: Option<Element<'static>> = None;
     let mut elements = 0usize;
 
     loop {
@@ -117,6 +164,33 @@ pub(crate) fn parse_tree(input: &[u8], limits: &Limits) -> Result<Element, Parse
     root.ok_or(ParseError::Malformed("no root element"))
 }
 
+/// [`check_chars`] over a whole document, a byte at a time: in UTF-8 the only
+/// characters XML 1.0 forbids are the C0 controls other than tab, newline and carriage
+/// return (single bytes below 0x20) and U+FFFE / U+FFFF (`EF BF BE`, `EF BF BF`);
+/// surrogates cannot occur in a `str`.
+fn check_text(text: &str) -> Result<(), ParseError> {
+    let b = text.as_bytes();
+    // The common case in one pass without an early exit (the compiler vectorises it):
+    // no control byte and no 0xEF at all.
+    let suspect = b.iter().fold(false, |acc, &c| {
+        acc | (c < 0x20 && c != b'\t' && c != b'\n' && c != b'\r') | (c == 0xEF)
+    });
+    if !suspect {
+        return Ok(());
+    }
+    let bad = b.iter().enumerate().position(|(i, &c)| {
+        (c < 0x20 && !matches!(c, b'\t' | b'\n' | b'\r'))
+            || (c == 0xEF
+                && b.get(i + 1) == Some(&0xBF)
+                && matches!(b.get(i + 2), Some(0xBE | 0xBF)))
+    });
+    match bad {
+        // Both kinds start on a character boundary.
+        Some(i) => check_chars(&text[i..], |_| format!("at byte {i}")),
+        None => Ok(()),
+    }
+}
+
 fn check_chars(text: &str, place: impl FnOnce(usize) -> String) -> Result<(), ParseError> {
     match text.char_indices().find(|(_, c)| !is_xml_char(*c)) {
         Some((i, c)) => Err(ParseError::ForbiddenChar {
@@ -137,17 +211,21 @@ fn check_counts(elements: usize, depth: usize, limits: &Limits) -> Result<(), Pa
     Ok(())
 }
 
-fn attach(stack: &mut [Element], root: &mut Option<Element>, el: Element) {
+fn attach(
+    stack: &mut [Element<'static>],
+    root: &mut Option<Element<'static>>,
+    el: Element<'static>,
+) {
     match stack.last_mut() {
         Some(parent) => parent.children.push(el),
         None => *root = Some(el),
     }
 }
 
-fn element_from(start: &BytesStart<'_>, limits: &Limits) -> Result<Element, ParseError> {
+fn element_from(start: &BytesStart<'_>, limits: &Limits) -> Result<Element<'static>, ParseError> {
     let qname = start.name();
     let name: &str = qname.as_ref();
-    let name = name.to_owned();
+    let name = Cow::Owned(name.to_owned());
     let mut attrs = Vec::new();
     for attr in start.attributes() {
         let attr = attr.map_err(|e| ParseError::Xml {
@@ -175,11 +253,17 @@ fn element_from(start: &BytesStart<'_>, limits: &Limits) -> Result<Element, Pars
             .map_err(|e| ParseError::Xml {
                 position: 0,
                 message: e.to_string(),
-            })?
-            .into_owned();
-        // Character references can name forbidden characters too (`&#17;`).
-        check_chars(&value, |_| format!("in the value of {key}"))?;
-        attrs.push((key, value));
+            })?;
+        // Character references can name forbidden characters too (`&#17;`); a value
+        // left as it was is part of the document, checked already.
+        let value = match value {
+            std::borrow::Cow::Borrowed(v) => v.to_owned(),
+            std::borrow::Cow::Owned(v) => {
+                check_chars(&v, |_| format!("in the value of {key}"))?;
+                v
+            }
+        };
+        attrs.push((Cow::Owned(key), Cow::Owned(value)));
     }
     Ok(Element {
         name,

@@ -516,3 +516,66 @@ fn extra_files_follow_the_payload() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The fast path takes what clients really send (every request fixture, captured from
+/// Flatcar's update_engine and our engine, and our own writer's output) and builds the
+/// same tree as the full parser; anything unusual goes to the full parser, which still
+/// decides.
+#[test]
+fn fast_path_takes_real_requests_and_agrees_with_the_full_parser() {
+    use fastpatch_omaha::{fast_path_agrees, Limits};
+    let limits = Limits::default();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut requests = 0;
+    for entry in std::fs::read_dir(&dir).expect("fixtures") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("request_") {
+            continue;
+        }
+        requests += 1;
+        let body = std::fs::read(&path).expect("read");
+        assert_eq!(fast_path_agrees(&body, &limits), Some(true), "{name}");
+        let written = Request::parse(&body).expect("parses").to_xml();
+        assert_eq!(
+            fast_path_agrees(written.as_bytes(), &limits),
+            Some(true),
+            "{name} as we write it"
+        );
+    }
+    assert!(requests >= 5, "request fixtures: {requests}");
+    // Declined (None), and the full parser's answer stands.
+    for (doc, parses) in [
+        (
+            r#"<request protocol="3.0" version="a&amp;b"></request>"#,
+            true,
+        ),
+        (r#"<request protocol="3.0"><!-- c --></request>"#, true),
+        (r#"<request protocol = "3.0"></request>"#, true),
+        (r#"<request protocol="3.0">text</request>"#, true),
+        (r#"<request protocol="3.0" v="a&#9;b"></request>"#, true),
+        (r#"<request protocol="3.0" xml:lang="en"></request>"#, true),
+        (r#"<request protocol="3.0" a="1" a="2"></request>"#, false),
+        (r#"<request protocol="3.0"></requests>"#, false),
+        (
+            r#"<request protocol="3.0"><app appid="x"></request>"#,
+            false,
+        ),
+        (r#"<request protocol="3.0"></request><request/>"#, false),
+        (r#"<!DOCTYPE r><request protocol="3.0"></request>"#, false),
+    ] {
+        assert_eq!(fast_path_agrees(doc.as_bytes(), &limits), None, "{doc}");
+        assert_eq!(Request::parse(doc.as_bytes()).is_ok(), parses, "{doc}");
+    }
+    let v =
+        Request::parse(br#"<request protocol="3.0" version="a&amp;b"></request>"#).expect("parses");
+    assert_eq!(v.version.as_deref(), Some("a&b"));
+    // Over a limit: declined by the fast path, refused by the full parser.
+    let tight = Limits {
+        max_attributes: 1,
+        ..Limits::default()
+    };
+    let doc = br#"<request protocol="3.0" version="1"></request>"#;
+    assert_eq!(fast_path_agrees(doc, &tight), None);
+    assert!(Request::parse_with_limits(doc, &tight).is_err());
+}
