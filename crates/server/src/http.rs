@@ -40,11 +40,13 @@ pub fn router(state: Arc<AppState>) -> Router {
 async fn update(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Body,
+    req: axum::extract::Request,
 ) -> Response {
     state.metrics.inc(&state.metrics.requests);
-    let body = match read_omaha_body(body, &headers, state.max_body_bytes).await {
+    // The whole request, not a `HeaderMap` extractor: that one clones the headers.
+    let (parts, body) = req.into_parts();
+    let headers = &parts.headers;
+    let body = match read_omaha_body(body, headers, state.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => {
             state.metrics.inc(&state.metrics.bad_requests);
@@ -52,7 +54,7 @@ async fn update(
             return e.into_response();
         }
     };
-    let ip = client_ip(peer.ip(), &headers, &state.trusted_proxies).to_string();
+    let ip = client_ip(peer.ip(), headers, &state.trusted_proxies).to_string();
     match crate::omaha::handle(&state, &body, Some(ip)).await {
         Ok(xml) => ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], xml).into_response(),
         Err(OmahaError::BadRequest(e)) => {

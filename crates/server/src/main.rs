@@ -1,6 +1,12 @@
 use clap::Parser;
 use std::io::IsTerminal;
 
+/// mimalloc instead of glibc's malloc: under load glibc's per-thread arenas grew and
+/// shrank their heaps (an `mprotect` every few thousand requests) and malloc + free were
+/// about 14 % of the server's CPU on the update-check path; see docs/benchmarks.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()

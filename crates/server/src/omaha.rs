@@ -101,13 +101,13 @@ async fn answer_app(
     let arch = crate::store::normalize_arch(app.board.as_deref());
     let ts = now.timestamp();
     let checkin = CheckIn {
-        app_id: app_id.clone(),
-        machine_id: machine_id.to_owned(),
-        alias: app.machine_alias.clone().filter(|a| !a.is_empty()),
-        ip: ip.map(str::to_owned),
-        version: version.to_owned(),
-        arch: arch.clone(),
-        group: group.name.clone(),
+        app_id: &app_id,
+        machine_id,
+        alias: app.machine_alias.as_deref().filter(|a| !a.is_empty()),
+        ip,
+        version,
+        arch: &arch,
+        group: &group.name,
     };
     let before = state.store.check_in(&checkin, ts).await?;
     let mut inst = match before {
@@ -119,8 +119,8 @@ async fn answer_app(
         None => InstanceRow {
             app_id: app_id.clone(),
             machine_id: machine_id.to_owned(),
-            alias: checkin.alias.clone(),
-            ip: checkin.ip.clone(),
+            alias: checkin.alias.map(str::to_owned),
+            ip: checkin.ip.map(str::to_owned),
             version: version.to_owned(),
             arch: arch.clone(),
             group_name: group.name.clone(),

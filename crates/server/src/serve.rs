@@ -84,7 +84,13 @@ pub(crate) fn spawn(
                         };
                         let served = match tokio::net::TcpListener::from_std(listener) {
                             Ok(listener) => match tls {
-                                None => serve(listener, router, stopped).await,
+                                // Responses go out whole in one write: no Nagle delay.
+                                None => {
+                                    let listener = listener.tap_io(|tcp| {
+                                        let _ = tcp.set_nodelay(true);
+                                    });
+                                    serve(listener, router, stopped).await
+                                }
                                 Some(acceptor) => match TlsListener::new(listener, acceptor) {
                                     Ok(l) => serve(l.tap_io(|_| {}), router, stopped).await,
                                     Err(e) => Err(e),

@@ -9,14 +9,14 @@ use crate::policy::{InstanceStatus, InstanceView};
 
 /// What a check-in says about a machine.
 #[derive(Debug, Clone)]
-pub struct CheckIn {
-    pub app_id: String,
-    pub machine_id: String,
-    pub alias: Option<String>,
-    pub ip: Option<String>,
-    pub version: String,
-    pub arch: String,
-    pub group: String,
+pub struct CheckIn<'a> {
+    pub app_id: &'a str,
+    pub machine_id: &'a str,
+    pub alias: Option<&'a str>,
+    pub ip: Option<&'a str>,
+    pub version: &'a str,
+    pub arch: &'a str,
+    pub group: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
@@ -91,20 +91,20 @@ impl Store {
     /// Records a check-in; returns the instance as it was before (None if new).
     /// A machine re-checking with nothing new costs no database round trip:
     /// its row comes from recent memory and `last_check_at` is flushed later.
-    pub async fn check_in(&self, c: &CheckIn, now: i64) -> Result<Option<InstanceRow>> {
+    pub async fn check_in(&self, c: &CheckIn<'_>, now: i64) -> Result<Option<InstanceRow>> {
         let id = Identity {
-            alias: c.alias.as_deref(),
-            ip: c.ip.as_deref(),
-            version: &c.version,
-            arch: &c.arch,
-            group: &c.group,
+            alias: c.alias,
+            ip: c.ip,
+            version: c.version,
+            arch: c.arch,
+            group: c.group,
         };
-        if let Some(row) = self.recent.touch(&c.app_id, &c.machine_id, &id, now) {
+        if let Some(row) = self.recent.touch(c.app_id, c.machine_id, &id, now) {
             return Ok(Some(row));
         }
-        if let Some(mut inst) = self.instance_in_db(&c.app_id, &c.machine_id).await? {
+        if let Some(mut inst) = self.instance_in_db(c.app_id, c.machine_id).await? {
             if id.matches(&inst) {
-                self.recent.mark_seen(&c.app_id, &c.machine_id, now);
+                self.recent.mark_seen(c.app_id, c.machine_id, now);
                 inst.last_check_at = inst.last_check_at.max(now);
                 self.recent.store(inst.clone(), now);
                 return Ok(Some(inst));
@@ -119,13 +119,13 @@ impl Store {
              RETURNING {INSTANCE_COLS}"
         );
         let inst: InstanceRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(c.app_id.clone())
-            .bind(c.machine_id.clone())
-            .bind(c.alias.clone())
-            .bind(c.ip.clone())
-            .bind(c.version.clone())
-            .bind(c.arch.clone())
-            .bind(c.group.clone())
+            .bind(c.app_id.to_owned())
+            .bind(c.machine_id.to_owned())
+            .bind(c.alias.map(str::to_owned))
+            .bind(c.ip.map(str::to_owned))
+            .bind(c.version.to_owned())
+            .bind(c.arch.to_owned())
+            .bind(c.group.to_owned())
             .bind(now)
             .fetch_one(&self.pool)
             .await?;
@@ -134,17 +134,17 @@ impl Store {
             let exists: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM instance_history WHERE app_id = $1 AND machine_id = $2",
             )
-            .bind(c.app_id.clone())
-            .bind(c.machine_id.clone())
+            .bind(c.app_id.to_owned())
+            .bind(c.machine_id.to_owned())
             .fetch_one(&self.pool)
             .await?;
             if exists == 0 {
                 self.insert_history(
-                    &c.app_id,
-                    &c.machine_id,
-                    &c.group,
+                    c.app_id,
+                    c.machine_id,
+                    c.group,
                     "undefined",
-                    &c.version,
+                    c.version,
                     None,
                     now,
                 )
