@@ -112,6 +112,19 @@ pub enum Command {
     /// Mandatory intermediate versions.
     #[command(subcommand)]
     Floor(FloorCmd),
+    /// Serve one file's bytes as the answer to every request, on the server's own HTTP
+    /// threads (benchmarks: what the HTTP stack alone costs, beside nginx; see
+    /// scripts/bench-server).
+    #[command(hide = true)]
+    ServeStatic {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        file: PathBuf,
+        /// Serving threads (default: one per core, as `serve`).
+        #[arg(long)]
+        http_threads: Option<usize>,
+    },
     /// Register synthetic instances (benchmarks, dashboard scale tests).
     #[command(hide = true)]
     SeedInstances {
@@ -239,6 +252,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             serve(db, &args).await
         }
         Some(Command::Serve(args)) => serve(db, &args).await,
+        Some(Command::ServeStatic {
+            listen,
+            file,
+            http_threads,
+        }) => serve::serve_static(listen, &file, http_threads).await,
         Some(Command::Publish {
             file,
             version,

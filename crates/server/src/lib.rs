@@ -97,7 +97,7 @@ impl Config {
             data_dir: data_dir.into(),
             database_url: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            http_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            http_threads: default_http_threads(),
             public_url: None,
             admin_tokens: Vec::new(),
             viewer_tokens: Vec::new(),
@@ -321,4 +321,9 @@ async fn background_jobs(state: Arc<AppState>, when: Schedule, mut stop: watch::
             }
         }
     }
+}
+
+/// One HTTP serving thread per core (nginx's `worker_processes auto`).
+pub fn default_http_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

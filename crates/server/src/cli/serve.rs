@@ -204,6 +204,41 @@ pub async fn serve(db: &DbArgs, args: &ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// The benchmark reference: `file`'s bytes for every request (any method, any path),
+/// served like `serve` serves (same threads, sockets and HTTP library), until SIGINT or
+/// SIGTERM.
+pub async fn serve_static(
+    listen: std::net::SocketAddr,
+    file: &std::path::Path,
+    http_threads: Option<usize>,
+) -> Result<()> {
+    let body = axum::body::Bytes::from(
+        std::fs::read(file).with_context(|| format!("reading {}", file.display()))?,
+    );
+    let router = axum::Router::new().fallback(move || {
+        let body = body.clone();
+        async move {
+            (
+                [(axum::http::header::CONTENT_TYPE, "text/xml; charset=utf-8")],
+                body,
+            )
+        }
+    });
+    let threads = http_threads.unwrap_or_else(crate::default_http_threads);
+    let (addr, listeners) =
+        crate::serve::bind(listen, threads).with_context(|| format!("binding {listen}"))?;
+    let signal = shutdown_signal()?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut served = crate::serve::spawn(listeners, router, None, stopped)
+        .context("starting the HTTP threads")?;
+    println!("serving {} on http://{addr}", file.display());
+    signal.await;
+    let _ = stop.send(true);
+    served.stopped().await;
+    served.finish().await;
+    Ok(())
+}
+
 /// SIGINT or SIGTERM. The handlers are installed when this is called, not
 /// when the future is first polled, so call it before announcing the server.
 fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
