@@ -531,6 +531,71 @@ async fn sampler_tiers(b: Backend) {
     s.handle.shutdown().await;
 }
 
+/// A group over `LIVE_COUNT_MAX` machines is shown from the newest sample (one bucket
+/// read, and the page says when it was counted); a small group is counted live, and
+/// a stale sample means a live count.
+async fn large_groups_show_the_sample(b: Backend) {
+    use fastpatch_server::dashboard::{queries, rollup};
+    let s = server(b).await;
+    let store = s.handle.store();
+    let now = s.clock.now_ts();
+    let big = queries::LIVE_COUNT_MAX as u64 + 1;
+    store
+        .seed_instances(APP, "beta", "b-", big, "1.0.0", now)
+        .await
+        .expect("seed");
+    store
+        .seed_instances(APP, "stable", "s-", 3, "1.0.0", now)
+        .await
+        .expect("seed");
+    // The next minute's bucket: the server's own sampler writes the current one.
+    rollup::sample(store, now + 60).await.expect("sample");
+    // Machines that arrive after the sample.
+    store
+        .seed_instances(APP, "beta", "late-", 2, "1.0.0", now)
+        .await
+        .expect("seed");
+    store
+        .seed_instances(APP, "stable", "late-s-", 2, "1.0.0", now)
+        .await
+        .expect("seed");
+    let mut ui = Ui::new(&s);
+    ui.login("viewer-token").await;
+    let p = ui.get(&format!("/ui/apps/{APP}/groups/beta")).await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert!(
+        p.body.contains(r#"id="counts-as-of""#),
+        "sampled counts say so"
+    );
+    assert!(p
+        .body
+        .contains(&format!(r#"<strong id="total">{big}</strong>"#)));
+    assert_eq!(count_in(&p.body, "undefined"), big as i64);
+    let p = ui.get(&format!("/ui/apps/{APP}/groups/stable")).await;
+    assert!(
+        !p.body.contains(r#"id="counts-as-of""#),
+        "a small group is live"
+    );
+    assert!(p.body.contains(r#"<strong id="total">5</strong>"#));
+    // The sample goes stale: the big group is counted live again.
+    s.clock.advance(chrono::Duration::minutes(10));
+    let p = ui.get(&format!("/ui/apps/{APP}/groups/beta")).await;
+    assert!(!p.body.contains(r#"id="counts-as-of""#));
+    assert!(p
+        .body
+        .contains(&format!(r#"<strong id="total">{}</strong>"#, big + 2)));
+    s.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn large_groups_show_the_sample_sqlite() {
+    large_groups_show_the_sample(Backend::Sqlite).await;
+}
+#[tokio::test]
+async fn large_groups_show_the_sample_postgres() {
+    large_groups_show_the_sample(Backend::Postgres).await;
+}
+
 #[tokio::test]
 async fn sampler_tiers_sqlite() {
     sampler_tiers(Backend::Sqlite).await;

@@ -51,7 +51,14 @@ pub async fn page(
         .group(&app, &name)
         .await?
         .ok_or_else(|| UiError::NotFound(format!("no group {name} in application {app}")))?;
-    let tally = queries::counts_group(store, &app, &name).await?;
+    let (tally, as_of) = queries::group_tally(
+        store,
+        &app,
+        &name,
+        now,
+        super::overview::SAMPLE_MAX_AGE_SECS,
+    )
+    .await?;
     let channel = store.channel(&app, &g.channel).await?;
     let target = channel.as_ref().and_then(|c| c.version.clone());
     let samples =
@@ -96,6 +103,9 @@ pub async fn page(
         }
         section.counts {
             h2 { "Now" }
+            @if let Some(b) = as_of {
+                p.hint #counts-as-of { "Counted in the minute from " (view::time(b)) " (groups over " (queries::LIVE_COUNT_MAX) " machines are counted by the sampler once a minute)." }
+            }
             p.summary { strong #total { (tally.total) } " instances"
                 @if let Some(v) = &target { ", " strong #on-target { (tally.version(v)) } " on " (v) } }
             div.two {

@@ -105,7 +105,7 @@ pub async fn page(
         h1 { "Overview" }
         p.hint {
             @match as_of {
-                Some(b) => { "Counts as of the sample taken in the minute from " (view::time(b)) " (sampled every minute; group pages count live). " },
+                Some(b) => { "Counts as of the sample taken in the minute from " (view::time(b)) " (sampled every minute; group pages count live up to " (queries::LIVE_COUNT_MAX) " machines). " },
                 None => { "Counts are live. " },
             }
             label { input #autorefresh type="checkbox"; " refresh every 30 s" }
