@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use store::Store;
@@ -297,6 +297,11 @@ async fn background_jobs(state: Arc<AppState>, when: Schedule, mut stop: watch::
                 let now = state.clock.now().timestamp();
                 if let Err(e) = state.store.flush_last_checks(now).await {
                     warn!(error = %e, "writing last-check timestamps failed; kept for the next try");
+                }
+                match state.store.checkpoint().await {
+                    Ok(true) => {}
+                    Ok(false) => debug!("WAL checkpoint did not complete (busy); next tick tries again"),
+                    Err(e) => warn!(error = %e, "WAL checkpoint failed"),
                 }
             }
             _ = prune.tick() => {
