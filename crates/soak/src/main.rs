@@ -176,6 +176,8 @@ async fn main() -> Result<()> {
         }));
     }
     let mut rss_base: Option<u64> = None;
+    // Requests answered when the warm-up ended, for the rate after it.
+    let mut sent_at_warmup: Option<(u64, Instant)> = None;
     let mut rss_max_after: u64 = 0;
     let mut last = (0u64, Instant::now());
     let mut interval = tokio::time::interval(Duration::from_secs(10));
@@ -198,6 +200,9 @@ async fn main() -> Result<()> {
         let mut tally = shared.tally.lock().expect("tally");
         let lat = std::mem::take(&mut tally.latencies_us);
         let n = tally.sent;
+        if t >= args.warmup && sent_at_warmup.is_none() {
+            sent_at_warmup = Some((n, Instant::now()));
+        }
         let rate = (n - last.0) as f64 / last.1.elapsed().as_secs_f64();
         last = (n, Instant::now());
         println!(
@@ -241,6 +246,14 @@ async fn main() -> Result<()> {
     };
     println!("requests={}", tally.sent);
     println!("rate={:.0}", tally.sent as f64 / elapsed);
+    // The sustained rate: after the warm-up (the whole run without one).
+    let sustained = match sent_at_warmup {
+        Some((n, at)) if at.elapsed().as_secs_f64() > 1.0 => {
+            (tally.sent - n) as f64 / at.elapsed().as_secs_f64()
+        }
+        _ => tally.sent as f64 / elapsed,
+    };
+    println!("rate_after_warmup={sustained:.0}");
     println!("p50_ms={:.2}", pct_sorted(&all, 0.5) as f64 / 1000.0);
     println!("p99_ms={:.2}", pct_sorted(&all, 0.99) as f64 / 1000.0);
     println!("server_errors={}", tally.server_errors);
