@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Backend;
 use super::recent::Identity;
+use super::Backend;
 use super::{Result, Store};
 use crate::policy::{InstanceStatus, InstanceView};
 
