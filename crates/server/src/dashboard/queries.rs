@@ -33,6 +33,19 @@ impl Tally {
         *self.by_status.entry(r.status.clone()).or_default() += r.n;
         *self.by_version.entry(r.version.clone()).or_default() += r.n;
     }
+    /// One stored sample row: a status count (`dim` "s", which also adds to the total) or
+    /// a version count. Keys that dropped to 0 are left out.
+    fn add_sample(&mut self, dim: &str, key: String, n: i64) {
+        if n == 0 {
+            return;
+        }
+        if dim == "s" {
+            self.total += n;
+            self.by_status.insert(key, n);
+        } else {
+            self.by_version.insert(key, n);
+        }
+    }
     pub fn status(&self, s: &str) -> i64 {
         self.by_status.get(s).copied().unwrap_or(0)
     }
@@ -101,18 +114,9 @@ pub async fn latest_sample(
     for r in &rows {
         let (dim, key, n): (String, String, i64) =
             (r.try_get("dim")?, r.try_get("key")?, r.try_get("n")?);
-        if n == 0 {
-            continue;
-        }
-        let t = out
-            .entry((r.try_get("app_id")?, r.try_get("group_name")?))
-            .or_default();
-        if dim == "s" {
-            t.total += n;
-            t.by_status.insert(key, n);
-        } else {
-            t.by_version.insert(key, n);
-        }
+        out.entry((r.try_get("app_id")?, r.try_get("group_name")?))
+            .or_default()
+            .add_sample(&dim, key, n);
     }
     Ok(Some((bucket, out)))
 }
@@ -172,15 +176,7 @@ async fn latest_group_sample(
     for r in &rows {
         let (dim, key, n): (String, String, i64) =
             (r.try_get("dim")?, r.try_get("key")?, r.try_get("n")?);
-        if n == 0 {
-            continue;
-        }
-        if dim == "s" {
-            t.total += n;
-            t.by_status.insert(key, n);
-        } else {
-            t.by_version.insert(key, n);
-        }
+        t.add_sample(&dim, key, n);
     }
     Ok(Some((bucket, t)))
 }
