@@ -257,8 +257,8 @@ fn element_from(start: &BytesStart<'_>, limits: &Limits) -> Result<Element<'stat
         // Character references can name forbidden characters too (`&#17;`); a value
         // left as it was is part of the document, checked already.
         let value = match value {
-            std::borrow::Cow::Borrowed(v) => v.to_owned(),
-            std::borrow::Cow::Owned(v) => {
+            Cow::Borrowed(v) => v.to_owned(),
+            Cow::Owned(v) => {
                 check_chars(&v, |_| format!("in the value of {key}"))?;
                 v
             }
