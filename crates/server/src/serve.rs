@@ -83,8 +83,8 @@ pub(crate) fn spawn(
                             let _ = stop.wait_for(|s| *s).await;
                         };
                         let served = match tokio::net::TcpListener::from_std(listener) {
+                            // Responses go out whole in one write: no Nagle delay, plain or TLS.
                             Ok(listener) => match tls {
-                                // Responses go out whole in one write: no Nagle delay.
                                 None => {
                                     let listener = listener.tap_io(|tcp| {
                                         let _ = tcp.set_nodelay(true);
@@ -92,7 +92,12 @@ pub(crate) fn spawn(
                                     serve(listener, router, stopped).await
                                 }
                                 Some(acceptor) => match TlsListener::new(listener, acceptor) {
-                                    Ok(l) => serve(l.tap_io(|_| {}), router, stopped).await,
+                                    Ok(l) => {
+                                        let l = l.tap_io(|tls| {
+                                            let _ = tls.get_ref().0.set_nodelay(true);
+                                        });
+                                        serve(l, router, stopped).await
+                                    }
                                     Err(e) => Err(e),
                                 },
                             },
