@@ -287,7 +287,9 @@ async fn background_jobs(state: Arc<AppState>, when: Schedule, mut stop: watch::
     let retention = when.retention;
     let mut prune = tokio::time::interval(retention.interval);
     let mut timeouts = tokio::time::interval(when.sweep);
-    let mut flush = tokio::time::interval(when.flush);
+    // The first flush is one period after start: an immediate tick would race the first
+    // check-ins (nothing is pending at start anyway).
+    let mut flush = tokio::time::interval_at(tokio::time::Instant::now() + when.flush, when.flush);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
