@@ -20,9 +20,7 @@ pub enum PayloadError {
     InvalidManifest(String),
     #[error("operation {index}: {reason}")]
     InvalidOperation { index: usize, reason: String },
-    #[error(
-        "operation {index} is {kind}, which this installer does not support (full payloads only)"
-    )]
+    #[error("operation {index} is {kind}, which this installer does not support")]
     UnsupportedOperation { index: usize, kind: String },
     #[error("operation {index} writes blocks up to byte {end}, beyond the end of the {slot_len} byte target")]
     ExtentOutOfRange {
@@ -39,6 +37,21 @@ pub enum PayloadError {
     TrailingData { end: u64 },
     #[error("operation {index}: data SHA-256 mismatch (corrupt or tampered payload)")]
     OperationHashMismatch { index: usize },
+    /// A delta payload given no source to read (`--source`, or the booted slot).
+    #[error(
+        "this is a delta payload (from {from}); it needs the source image it was made against"
+    )]
+    DeltaNeedsSource { from: String },
+    /// The source is not the image the delta was made against: detected before the target
+    /// is touched. The remedy is the full payload.
+    #[error("the source is not the image this delta applies to: {reason}; use the full payload")]
+    SourceMismatch { reason: String },
+    /// The generator's delta would be no smaller than the full payload: nothing written.
+    #[error("the delta would be {delta} bytes, not smaller than the {full} byte full payload; serve the full payload")]
+    DeltaNotSmaller { delta: u64, full: u64 },
+    /// A delta operation's source bytes changed since the source was checked.
+    #[error("operation {index}: source data SHA-256 mismatch (the source changed during the install); use the full payload")]
+    SourceHashMismatch { index: usize },
     #[error("operation {index}: {reason}")]
     Decompress { index: usize, reason: String },
     #[error(

@@ -3,17 +3,16 @@
 //! signature block.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use prost::Message;
 use rsa::RsaPrivateKey;
 use sha2::{Digest, Sha256};
 
+use crate::assemble;
 use crate::error::{IoContext, PayloadError, Result};
-use crate::format::{encode_header, BLOCK_SIZE, HOLE};
+use crate::format::BLOCK_SIZE;
 use crate::proto::{DeltaArchiveManifest, Extent, InstallOperation, OpType, PartitionInfo};
-use crate::signing;
 
 pub const CHUNK_SIZE: u64 = 1 << 20;
 
@@ -106,21 +105,11 @@ pub fn generate(
     if image_size == 0 {
         return Err(PayloadError::InvalidManifest("image is empty".into()));
     }
-    let dir = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut blobs = BufWriter::new(
-        tempfile::tempfile_in(dir)
-            .ctx(|| format!("creating a temporary file in {}", dir.display()))?,
-    );
+    let mut blobs = assemble::Blobs::new(out)?;
     let mut image_hash = Sha256::new();
     let mut ops = Vec::new();
-    let mut data_pos = 0u64;
     let mut compressed_ops = 0;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 8);
+    let threads = assemble::threads();
     let mut done = 0u64;
     while done < image_size {
         // Read a batch of chunks, compress them in parallel, store them in order.
@@ -134,20 +123,7 @@ pub fn generate(
             batch.push((done, chunk));
             done += len as u64;
         }
-        let compressed: Vec<Result<Packed>> = std::thread::scope(|s| {
-            let handles: Vec<_> = batch
-                .iter()
-                .map(|(_, c)| s.spawn(|| compress(c, opts)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(PayloadError::Sign("compression thread panicked".into()))
-                    })
-                })
-                .collect()
-        });
+        let compressed = assemble::par_map(&batch, |(_, c)| compress(c, opts));
         for ((start, chunk), packed) in batch.iter().zip(compressed) {
             let (kind, data) = match packed? {
                 Some((kind, data)) => {
@@ -156,12 +132,10 @@ pub fn generate(
                 }
                 None => (OpType::Replace, chunk.clone()),
             };
-            blobs
-                .write_all(&data)
-                .ctx(|| "writing operation data".into())?;
+            let data_offset = blobs.push(&data)?;
             ops.push(InstallOperation {
                 r#type: kind as i32,
-                data_offset: Some(data_pos),
+                data_offset: Some(data_offset),
                 data_length: Some(data.len() as u64),
                 dst_extents: vec![Extent {
                     start_block: Some(start / BLOCK_SIZE),
@@ -170,11 +144,10 @@ pub fn generate(
                 data_sha256_hash: Some(Sha256::digest(&data).to_vec()),
                 ..Default::default()
             });
-            data_pos += data.len() as u64;
         }
         progress(done, image_size);
     }
-    if opts.flatcar_compatible && data_pos > u64::from(u32::MAX) {
+    if opts.flatcar_compatible && blobs.len() > u64::from(u32::MAX) {
         return Err(PayloadError::InvalidManifest(
             "payload data exceeds 4 GiB, which Flatcar clients cannot address".into(),
         ));
@@ -189,93 +162,14 @@ pub fn generate(
         }),
         ..Default::default()
     };
-    if !keys.is_empty() {
-        let sig_len = signing::signatures_len(keys);
-        manifest.signatures_offset = Some(data_pos);
-        manifest.signatures_size = Some(sig_len);
-        // Older clients expect the signature blob to be covered by a no-op write to a hole.
-        manifest.noop_operations.push(InstallOperation {
-            r#type: OpType::Replace as i32,
-            data_offset: Some(data_pos),
-            data_length: Some(sig_len),
-            dst_extents: vec![Extent {
-                start_block: Some(HOLE),
-                num_blocks: Some(sig_len.div_ceil(BLOCK_SIZE)),
-            }],
-            ..Default::default()
-        });
-    }
-    let manifest_bytes = manifest.encode_to_vec();
-    let header = encode_header(manifest_bytes.len() as u64);
-
-    let mut blobs = blobs.into_inner().map_err(|e| PayloadError::Io {
-        context: "flushing operation data".into(),
-        error: e.into_error(),
-    })?;
-    blobs
-        .seek(SeekFrom::Start(0))
-        .ctx(|| "rewinding operation data".into())?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .ctx(|| format!("creating a temporary file in {}", dir.display()))?;
-    let mut payload_hash = Sha256::new();
-    let mut signed_hash = Sha256::new();
-    {
-        let mut w = HashingWriter {
-            inner: BufWriter::new(tmp.as_file_mut()),
-            hashes: [&mut payload_hash, &mut signed_hash],
-        };
-        w.write_all(&header)
-            .and_then(|_| w.write_all(&manifest_bytes))
-            .ctx(|| "writing the manifest".into())?;
-        io::copy(&mut blobs, &mut w).ctx(|| "writing operation data".into())?;
-        w.inner.flush().ctx(|| "writing the payload".into())?;
-    }
-    let mut payload_len = header.len() as u64 + manifest_bytes.len() as u64 + data_pos;
-    if !keys.is_empty() {
-        let digest: [u8; 32] = signed_hash.finalize().into();
-        let sigs = signing::sign(&digest, keys)?;
-        if Some(sigs.len() as u64) != manifest.signatures_size {
-            return Err(PayloadError::Sign(
-                "signature block size differs from the size announced in the manifest".into(),
-            ));
-        }
-        tmp.as_file_mut()
-            .write_all(&sigs)
-            .ctx(|| "writing signatures".into())?;
-        payload_hash.update(&sigs);
-        payload_len += sigs.len() as u64;
-    }
-    tmp.as_file()
-        .sync_all()
-        .ctx(|| "syncing the payload".into())?;
-    tmp.persist(out).map_err(|e| PayloadError::Io {
-        context: format!("moving the payload to {}", out.display()),
-        error: e.error,
-    })?;
+    let (payload_len, payload_sha256) =
+        assemble::write_payload(&mut manifest, blobs, keys, out, None)?;
     Ok(GenerateReport {
         image_size,
         payload_len,
         operations: manifest.partition_operations.len(),
         compressed_operations: compressed_ops,
         image_sha256,
-        payload_sha256: payload_hash.finalize().into(),
+        payload_sha256,
     })
-}
-
-struct HashingWriter<'a, W: Write> {
-    inner: W,
-    hashes: [&'a mut Sha256; 2],
-}
-
-impl<W: Write> Write for HashingWriter<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        for h in self.hashes.iter_mut() {
-            h.update(&buf[..n]);
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }

@@ -21,7 +21,9 @@
 //! # Ok::<(), fastpatch_payload::PayloadError>(())
 //! ```
 
+mod assemble;
 pub mod cli;
+pub mod delta;
 mod error;
 mod failpoint;
 pub mod format;

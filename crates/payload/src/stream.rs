@@ -8,7 +8,7 @@ use std::sync::Arc;
 use prost::Message;
 
 use crate::error::{PayloadError, Result};
-use crate::format::{self, OpKind, Plan, HEADER_LEN};
+use crate::format::{self, Plan, HEADER_LEN};
 use crate::proto::DeltaArchiveManifest;
 use crate::sha::ResumableSha256;
 
@@ -20,7 +20,7 @@ pub enum Item {
         manifest: Box<DeltaArchiveManifest>,
         plan: Arc<Plan>,
     },
-    /// Data of `plan.ops[op]` (empty for ZERO). `resume` is the parser state right after it.
+    /// Data of `plan.ops[op]` (empty for ZERO and SOURCE_COPY). `resume` is the parser state right after it.
     OpData {
         op: usize,
         data: Vec<u8>,
@@ -150,14 +150,14 @@ impl Demux {
         }
     }
 
-    /// Emits pieces that need no more bytes: ZERO operations, the end of an unsigned payload.
+    /// Emits pieces that need no more bytes: ZERO and SOURCE_COPY operations, the end of an unsigned payload.
     fn emit_ready(&mut self, sink: &mut dyn FnMut(Item) -> Result<()>) -> Result<()> {
         loop {
             let Stage::Body { plan, next_op } = &mut self.stage else {
                 return Ok(());
             };
             match plan.ops.get(*next_op) {
-                Some(op) if op.kind == OpKind::Zero => {
+                Some(op) if !op.kind.carries_data() => {
                     let op = *next_op;
                     *next_op += 1;
                     let resume = ResumePoint {

@@ -36,6 +36,15 @@ pub struct Inspection {
     pub signatures_size: Option<u64>,
     pub signature_versions: Vec<u32>,
     pub procedures: usize,
+    /// A delta payload's source image (`old_partition_info`); None for a full payload.
+    pub delta_source: Option<DeltaSource>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeltaSource {
+    pub size: u64,
+    pub sha256: String,
+    pub version: Option<String>,
 }
 
 fn summarize(manifest: &DeltaArchiveManifest, plan: &Plan) -> Inspection {
@@ -71,6 +80,11 @@ fn summarize(manifest: &DeltaArchiveManifest, plan: &Plan) -> Inspection {
         signatures_size: manifest.signatures_size,
         signature_versions: Vec::new(),
         procedures: manifest.procedures.len(),
+        delta_source: plan.source.as_ref().map(|s| DeltaSource {
+            size: s.size,
+            sha256: hex::encode(s.sha256),
+            version: s.version.clone(),
+        }),
     }
 }
 
@@ -110,7 +124,8 @@ pub fn inspect(mut reader: impl Read) -> Result<Inspection> {
 pub struct Verification {
     pub inspection: Inspection,
     pub signature: SignatureMatch,
-    /// Whether the image hash was checked (ops writing in slot order).
+    /// Whether the image hash was checked (a full payload whose ops write in slot order; a
+    /// delta's image needs its source, so only `install` can check it).
     pub image_hash_checked: bool,
 }
 
@@ -218,6 +233,10 @@ impl ImageHasher {
                 return Err(PayloadError::OperationHashMismatch { index: op.index });
             }
         }
+        if op.kind.reads_source() {
+            self.in_order = false;
+            return Ok(());
+        }
         let start = self.pos;
         let contiguous = op.dst.iter().all(|&(off, len)| {
             let ok = off == self.pos;
@@ -232,7 +251,7 @@ impl ImageHasher {
         };
         match op.kind {
             OpKind::Replace => out.extend_from_slice(data),
-            OpKind::Zero => {}
+            OpKind::Zero | OpKind::SourceCopy | OpKind::SourceZstd => {}
             OpKind::ReplaceBz => {
                 bzip2::read::BzDecoder::new(data)
                     .take(limit + 1)

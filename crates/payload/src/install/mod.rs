@@ -14,6 +14,7 @@
 //! 4. only then the first MiB is written, fsynced and read back; the checkpoint is removed
 //!    and success reported.
 
+pub mod source;
 mod state;
 pub mod target;
 mod verifier;
@@ -35,6 +36,7 @@ use crate::proto::DeltaArchiveManifest;
 use crate::signing::{self, SignatureMatch};
 use crate::stream::{Demux, Item};
 
+pub use source::{InstallSource, SourceFile};
 pub use state::StateStore;
 pub use target::{FileRange, InstallTarget};
 
@@ -56,6 +58,8 @@ pub struct InstallOptions {
     /// Disk-write limit in bytes/s (None = unthrottled).
     pub disk_rate: Option<u64>,
     pub checkpoint_bytes: u64,
+    /// The image a delta payload applies to (the booted slot); a full payload ignores it.
+    pub source: Option<Arc<dyn InstallSource>>,
 }
 
 impl InstallOptions {
@@ -66,6 +70,7 @@ impl InstallOptions {
             payload_id: None,
             disk_rate: None,
             checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
+            source: None,
         }
     }
 }
@@ -110,6 +115,7 @@ impl Pipeline {
         let cfg = writer::WriterConfig {
             plan,
             target,
+            source: opts.source.clone(),
             state,
             head,
             disk_rate: opts.disk_rate,
@@ -243,6 +249,7 @@ impl Installer {
             saved.manifest.len() as u64,
             Some(self.target.size()),
         )?);
+        self.check_source(&plan)?;
         let demux = Demux::resume(plan.clone(), saved.point.clone(), true)?;
         let head_len = head_len(self.target.size());
         let mut head = saved.head;
@@ -326,6 +333,7 @@ impl Installer {
     fn handle(&mut self, item: Item) -> Result<()> {
         match item {
             Item::Manifest { raw, plan, .. } => {
+                self.check_source(&plan)?;
                 self.clear_head()?;
                 if let Some(store) = &mut self.state {
                     store.begin(&raw)?;
@@ -353,6 +361,31 @@ impl Installer {
                 Ok(())
             }
         }
+    }
+
+    /// A delta's source must be present and be exactly the image the delta was made
+    /// against; checked before the target is touched.
+    fn check_source(&self, plan: &Plan) -> Result<()> {
+        let Some(want) = &plan.source else {
+            return Ok(());
+        };
+        let source = self
+            .opts
+            .source
+            .as_deref()
+            .ok_or_else(|| PayloadError::DeltaNeedsSource {
+                from: want
+                    .version
+                    .clone()
+                    .unwrap_or_else(|| "an unnamed version".into()),
+            })?;
+        source::check(source, want)?;
+        tracing::info!(
+            source = %source.identity(),
+            version = want.version.as_deref().unwrap_or("-"),
+            "delta source verified"
+        );
+        Ok(())
     }
 
     /// Zeroes the slot's first MiB so that a partly written slot is never a mountable

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{IoContext, PayloadError, Result};
 use crate::failpoint::fail_here;
 use crate::format::{OpKind, Plan, PlannedOp, BLOCK_SIZE};
+use crate::install::source::{self, InstallSource};
 use crate::install::state::StateStore;
 use crate::install::target::InstallTarget;
 use crate::ratelimit::TokenBucket;
@@ -20,6 +21,9 @@ use crate::stream::ResumePoint;
 const CHUNK: usize = 256 << 10;
 /// Largest zstd window accepted (2^23 = 8 MiB), bounding memory for hostile data.
 const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+/// SOURCE_ZSTD: the window covers the source prefix (at most 16 MiB) and the output (at most
+/// 8 MiB); the decoder keeps at most the output, the prefix is the source buffer.
+const PATCH_WINDOW_LOG_MAX: u32 = 25;
 
 pub struct Job {
     pub op: usize,
@@ -39,6 +43,8 @@ pub enum VerifyMsg {
 pub struct WriterConfig {
     pub plan: Arc<Plan>,
     pub target: Arc<dyn InstallTarget>,
+    /// The delta's source (checked against the plan before the pipeline starts).
+    pub source: Option<Arc<dyn InstallSource>>,
     pub state: Option<StateStore>,
     pub head: Vec<u8>,
     pub disk_rate: Option<u64>,
@@ -53,6 +59,7 @@ pub struct WriterOutput {
 struct Writer {
     plan: Arc<Plan>,
     target: Arc<dyn InstallTarget>,
+    source: Option<Arc<dyn InstallSource>>,
     state: Option<StateStore>,
     head: Vec<u8>,
     head_done: Vec<bool>,
@@ -74,6 +81,7 @@ pub fn run(
     let mut w = Writer {
         plan: cfg.plan,
         target: cfg.target,
+        source: cfg.source,
         state: cfg.state,
         head: cfg.head,
         head_done: vec![false; head_blocks],
@@ -125,6 +133,21 @@ impl Writer {
                     })?;
                 self.pump(&mut dec, &mut out, &mut buf)?;
             }
+            OpKind::SourceCopy => {
+                let src = self.op_source(op)?;
+                self.put(&mut out, &src)?;
+            }
+            OpKind::SourceZstd => {
+                let src = self.op_source(op)?;
+                let mut dec =
+                    zstd::stream::read::Decoder::with_ref_prefix(job.data.as_slice(), &src)
+                        .and_then(|mut d| d.window_log_max(PATCH_WINDOW_LOG_MAX).map(|_| d))
+                        .map_err(|e| PayloadError::Decompress {
+                            index: op.index,
+                            reason: e.to_string(),
+                        })?;
+                self.pump(&mut dec, &mut out, &mut buf)?;
+            }
         }
         // Pad the rest of the destination with zeros.
         buf.fill(0);
@@ -133,6 +156,17 @@ impl Writer {
             self.put(&mut out, &buf[..n])?;
         }
         self.report(op)
+    }
+
+    /// A delta operation's source bytes, hash-checked.
+    fn op_source(&self, op: &PlannedOp) -> Result<Vec<u8>> {
+        let source = self
+            .source
+            .as_deref()
+            .ok_or_else(|| PayloadError::DeltaNeedsSource {
+                from: "an unknown version".into(),
+            })?;
+        source::read_op_source(source, op)
     }
 
     fn pump(&mut self, dec: &mut dyn Read, out: &mut ExtentCursor, buf: &mut [u8]) -> Result<()> {
