@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::delta;
 use crate::generate::{self, Compression, GenerateOptions};
 use crate::install::{self, FileRange, InstallOptions, InstallTarget};
 use crate::{keys, verify};
@@ -60,9 +61,20 @@ pub struct GenerateArgs {
     /// Emit only operations stock Flatcar update_engine understands (REPLACE, REPLACE_BZ).
     #[arg(long)]
     pub flatcar_compatible: bool,
-    /// zstd level (1-22).
-    #[arg(long, default_value_t = 9)]
-    pub zstd_level: i32,
+    /// zstd level (1-22); default 9 for a full payload, 19 for a delta.
+    #[arg(long)]
+    pub zstd_level: Option<i32>,
+    /// Make a delta: the image this payload updates from (the old USR image). The output is
+    /// the delta, or the full payload when the delta would not be smaller.
+    #[arg(long, value_name = "OLD_IMAGE", conflicts_with = "flatcar_compatible")]
+    pub source: Option<PathBuf>,
+    /// The source image's version, recorded in the delta's manifest.
+    #[arg(long, requires = "source")]
+    pub source_version: Option<String>,
+    /// The full payload of --image, if already made: the delta must be smaller than it (and
+    /// the output is a copy of it when not). Without it, a full payload is made to compare.
+    #[arg(long, requires = "source")]
+    pub full_payload: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +116,10 @@ pub struct InstallArgs {
     /// Disk-write limit, bytes per second (e.g. 50M); unthrottled by default.
     #[arg(long, value_parser = parse_rate)]
     pub disk_rate: Option<u64>,
+    /// For a delta payload: the file or device holding the image it applies to (on a
+    /// machine, the booted USR partition). Opened read-only; checked before anything is written.
+    #[arg(long)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +189,19 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         .iter()
         .map(|p| keys::load_private_key(p))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(source) = a.source.clone() {
+        return run_generate_delta(&a, &source, &keys);
+    }
+    let report = generate_full(&a, &keys, &a.output)?;
+    print_full(&a.output, &report);
+    Ok(())
+}
+
+fn generate_full(
+    a: &GenerateArgs,
+    keys: &[rsa::RsaPrivateKey],
+    out: &std::path::Path,
+) -> Result<generate::GenerateReport> {
     let compression = a.compression.unwrap_or(if a.flatcar_compatible {
         Compression::Bz2
     } else {
@@ -181,28 +210,26 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let opts = GenerateOptions {
         compression,
         flatcar_compatible: a.flatcar_compatible,
-        zstd_level: a.zstd_level,
+        zstd_level: a.zstd_level.unwrap_or(9),
     };
     let pb = bar(0, "generating");
-    let report = generate::generate(&a.image, &keys, &a.output, &opts, &mut |done, total| {
+    let report = generate::generate(&a.image, keys, out, &opts, &mut |done, total| {
         if let Some(pb) = &pb {
             pb.set_length(total);
             pb.set_position(done);
         }
     })
-    .with_context(|| {
-        format!(
-            "generating {} from {}",
-            a.output.display(),
-            a.image.display()
-        )
-    })?;
+    .with_context(|| format!("generating {} from {}", out.display(), a.image.display()))?;
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
+    Ok(report)
+}
+
+fn print_full(out: &std::path::Path, report: &generate::GenerateReport) {
     println!(
         "{}: {} bytes, {} operations ({} compressed), image {} bytes sha256 {}",
-        a.output.display(),
+        out.display(),
         report.payload_len,
         report.operations,
         report.compressed_operations,
@@ -213,7 +240,112 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         "payload sha256 (Omaha action sha256): {}",
         base64_sha(&report.payload_sha256)
     );
-    Ok(())
+}
+
+/// A delta, bounded by the full payload: given (`--full-payload`) or made here to compare.
+/// When the delta would not be smaller, the output is the full payload.
+fn run_generate_delta(
+    a: &GenerateArgs,
+    source: &std::path::Path,
+    keys: &[rsa::RsaPrivateKey],
+) -> Result<()> {
+    let dir = a
+        .output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut made_full = None;
+    let full_path = match &a.full_payload {
+        Some(p) => p.clone(),
+        None => {
+            let tmp = tempfile::Builder::new()
+                .prefix(".full-")
+                .tempfile_in(dir)
+                .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+            tracing::info!("making the full payload to compare the delta with");
+            generate_full(a, keys, tmp.path())?;
+            let p = tmp.path().to_path_buf();
+            made_full = Some(tmp);
+            p
+        }
+    };
+    let full_len = std::fs::metadata(&full_path)
+        .with_context(|| format!("reading {}", full_path.display()))?
+        .len();
+    let opts = delta::DeltaOptions {
+        zstd_level: a.zstd_level.unwrap_or(19),
+        source_version: a.source_version.clone(),
+        smaller_than: Some(full_len),
+    };
+    let pb = bar(0, "delta");
+    let result = delta::generate_delta(
+        source,
+        &a.image,
+        keys,
+        &a.output,
+        &opts,
+        &mut |stage, done, total| {
+            if let Some(pb) = &pb {
+                pb.set_message(stage.label());
+                pb.set_length(total);
+                pb.set_position(done);
+            }
+        },
+    );
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    match result {
+        Ok(r) => {
+            println!(
+                "{}: delta of {} bytes ({:.1} % of the {full_len} byte full payload), {} operations; image {} bytes: {} copied, {} zero, {} changed ({} of {} groups patched against the source)",
+                a.output.display(),
+                r.payload_len,
+                100.0 * r.payload_len as f64 / full_len as f64,
+                r.operations,
+                r.image_size,
+                r.copied_bytes,
+                r.zero_bytes,
+                r.changed_bytes,
+                r.patched_groups,
+                r.changed_groups,
+            );
+            println!(
+                "source {} bytes sha256 {}",
+                r.source_size,
+                hex::encode(r.source_sha256)
+            );
+            println!(
+                "payload sha256 (Omaha action sha256): {}",
+                base64_sha(&r.payload_sha256)
+            );
+            Ok(())
+        }
+        Err(e @ crate::PayloadError::DeltaNotSmaller { .. }) => {
+            println!("{e}: {} is the full payload", a.output.display());
+            match made_full {
+                Some(tmp) => {
+                    tmp.persist(&a.output)
+                        .map_err(|e| e.error)
+                        .with_context(|| {
+                            format!("moving the full payload to {}", a.output.display())
+                        })?;
+                }
+                None => {
+                    std::fs::copy(&full_path, &a.output).with_context(|| {
+                        format!("copying {} to {}", full_path.display(), a.output.display())
+                    })?;
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "generating a delta {} from {} to {}",
+            a.output.display(),
+            source.display(),
+            a.image.display()
+        ))),
+    }
 }
 
 fn base64_sha(h: &[u8; 32]) -> String {
@@ -299,6 +431,9 @@ fn run_install(a: InstallArgs) -> Result<()> {
     let mut opts = InstallOptions::new(trusted);
     opts.state_dir = a.state_dir.clone();
     opts.disk_rate = a.disk_rate;
+    if let Some(source) = &a.source {
+        opts.source = Some(Arc::new(install::SourceFile::whole(source)?));
+    }
     let total = std::fs::metadata(&a.payload)
         .with_context(|| format!("reading {}", a.payload.display()))?
         .len();

@@ -300,3 +300,69 @@ fn key_rotation_old_then_both_then_new_only_then_old_removed() {
     std::fs::remove_file(keys_d.join("new.pem")).unwrap();
     assert!(verify("v3.gz", &trusted).is_err());
 }
+
+#[test]
+fn delta_generate_and_install_with_fallback_to_the_full_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let old = make_image(&dir.path().join("old.img"), 4 << 20, 40);
+    // The new image: the old one with 100 KiB rewritten in the middle.
+    let mut new = old.clone();
+    for (i, b) in new[(2 << 20)..(2 << 20) + 100_000].iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    write(&dir.path().join("new.img"), &new);
+    run(&["keygen", "-o", &p("k.pem"), "--public", &p("k.pub")]).unwrap();
+    let gen = |out: &str, source: &str, image: &str| {
+        run(&[
+            "payload",
+            "generate",
+            "--image",
+            &p(image),
+            "--source",
+            &p(source),
+            "--source-version",
+            "1.0.0",
+            "--key",
+            &p("k.pem"),
+            "-o",
+            &p(out),
+        ])
+    };
+    gen("delta.bin", "old.img", "new.img").unwrap();
+    let i =
+        fastpatch_payload::verify::inspect(std::fs::File::open(p("delta.bin")).unwrap()).unwrap();
+    assert_eq!(i.delta_source.unwrap().version.as_deref(), Some("1.0.0"));
+
+    // Installing needs the source; with it, the target ends up holding the new image.
+    write(&dir.path().join("target.img"), &vec![0u8; 5 << 20]);
+    let install = |source: Option<&str>| {
+        let mut args = vec!["payload", "install"];
+        let payload = p("delta.bin");
+        let (target, key) = (p("target.img"), p("k.pub"));
+        args.extend([payload.as_str(), "--target-file", &target, "--key", &key]);
+        let src = source.map(p);
+        if let Some(s) = &src {
+            args.extend(["--source", s.as_str()]);
+        }
+        run(&args)
+    };
+    let err = install(None).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("needs the source image"),
+        "{err:#}"
+    );
+    install(Some("old.img")).unwrap();
+    assert_eq!(
+        &std::fs::read(p("target.img")).unwrap()[..new.len()],
+        new.as_slice()
+    );
+
+    // Incompressible and unrelated to its source, a delta is not smaller: the output is the
+    // full payload.
+    make_random_image(&dir.path().join("random-new.img"), 4 << 20, 41);
+    gen("fallback.bin", "old.img", "random-new.img").unwrap();
+    let i = fastpatch_payload::verify::inspect(std::fs::File::open(p("fallback.bin")).unwrap())
+        .unwrap();
+    assert!(i.delta_source.is_none(), "expected the full payload");
+}
