@@ -28,6 +28,9 @@ impl ErrorCode {
     pub const DOWNLOAD_PAYLOAD_PUBKEY_VERIFICATION_ERROR: ErrorCode =
         ErrorCode(omaha_codes::DOWNLOAD_PAYLOAD_PUBKEY_VERIFICATION_ERROR);
     pub const OMAHA_RESPONSE_INVALID: ErrorCode = ErrorCode(omaha_codes::OMAHA_RESPONSE_INVALID);
+    /// A delta payload whose source is not the booted slot's image.
+    pub const DOWNLOAD_STATE_INITIALIZATION_ERROR: ErrorCode =
+        ErrorCode(omaha_codes::DOWNLOAD_STATE_INITIALIZATION_ERROR);
     /// The machine came back on the old version: the new one never booted good.
     pub const ROLLED_BACK: ErrorCode = ErrorCode(omaha_codes::ROLLED_BACK);
 }

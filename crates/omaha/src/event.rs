@@ -35,6 +35,8 @@ pub mod error_code {
     pub const DOWNLOAD_WRITE_ERROR: u32 = 14;
     pub const NEW_ROOTFS_VERIFICATION_ERROR: u32 = 15;
     pub const DOWNLOAD_PAYLOAD_PUBKEY_VERIFICATION_ERROR: u32 = 18;
+    /// A delta's source (the booted slot) is not the image the delta was made against.
+    pub const DOWNLOAD_STATE_INITIALIZATION_ERROR: u32 = 20;
     pub const OMAHA_RESPONSE_INVALID: u32 = 34;
     /// The new version failed to boot and the machine went back to the old slot.
     pub const ROLLED_BACK: u32 = 44;

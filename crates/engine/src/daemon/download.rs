@@ -109,6 +109,9 @@ pub fn error_code(e: &PayloadError) -> ErrorCode {
             ErrorCode::DOWNLOAD_NEW_PARTITION_INFO_ERROR
         }
         PayloadError::Io { .. } | PayloadError::Target(_) => ErrorCode::DOWNLOAD_WRITE_ERROR,
+        PayloadError::DeltaNeedsSource { .. }
+        | PayloadError::SourceMismatch { .. }
+        | PayloadError::SourceHashMismatch { .. } => ErrorCode::DOWNLOAD_STATE_INITIALIZATION_ERROR,
         PayloadError::BootControl(_) | PayloadError::Disk(_) => {
             ErrorCode::INSTALL_DEVICE_OPEN_ERROR
         }
@@ -410,5 +413,29 @@ fn hash_in(
                 tracing::warn!(error = %e, "cannot save the download hash state");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delta_that_does_not_fit_the_booted_slot_has_its_own_code() {
+        let mismatch = PayloadError::SourceMismatch {
+            reason: "hash differs".into(),
+        };
+        assert_eq!(
+            error_code(&mismatch),
+            ErrorCode::DOWNLOAD_STATE_INITIALIZATION_ERROR
+        );
+        assert_eq!(
+            error_code(&PayloadError::SourceHashMismatch { index: 3 }),
+            ErrorCode::DOWNLOAD_STATE_INITIALIZATION_ERROR
+        );
+        assert_eq!(
+            error_code(&PayloadError::OperationHashMismatch { index: 3 }),
+            ErrorCode::PAYLOAD_HASH_MISMATCH
+        );
     }
 }

@@ -39,6 +39,9 @@ pub fn error_code(code: i64) -> String {
         ec::DOWNLOAD_NEW_PARTITION_INFO_ERROR => "the payload's partition information is invalid".to_owned(),
         ec::DOWNLOAD_WRITE_ERROR => "writing the new partition failed (disk error?)".to_owned(),
         ec::NEW_ROOTFS_VERIFICATION_ERROR => "the written partition did not verify".to_owned(),
+        ec::DOWNLOAD_STATE_INITIALIZATION_ERROR => {
+            "the delta update does not apply to the running image (use the full payload)".to_owned()
+        }
         ec::DOWNLOAD_PAYLOAD_PUBKEY_VERIFICATION_ERROR => "the payload was not signed with a trusted key".to_owned(),
         ec::OMAHA_RESPONSE_INVALID => "the server's answer was not valid for the machine".to_owned(),
         ec::ROLLED_BACK => "rolled back: the new version did not boot healthy, the machine went back to the old one".to_owned(),
@@ -87,6 +90,7 @@ mod tests {
         assert!(error_code(44).starts_with("rolled back"));
         assert_eq!(error_code(2404), "the download server answered HTTP 404");
         assert!(error_code(10).contains("hash"));
+        assert!(error_code(20).contains("delta update does not apply"));
         assert_eq!(error_code(777), "error code 777 (not known to fastpatch)");
         // update_engine sends the dev-mode bit as a negative %d.
         let dev = i64::from((ec::FLAG_DEV_MODE | ec::DOWNLOAD_TRANSFER_ERROR) as i32);
