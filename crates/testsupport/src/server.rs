@@ -83,6 +83,13 @@ impl UpdateServer {
     /// Starts the server under `dir/server` and publishes a signed payload of an
     /// `image_mib` MiB image as [`NEW`] on the stable channel.
     pub async fn start(dir: &Path, image_mib: u64) -> UpdateServer {
+        let (payload, pub_pem) = signed_payload(dir, image_mib);
+        UpdateServer::start_with(dir, &payload, pub_pem).await
+    }
+
+    /// As [`start`](UpdateServer::start), publishing the given payload (signed by the key
+    /// `pub_pem` holds) as [`NEW`].
+    pub async fn start_with(dir: &Path, payload: &Path, pub_pem: PathBuf) -> UpdateServer {
         let data_dir = dir.join("server");
         let proxy = RecordingProxy::bind().await.expect("proxy port");
         let mut config = fastpatch_server::Config::for_tests(&data_dir);
@@ -91,7 +98,6 @@ impl UpdateServer {
             .await
             .expect("server starts");
         proxy.forward_to(handle.local_addr());
-        let (payload, pub_pem) = signed_payload(dir, image_mib);
         let now = crate::unix_now();
         let package = fastpatch_server::payloads::publish(
             handle.store(),
@@ -100,7 +106,7 @@ impl UpdateServer {
                 app_id: FLATCAR_APP_ID,
                 version: NEW,
                 arch: "amd64",
-                file: &payload,
+                file: payload,
                 file_name: Some("flatcar_production_update.gz"),
                 base_url: None,
             },
