@@ -238,3 +238,151 @@ async fn daemon_stopped_mid_download_restarts_the_attempt_cleanly() {
     stop.send(()).unwrap();
     run.await.unwrap().unwrap();
 }
+
+/// A delta from the machine's USR-A contents to a new image, signed by a fresh key, hosted by
+/// the real server as [`NEW`]; USR-A written with `usr_a` (the delta's source, or not).
+/// Returns the server, the machine and the new image.
+async fn delta_machine(
+    dir: &std::path::Path,
+    bus: &PrivateBus,
+    usr_a_differs: bool,
+) -> (UpdateServer, TestMachine, Vec<u8>) {
+    use fastpatch_payload::delta::{generate_delta, DeltaOptions};
+    // 6 MiB of pseudo-random bytes; the new image rewrites 256 KiB and moves 1 MiB.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let old: Vec<u8> = (0..6 * MIB)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let mut new = old.clone();
+    new[(3 << 20)..(3 << 20) + (256 << 10)].fill(0x42);
+    new.copy_within((1 << 20)..(2 << 20), 4 << 20);
+    std::fs::write(dir.join("old.img"), &old).unwrap();
+    std::fs::write(dir.join("new.img"), &new).unwrap();
+    let key = fastpatch_payload::keys::generate_key().unwrap();
+    let pub_pem = dir.join("delta-key.pub.pem");
+    std::fs::write(
+        &pub_pem,
+        fastpatch_payload::keys::public_key_pem(&key.to_public_key()).unwrap(),
+    )
+    .unwrap();
+    let opts = DeltaOptions {
+        zstd_level: 3,
+        source_version: Some(OLD.into()),
+        smaller_than: None,
+    };
+    let payload = dir.join("delta.gz");
+    generate_delta(
+        &dir.join("old.img"),
+        &dir.join("new.img"),
+        &[key],
+        &payload,
+        &opts,
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    let server = UpdateServer::start_with(dir, &payload, pub_pem).await;
+    let m = TestMachine::new(dir, &server, Some(&bus.address));
+    let mut usr_a = old;
+    if usr_a_differs {
+        usr_a[5 * MIB as usize] ^= 1;
+    }
+    write_partition(&m.disk, fastpatch_disk::USR_A_INDEX, &usr_a);
+    (server, m, new)
+}
+
+fn write_partition(disk: &std::path::Path, index: u32, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let (off, _) = fastpatch_disk::Disk::open(disk, fastpatch_disk::OpenMode::ReadOnly)
+        .unwrap()
+        .partition_byte_range(index)
+        .unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+    f.write_all_at(data, off).unwrap();
+}
+
+fn read_partition(disk: &std::path::Path, index: u32, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let (off, _) = fastpatch_disk::Disk::open(disk, fastpatch_disk::OpenMode::ReadOnly)
+        .unwrap()
+        .partition_byte_range(index)
+        .unwrap();
+    let mut buf = vec![0u8; len];
+    std::fs::File::open(disk)
+        .unwrap()
+        .read_exact_at(&mut buf, off)
+        .unwrap();
+    buf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_payload_applies_against_the_booted_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = PrivateBus::start();
+    let (server, m, new) = delta_machine(dir.path(), &bus, false).await;
+    let (stop, run) = run_until_stopped(m.cfg.clone()).await;
+    let seen = attempt(&bus, ENDED).await;
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("UPDATE_STATUS_UPDATED_NEED_REBOOT"),
+        "{seen:?}"
+    );
+    let check = server
+        .omaha_bodies()
+        .into_iter()
+        .find(|b| b.contains("<updatecheck"))
+        .expect("an update check");
+    assert!(check.contains(r#"delta_okay="true""#), "{check}");
+    assert_eq!(
+        read_partition(&m.disk, fastpatch_disk::USR_B_INDEX, new.len()),
+        new,
+        "USR-B holds the new image"
+    );
+    assert_eq!(m.next_boot(), fastpatch_disk::USR_B_INDEX, "B is staged");
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_that_does_not_fit_the_booted_slot_reports_20_and_asks_for_full_payloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = PrivateBus::start();
+    let (server, m, _) = delta_machine(dir.path(), &bus, true).await;
+    let (stop, run) = run_until_stopped(m.cfg.clone()).await;
+    let seen = attempt(&bus, ENDED).await;
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("UPDATE_STATUS_REPORTING_ERROR_EVENT"),
+        "{seen:?}"
+    );
+    // 13/1, then (the payload is small enough to arrive first) 14/1, then the failure.
+    let ev = server.wait_events(3).await;
+    let last = ev.last().expect("events");
+    assert_eq!(last.short(), "3/0", "{ev:?}");
+    let base = last
+        .error_code
+        .map(|c| fastpatch_omaha::ErrorCode(c as u32).base());
+    assert_eq!(base, Some(20), "{ev:?}");
+    assert_eq!(m.next_boot(), fastpatch_disk::USR_A_INDEX, "nothing staged");
+    // The next check asks for the full payload (safe mode halted the group after the
+    // failure, so nothing is offered: the check ends idle).
+    attempt(&bus, &["UPDATE_STATUS_IDLE"]).await;
+    let checks: Vec<String> = server
+        .omaha_bodies()
+        .into_iter()
+        .filter(|b| b.contains("<updatecheck"))
+        .collect();
+    assert!(checks.len() >= 2, "{checks:?}");
+    assert!(checks[0].contains(r#"delta_okay="true""#), "{}", checks[0]);
+    assert!(
+        checks.last().unwrap().contains(r#"delta_okay="false""#),
+        "{}",
+        checks.last().unwrap()
+    );
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+}

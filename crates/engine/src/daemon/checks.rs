@@ -38,7 +38,7 @@ impl Daemon {
         kind: &RequestKind,
         events: &[Event],
     ) -> Option<fastpatch_omaha::Request> {
-        omaha::build_request(
+        let mut request = omaha::build_request(
             &self.cfg.app_id,
             &self.cfg.board,
             &self.facts,
@@ -46,7 +46,12 @@ impl Daemon {
             self.engine.durable.aleph_version.as_deref(),
             kind,
             events,
-        )
+        )?;
+        let delta = self.delta_okay.load(std::sync::atomic::Ordering::Relaxed);
+        for app in &mut request.apps {
+            app.delta_okay = Some(if delta { "true" } else { "false" }.into());
+        }
+        Some(request)
     }
 
     pub(super) fn send_check(&mut self, kind: RequestKind, events: Vec<Event>) {

@@ -99,6 +99,10 @@ pub struct DownloadConfig {
     /// Payload bytes between saved states of the whole-payload SHA-256 (a resume re-fetches
     /// at most this much before the installer's checkpoint, only to hash it).
     pub hash_point_bytes: u64,
+    /// Ask for delta payloads (`delta_okay="true"`); the booted slot is their source. After a
+    /// delta that does not fit the booted slot, the engine asks for full payloads until it
+    /// restarts.
+    pub delta: bool,
 }
 
 impl Default for DownloadConfig {
@@ -110,6 +114,7 @@ impl Default for DownloadConfig {
             omaha_timeout_secs: 60,
             checkpoint_bytes: fastpatch_payload::install::DEFAULT_CHECKPOINT_BYTES,
             hash_point_bytes: 16 << 20,
+            delta: true,
         }
     }
 }

@@ -77,6 +77,9 @@ pub struct Daemon {
     next_check: Option<Instant>,
     max_failures_per_url: u32,
     gate_pending: bool,
+    /// Whether update checks say `delta_okay="true"`: the config's `download.delta`, turned
+    /// off by a delta that did not fit the booted slot.
+    delta_okay: Arc<std::sync::atomic::AtomicBool>,
     install: Option<InstallHandle>,
     install_rx: Option<mpsc::UnboundedReceiver<Input>>,
     tx: mpsc::UnboundedSender<Msg>,
@@ -152,6 +155,7 @@ impl Daemon {
             next_check: None,
             max_failures_per_url: fastpatch_omaha::DEFAULT_MAX_FAILURE_COUNT_PER_URL,
             gate_pending: false,
+            delta_okay: Arc::new(std::sync::atomic::AtomicBool::new(cfg.download.delta)),
             install: None,
             install_rx: None,
             tx,
@@ -482,6 +486,7 @@ impl Daemon {
         let mut install = fastpatch_payload::install::InstallOptions::new(keys);
         install.disk_rate = self.cfg.limits.disk_bytes_per_sec;
         install.checkpoint_bytes = self.cfg.download.checkpoint_bytes;
+        install.source = self.delta_source();
         let credentials = UpdateConf::load(&self.cfg.root).ok().and_then(|c| {
             c.download_credentials()
                 .map(|(u, p)| (u.to_string(), p.to_string()))
@@ -503,12 +508,19 @@ impl Daemon {
         let (tx, rx) = mpsc::unbounded_channel();
         let metrics = self.metrics.clone();
         let metrics2 = self.metrics.clone();
+        let delta_okay = self.delta_okay.clone();
         let (ftx, mut frx) = mpsc::unbounded_channel::<Input>();
-        // Count install failures on their way to the loop.
+        // Count install failures on their way to the loop; a delta that does not fit the
+        // booted slot means asking for the full payload from now on.
         tokio::spawn(async move {
             while let Some(i) = frx.recv().await {
-                if matches!(i, Input::Failed { .. }) {
+                if let Input::Failed { code } = &i {
                     metrics2.failure("install");
+                    if *code == ErrorCode::DOWNLOAD_STATE_INITIALIZATION_ERROR
+                        && delta_okay.swap(false, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        tracing::warn!("the delta payload does not fit the booted slot; asking for full payloads from now on");
+                    }
                 }
                 if tx.send(i).is_err() {
                     break;
@@ -522,6 +534,29 @@ impl Daemon {
             Arc::new(move |n| metrics.add_bytes(n)),
         ));
         self.install_rx = Some(rx);
+    }
+}
+
+impl Daemon {
+    /// The booted slot, opened read-only, as the source a delta payload applies to (a full
+    /// payload ignores it). None, with a warning, when it cannot be opened.
+    fn delta_source(&self) -> Option<Arc<dyn fastpatch_payload::install::InstallSource>> {
+        let booted = self.boot.booted();
+        let opened = self
+            .boot
+            .slot_state(booted)
+            .map_err(|e| e.to_string())
+            .and_then(|s| {
+                fastpatch_payload::install::SourceFile::open(&self.disk, s.byte_offset, s.byte_len)
+                    .map_err(|e| e.to_string())
+            });
+        match opened {
+            Ok(f) => Some(Arc::new(f)),
+            Err(e) => {
+                tracing::warn!(slot = %booted, "the booted slot cannot be read, so a delta payload would fail: {e}");
+                None
+            }
+        }
     }
 }
 
