@@ -168,6 +168,14 @@ const REQUEST_ATTRS: &[&str] = &[
     "ismachine",
 ];
 
+impl RequestApp {
+    /// The client can apply delta payloads (`delta_okay="true"`; stock Flatcar
+    /// sends "false").
+    pub fn accepts_delta(&self) -> bool {
+        self.delta_okay.as_deref().map(str::trim) == Some("true")
+    }
+}
+
 impl Request {
     /// Parses a request with [`Limits::default`].
     pub fn parse(input: &[u8]) -> Result<Request, ParseError> {

@@ -235,6 +235,17 @@ impl UpdateCheckResponse {
 }
 
 impl UpdateCheckResponse {
+    /// Marks the offered payload as a delta the way update_engine reads it:
+    /// `IsDeltaPayload="true"` on the postinstall action.
+    pub fn as_delta(mut self) -> Self {
+        if let Some(m) = self.manifest.as_mut() {
+            for a in m.actions.iter_mut().filter(|a| a.event == "postinstall") {
+                a.is_delta_payload = Some(true);
+            }
+        }
+        self
+    }
+
     /// Adds an extra file to an update's manifest (after the payload, not required).
     pub fn with_extra_file(
         mut self,
