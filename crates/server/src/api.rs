@@ -146,6 +146,7 @@ pub fn router() -> Router<Arc<AppState>> {
                 .put(upload_package)
                 .layer(DefaultBodyLimit::disable()),
         )
+        .route("/api/v1/apps/{app}/deltas", get(list_deltas))
         .route("/api/v1/apps/{app}/floors", get(list_floors))
         .route(
             "/api/v1/apps/{app}/floors/{version}",
@@ -214,6 +215,7 @@ async fn set_channel(
     s.store
         .set_channel(&app, &name, &body.version, now(&s))
         .await?;
+    s.delta_wake.notify_one();
     s.store
         .channel(&app, &name)
         .await?
@@ -234,6 +236,7 @@ async fn promote(
 ) -> ApiResult<serde_json::Value> {
     need(&s, &h, Role::Admin)?;
     let version = s.store.promote(&app, &body.from, &to, now(&s)).await?;
+    s.delta_wake.notify_one();
     Ok(Json(json!({ "channel": to, "version": version })))
 }
 
@@ -338,6 +341,17 @@ async fn list_packages(
 ) -> ApiResult<Vec<crate::store::PackageRow>> {
     need(&s, &h, Role::Viewer)?;
     Ok(Json(s.store.packages(&app).await?))
+}
+
+/// `GET /api/v1/apps/{app}/deltas`: every delta the server made, with how its
+/// generation ended and the bytes served.
+async fn list_deltas(
+    State(s): State<Arc<AppState>>,
+    h: HeaderMap,
+    Path(app): Path<String>,
+) -> ApiResult<Vec<crate::store::DeltaRow>> {
+    need(&s, &h, Role::Viewer)?;
+    Ok(Json(s.store.deltas(&app).await?))
 }
 
 /// `POST /api/v1/apps/{app}/packages`: a package hosted elsewhere.

@@ -50,6 +50,9 @@ pub enum Command {
     /// Run the server (what happens with no subcommand).
     Serve(ServeArgs),
     /// Hash a payload file, store it, register the package (and optionally point a channel at it).
+    ///
+    /// A server running with --delta-signing-key then makes deltas to this version from the
+    /// versions the channel offered before it (within its scan period, 30 s).
     Publish {
         file: PathBuf,
         #[arg(long)]
@@ -94,7 +97,7 @@ pub enum Command {
         #[arg(long)]
         channel: Option<String>,
     },
-    /// List packages and their extra files.
+    /// List packages, their extra files and the deltas made to them.
     Packages,
     /// Copy a channel's version to another channel (bit for bit: the same packages).
     Promote {
@@ -348,6 +351,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Packages) => {
             let store = open(db).await?;
+            let deltas = store.deltas(&app).await?;
             for p in store.packages(&app).await? {
                 println!(
                     "{:<12} {:<6} {:<32} {:>12} {} {}",
@@ -360,6 +364,24 @@ pub async fn run(cli: Cli) -> Result<()> {
                 );
                 for f in store.package_files(&p.id).await? {
                     println!("  + {:<30} {:>12} {}", f.name, f.size, f.sha256_b64);
+                }
+                for d in deltas.iter().filter(|d| d.package_id == p.id) {
+                    match d.state {
+                        crate::store::DeltaState::Ready => println!(
+                            "  delta from {:<12} {:>12} bytes ({:.1} % of full) {} served {} bytes",
+                            d.source_version,
+                            d.size,
+                            100.0 * d.size as f64 / p.size.max(1) as f64,
+                            d.sha256_b64,
+                            d.served_bytes
+                        ),
+                        other => println!(
+                            "  delta from {:<12} {}: {}",
+                            d.source_version,
+                            other.as_str(),
+                            d.note.as_deref().unwrap_or("")
+                        ),
+                    }
                 }
             }
             Ok(())

@@ -177,26 +177,57 @@ async fn payload(
         error!(error = %e, "payload lookup failed");
         StatusCode::SERVICE_UNAVAILABLE.into_response()
     };
-    let pkg = match state.store.package(&id).await {
-        Ok(Some(p)) if p.base_url.is_none() => p,
-        Ok(_) => return not_found(),
+    // A full package, or a delta (whose extra files are its target package's).
+    let (pkg, delta) = match state.store.package(&id).await {
+        Ok(Some(p)) if p.base_url.is_none() => (p, None),
+        Ok(Some(_)) => return not_found(),
+        Ok(None) => match state.store.delta(&id).await {
+            Ok(Some(d)) if d.state == crate::store::DeltaState::Ready => {
+                match state.store.package(&d.package_id).await {
+                    Ok(Some(p)) => (p, Some(d)),
+                    Ok(None) => return not_found(),
+                    Err(e) => return unavailable(e),
+                }
+            }
+            Ok(_) => return not_found(),
+            Err(e) => return unavailable(e),
+        },
         Err(e) => return unavailable(e),
     };
-    if pkg.file_name == file {
-        state.metrics.inc(&state.metrics.payload_requests);
-        return crate::payloads::serve(&state.data_dir, &pkg, &headers).await;
-    }
-    // One of the package's extra files?
-    let extra = match state.store.package_files(&pkg.id).await {
-        Ok(files) => files.into_iter().find(|f| f.name == file),
-        Err(e) => return unavailable(e),
-    };
-    let Some(f) = extra else {
-        return not_found();
+    let response = match &delta {
+        Some(d) if d.file_name == file => {
+            let path = crate::payloads::payload_dir(&state.data_dir).join(&d.id);
+            crate::payloads::serve_file(&path, d.size, &d.sha256_b64, &headers).await
+        }
+        None if pkg.file_name == file => {
+            crate::payloads::serve(&state.data_dir, &pkg, &headers).await
+        }
+        _ => {
+            // One of the package's extra files?
+            let extra = match state.store.package_files(&pkg.id).await {
+                Ok(files) => files.into_iter().find(|f| f.name == file),
+                Err(e) => return unavailable(e),
+            };
+            let Some(f) = extra else {
+                return not_found();
+            };
+            state.metrics.inc(&state.metrics.payload_requests);
+            let path = crate::payloads::extra_file_path(&state.data_dir, &pkg.id, &f.name);
+            return crate::payloads::serve_file(&path, f.size, &f.sha256_b64, &headers).await;
+        }
     };
     state.metrics.inc(&state.metrics.payload_requests);
-    let path = crate::payloads::extra_file_path(&state.data_dir, &pkg.id, &f.name);
-    crate::payloads::serve_file(&path, f.size, &f.sha256_b64, &headers).await
+    if response.status().is_success() {
+        let sent = response
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(n) = sent {
+            state.served.add(&id, n);
+        }
+    }
+    response
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {

@@ -15,6 +15,7 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod dashboard;
+pub mod deltas;
 pub mod http;
 pub mod metrics;
 pub mod omaha;
@@ -22,6 +23,7 @@ pub mod openapi;
 pub mod payloads;
 pub mod policy;
 mod serve;
+pub mod served;
 pub mod store;
 pub mod throttle;
 pub mod tls;
@@ -88,6 +90,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Create the default Flatcar app, channels and groups on an empty database.
     pub seed_defaults: bool,
+    /// Make delta payloads in the background (needs the payload signing key); None: off.
+    pub deltas: Option<deltas::DeltaSettings>,
 }
 
 impl Config {
@@ -109,6 +113,7 @@ impl Config {
             clock: Arc::new(SystemClock),
             max_body_bytes: 64 * 1024,
             seed_defaults: true,
+            deltas: None,
         }
     }
 
@@ -139,6 +144,10 @@ pub struct AppState {
     pub login_throttle: throttle::LoginThrottle,
     /// Session cookies carry `Secure` (served over TLS, or behind an https public URL).
     pub secure_cookies: bool,
+    /// Wakes the delta worker (a channel moved).
+    pub delta_wake: tokio::sync::Notify,
+    /// Payload bytes sent, per package or delta id, not yet added to the store.
+    pub served: served::ServedBytes,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +156,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("opening the database: {0}")]
     Store(#[from] store::StoreError),
+    #[error("loading the delta signing key: {0}")]
+    DeltaKey(fastpatch_payload::PayloadError),
     #[error("binding {addr}: {error}")]
     Bind {
         addr: SocketAddr,
@@ -164,6 +175,7 @@ pub struct ServerHandle {
     stop: watch::Sender<bool>,
     http: serve::HttpThreads,
     jobs: tokio::task::JoinHandle<()>,
+    deltas: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ServerHandle {
@@ -193,6 +205,10 @@ impl ServerHandle {
         // The jobs loop sees the same stop signal and ends between two jobs.
         let _ = self.stop.send(true);
         let _ = self.jobs.await;
+        if let Some(deltas) = self.deltas.take() {
+            let _ = deltas.await;
+        }
+        self.state.flush_served().await;
         let now = self.state.clock.now().timestamp();
         match self.state.store.flush_last_checks(now).await {
             Ok(n) => info!(written = n, "last-check timestamps written"),
@@ -210,6 +226,12 @@ impl Server {
     pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
         // Certificate problems stop the start before anything else is touched.
         let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
+        let delta_key = match &config.deltas {
+            Some(d) => Some(Arc::new(
+                deltas::DeltaKey::load(&d.signing_key).map_err(StartError::DeltaKey)?,
+            )),
+            None => None,
+        };
         let store = match &config.database_url {
             Some(url) => Store::open(url).await?,
             None => Store::open_data_dir(&config.data_dir).await?,
@@ -245,6 +267,8 @@ impl Server {
             max_body_bytes: config.max_body_bytes,
             login_throttle: throttle::LoginThrottle::default(),
             secure_cookies: tls.is_some() || base_url.starts_with("https://"),
+            delta_wake: tokio::sync::Notify::new(),
+            served: served::ServedBytes::default(),
         });
         let (stop, stopped) = watch::channel(false);
         let router = http::router(state.clone());
@@ -254,6 +278,15 @@ impl Server {
                 error: source,
             }
         })?;
+        let deltas = match (config.deltas.clone(), delta_key) {
+            (Some(settings), Some(key)) => Some(tokio::spawn(deltas::run(
+                state.clone(),
+                settings,
+                key,
+                stopped.clone(),
+            ))),
+            _ => None,
+        };
         let jobs = tokio::spawn(background_jobs(
             state.clone(),
             Schedule {
@@ -271,6 +304,7 @@ impl Server {
             stop,
             http,
             jobs,
+            deltas,
         })
     }
 }
@@ -296,6 +330,7 @@ async fn background_jobs(state: Arc<AppState>, when: Schedule, mut stop: watch::
             // (The guard `wait_for` returns must not live across an await.)
             _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
             _ = flush.tick() => {
+                state.flush_served().await;
                 let now = state.clock.now().timestamp();
                 if let Err(e) = state.store.flush_last_checks(now).await {
                     warn!(error = %e, "writing last-check timestamps failed; kept for the next try");
@@ -326,6 +361,18 @@ async fn background_jobs(state: Arc<AppState>, when: Schedule, mut stop: watch::
                     Err(e) => warn!(error = %e, "timeout sweep failed"),
                 }
             }
+        }
+    }
+}
+
+impl AppState {
+    /// Adds the payload bytes sent since the last call to the store's counters
+    /// (kept for the next call when the store fails).
+    pub async fn flush_served(&self) {
+        let taken = self.served.take();
+        if let Err(e) = self.store.add_served_bytes(&taken).await {
+            warn!(error = %e, "writing bytes-served counters failed; kept for the next try");
+            self.served.put_back(taken);
         }
     }
 }

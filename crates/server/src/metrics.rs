@@ -14,6 +14,7 @@ pub struct Metrics {
     pub unknown_group: AtomicU64,
     pub update_checks: AtomicU64,
     pub offers: AtomicU64,
+    pub delta_offers: AtomicU64,
     pub grants: AtomicU64,
     pub holds: AtomicU64,
     pub no_update: AtomicU64,
@@ -54,6 +55,12 @@ impl Metrics {
             "fastpatch_update_offers_total",
             "Update checks answered with an update.",
             &self.offers,
+        );
+        counter(
+            &mut out,
+            "fastpatch_update_delta_offers_total",
+            "Update offers that were delta payloads (part of the offers).",
+            &self.delta_offers,
         );
         counter(
             &mut out,

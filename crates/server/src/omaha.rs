@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 
 use crate::policy::{self, Decision, GroupCounts, InstanceStatus};
 use crate::store::{
-    AppConfig, CheckIn, GrantOutcome, GrantRequest, InstanceRow, PackageFile, PackageRow,
+    AppConfig, CheckIn, DeltaRow, GrantOutcome, GrantRequest, InstanceRow, PackageFile, PackageRow,
     StoreError,
 };
 use crate::AppState;
@@ -186,7 +186,9 @@ async fn answer_app(
 
     if app.update_check.is_some() {
         m.inc(&m.update_checks);
-        answer.update_check = Some(update_check(state, &config, group, &inst, &arch, now).await?);
+        let delta_okay = app.accepts_delta();
+        answer.update_check =
+            Some(update_check(state, &config, group, &inst, &arch, delta_okay, now).await?);
     }
     Ok(answer)
 }
@@ -197,6 +199,7 @@ async fn update_check(
     group: &crate::store::Group,
     inst: &InstanceRow,
     arch: &str,
+    delta_okay: bool,
     now: DateTime<Utc>,
 ) -> Result<UpdateCheckResponse, OmahaError> {
     let store = &state.store;
@@ -267,6 +270,16 @@ async fn update_check(
                 .extra_files
                 .get(&pkg.id)
                 .map_or(&[][..], Vec::as_slice);
+            // A delta only to a client that applies them and runs its source version.
+            let delta = config
+                .deltas
+                .iter()
+                .find(|d| delta_okay && d.package_id == pkg.id && d.source_version == inst.version);
+            if let Some(d) = delta {
+                m.inc(&m.delta_offers);
+                debug!(machine = %inst.machine_id, from = %d.source_version, %version, bytes = d.size, "offering a delta");
+                return Ok(offer_delta(state, d, files));
+            }
             Ok(offer(state, pkg, files))
         }
         GrantOutcome::Hold { reason, .. } => {
@@ -290,6 +303,34 @@ async fn update_check(
             Ok(UpdateCheckResponse::no_update())
         }
     }
+}
+
+/// The update element for a delta: hosted here, its extra files (its target
+/// package's) under the same codebase, marked `IsDeltaPayload="true"`.
+pub fn offer_delta(state: &AppState, d: &DeltaRow, files: &[PackageFile]) -> UpdateCheckResponse {
+    let codebase = format!(
+        "{}/v1/payloads/{}/",
+        state.public_url.trim_end_matches('/'),
+        d.id
+    );
+    let mut update = UpdateCheckResponse::update(
+        vec![codebase],
+        d.version.clone(),
+        d.file_name.clone(),
+        d.size.max(0) as u64,
+        Some(d.sha1_b64.clone()),
+        d.sha256_b64.clone(),
+    )
+    .as_delta();
+    for f in files {
+        update = update.with_extra_file(
+            f.name.clone(),
+            f.size.max(0) as u64,
+            f.sha1_b64.clone(),
+            f.sha256_b64.clone(),
+        );
+    }
+    update
 }
 
 /// The update element for a package: our payload URL unless it lives

@@ -109,6 +109,7 @@ pub fn document() -> String {
                     "responses": { "200": { "description": "The registered package and its extra files" }, "400": { "$ref": "#/components/responses/Error" } }
                 }
             },
+            "/api/v1/apps/{app}/deltas": { "parameters": [app], "get": op("Delta payloads the server made (state ready, not_smaller or failed; source and target versions; size; bytes served)", "viewer") },
             "/api/v1/apps/{app}/packages/{version}/{arch}": {
                 "parameters": [app,
                     { "name": "version", "in": "path", "required": true, "schema": { "type": "string" } },

@@ -200,7 +200,8 @@ pub async fn publish_with_files(
     }
 }
 
-fn hash_and_copy(
+/// Hashes `src` (size, SHA-1, SHA-256), copying it to `copy_to` (synced) on the way.
+pub(crate) fn hash_and_copy(
     src: &Path,
     copy_to: Option<&Path>,
 ) -> Result<(u64, [u8; 20], [u8; 32]), PublishError> {

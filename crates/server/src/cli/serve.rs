@@ -53,6 +53,15 @@ pub struct ServeArgs {
     /// Threads serving HTTP, each with its own socket and runtime (default: one per core).
     #[arg(long, env = "FASTPATCH_HTTP_THREADS")]
     pub http_threads: Option<usize>,
+    /// Make delta payloads, signed with this PEM private key (the key the full payloads
+    /// are signed with: they must verify with it to be used). Without it, every machine
+    /// gets full payloads.
+    #[arg(long, env = "FASTPATCH_DELTA_SIGNING_KEY")]
+    pub delta_signing_key: Option<PathBuf>,
+    /// For each channel's version, make deltas from this many versions the channel
+    /// offered before it (machines still on older ones get the full payload).
+    #[arg(long, default_value_t = 2, env = "FASTPATCH_DELTA_SOURCES")]
+    pub delta_sources: usize,
 }
 
 impl Default for ServeArgs {
@@ -68,6 +77,8 @@ impl Default for ServeArgs {
             retention_days: 90,
             silent_instance_days: 180,
             http_threads: None,
+            delta_signing_key: None,
+            delta_sources: 2,
         }
     }
 }
@@ -151,6 +162,11 @@ pub async fn serve(db: &DbArgs, args: &ServeArgs) -> Result<()> {
         silent_instance_days: args.silent_instance_days,
         ..Retention::default()
     };
+    config.deltas = args.delta_signing_key.as_ref().map(|key| {
+        let mut d = crate::deltas::DeltaSettings::new(key.clone());
+        d.per_channel = args.delta_sources;
+        d
+    });
     let token_note = if args.admin_token.is_empty() {
         let (token, path) = admin_token(&db.data_dir)?;
         config.admin_tokens = vec![token];
@@ -189,6 +205,14 @@ pub async fn serve(db: &DbArgs, args: &ServeArgs) -> Result<()> {
     );
     println!("  database:         {database}");
     println!("  data dir:         {}", data_dir.display());
+    match &args.delta_signing_key {
+        Some(key) => println!(
+            "  delta payloads:   on, from the previous {} versions of each channel, signed with {}",
+            args.delta_sources,
+            key.display()
+        ),
+        None => println!("  delta payloads:   off (--delta-signing-key turns them on)"),
+    }
     println!("Publish a first payload and offer it on the stable channel:");
     println!(
         "  fastpatch-server --data-dir {} publish flatcar_production_update.gz --version 3815.2.0 --channel stable",

@@ -52,6 +52,20 @@ pub async fn page(
     let mut packages = store.packages(&app).await?;
     packages
         .sort_by(|a, b| crate::version::compare(&b.version, &a.version).then(a.arch.cmp(&b.arch)));
+    let deltas = store.deltas(&app).await?;
+    let served: std::collections::HashMap<String, i64> = store
+        .package_served_bytes(&app)
+        .await?
+        .into_iter()
+        .collect();
+    let served_full = |id: &str| served.get(id).copied().unwrap_or(0);
+    let served_delta = |id: &str| -> i64 {
+        deltas
+            .iter()
+            .filter(|d| d.package_id == id)
+            .map(|d| d.served_bytes)
+            .sum()
+    };
     let mut histories = Vec::new();
     for c in &channels {
         histories.push(store.channel_history(&app, &c.name, 10).await?);
@@ -89,14 +103,38 @@ pub async fn page(
         }
         h2 { "Packages" }
         table.data #packages {
-            thead { tr { th { "version" } th { "arch" } th { "file" } th { "size" } th { "SHA-256 (base64)" } th { "hosted" } th { "published" } } }
+            thead { tr { th { "version" } th { "arch" } th { "file" } th { "size" } th { "SHA-256 (base64)" } th { "hosted" } th { "published" } th { "served full" } th { "served as deltas" } } }
             tbody {
                 @for p in &packages {
-                    tr {
+                    tr id={"package-" (p.version) "-" (p.arch)} {
                         td.mono { (p.version) } td { (p.arch) } td.mono { (p.file_name) } td.num { (p.size) }
                         td.mono.hash { (p.sha256_b64) }
                         td { @if let Some(u) = &p.base_url { (u) } @else { "here" } }
                         td { (view::time(p.created_at)) }
+                        td.num.served-full { (served_full(&p.id)) }
+                        td.num.served-delta { (served_delta(&p.id)) }
+                    }
+                }
+            }
+        }
+        h2 { "Delta payloads" }
+        @if deltas.is_empty() {
+            p.hint { "None yet. A server started with --delta-signing-key makes them when a channel moves, from the versions the channel offered before." }
+        } @else {
+            table.data #deltas {
+                thead { tr { th { "from" } th { "to" } th { "arch" } th { "state" } th { "size" } th { "of full" } th { "served" } th { "made" } th { "note" } } }
+                tbody {
+                    @for d in &deltas {
+                        @let full = packages.iter().find(|p| p.id == d.package_id).map_or(0, |p| p.size);
+                        tr id={"delta-" (d.source_version) "-" (d.version) "-" (d.arch)} {
+                            td.mono { (d.source_version) } td.mono { (d.version) } td { (d.arch) }
+                            td { (d.state.as_str()) }
+                            td.num { (d.size) }
+                            td.num { @if d.state == crate::store::DeltaState::Ready && full > 0 { (format!("{:.1} %", 100.0 * d.size as f64 / full as f64)) } @else { "—" } }
+                            td.num { (d.served_bytes) }
+                            td { (view::time(d.created_at)) }
+                            td { (d.note.as_deref().unwrap_or("")) }
+                        }
                     }
                 }
             }

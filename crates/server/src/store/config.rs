@@ -179,6 +179,8 @@ pub struct AppConfig {
     /// Extra files by package id (only packages that have some).
     pub extra_files: HashMap<String, Vec<PackageFile>>,
     pub floors: Vec<String>,
+    /// Deltas ready to serve.
+    pub deltas: Vec<super::DeltaRow>,
 }
 
 /// Settings cached for a short time. Writes through this `Store` clear it at
@@ -263,6 +265,12 @@ impl Store {
                 packages: self.packages(app).await?,
                 extra_files: self.app_package_files(app).await?,
                 floors: self.floors(app).await?,
+                deltas: self
+                    .deltas(app)
+                    .await?
+                    .into_iter()
+                    .filter(|d| d.state == super::DeltaState::Ready)
+                    .collect(),
             }))
         } else {
             None

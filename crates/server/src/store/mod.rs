@@ -3,6 +3,7 @@
 //! placeholders, which both engines accept; all integers are BIGINT.
 
 mod config;
+mod deltas;
 mod grants;
 mod instances;
 mod packages;
@@ -18,6 +19,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use config::{normalize_arch, ActivityRow, App, AppConfig, Channel, Group, DEFAULT_ARCH};
+pub use deltas::{DeltaJob, DeltaRow, DeltaState};
 pub use grants::{GrantOutcome, GrantRequest};
 pub use instances::{CheckIn, EventRow, HistoryRow, InstanceFilter, InstanceRow};
 pub use packages::{
@@ -60,6 +62,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/0002_package_files.sql")),
     (3, include_str!("../../migrations/0003_dashboard.sql")),
     (4, include_str!("../../migrations/0004_sessions.sql")),
+    (5, include_str!("../../migrations/0005_deltas.sql")),
 ];
 
 impl Store {
