@@ -239,15 +239,20 @@ async fn daemon_stopped_mid_download_restarts_the_attempt_cleanly() {
     run.await.unwrap().unwrap();
 }
 
-/// A delta from the machine's USR-A contents to a new image, signed by a fresh key, hosted by
-/// the real server as [`NEW`]; USR-A written with `usr_a` (the delta's source, or not).
-/// Returns the server, the machine and the new image.
+/// Two releases, [`OLD`] and [`NEW`], as full payloads signed by a fresh key, published on the
+/// real server in that order on the stable channel; the server (holding the key) makes the
+/// delta OLD → NEW itself. USR-A holds the OLD image (one byte changed when `usr_a_differs`).
+/// Returns the server, the delta the server made, the machine and the new image.
 async fn delta_machine(
     dir: &std::path::Path,
     bus: &PrivateBus,
     usr_a_differs: bool,
-) -> (UpdateServer, TestMachine, Vec<u8>) {
-    use fastpatch_payload::delta::{generate_delta, DeltaOptions};
+) -> (
+    UpdateServer,
+    fastpatch_testsupport::DeltaRow,
+    TestMachine,
+    Vec<u8>,
+) {
     // 6 MiB of pseudo-random bytes; the new image rewrites 256 KiB and moves 1 MiB.
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let old: Vec<u8> = (0..6 * MIB)
@@ -261,38 +266,59 @@ async fn delta_machine(
     let mut new = old.clone();
     new[(3 << 20)..(3 << 20) + (256 << 10)].fill(0x42);
     new.copy_within((1 << 20)..(2 << 20), 4 << 20);
-    std::fs::write(dir.join("old.img"), &old).unwrap();
-    std::fs::write(dir.join("new.img"), &new).unwrap();
-    let key = fastpatch_payload::keys::generate_key().unwrap();
-    let pub_pem = dir.join("delta-key.pub.pem");
-    std::fs::write(
-        &pub_pem,
-        fastpatch_payload::keys::public_key_pem(&key.to_public_key()).unwrap(),
-    )
-    .unwrap();
-    let opts = DeltaOptions {
-        zstd_level: 3,
-        source_version: Some(OLD.into()),
-        smaller_than: None,
+    let key_pem = dir.join("release-key.pem");
+    let pub_pem = dir.join("release-key.pub.pem");
+    let key = fastpatch_payload::keys::write_key_pair(&key_pem, &pub_pem).unwrap();
+    let full = |name: &str, image: &[u8]| {
+        let img = dir.join(format!("{name}.img"));
+        std::fs::write(&img, image).unwrap();
+        let payload = dir.join(format!("{name}.gz"));
+        fastpatch_payload::generate::generate(
+            &img,
+            std::slice::from_ref(&key),
+            &payload,
+            &fastpatch_payload::generate::GenerateOptions::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        payload
     };
-    let payload = dir.join("delta.gz");
-    generate_delta(
-        &dir.join("old.img"),
-        &dir.join("new.img"),
-        &[key],
-        &payload,
-        &opts,
-        &mut |_, _, _| {},
-    )
-    .unwrap();
-    let server = UpdateServer::start_with(dir, &payload, pub_pem).await;
+    let (old_payload, new_payload) = (full("old", &old), full("new", &new));
+    let (server, delta) =
+        UpdateServer::start_with_delta(dir, OLD, &old_payload, &new_payload, &key_pem, pub_pem)
+            .await;
+    assert_eq!(
+        delta.state,
+        fastpatch_testsupport::DeltaState::Ready,
+        "{delta:?}"
+    );
+    assert!(
+        (delta.size as u64) < server.payload_size / 4,
+        "delta {} bytes, full {}",
+        delta.size,
+        server.payload_size
+    );
     let m = TestMachine::new(dir, &server, Some(&bus.address));
     let mut usr_a = old;
     if usr_a_differs {
         usr_a[5 * MIB as usize] ^= 1;
     }
     write_partition(&m.disk, fastpatch_disk::USR_A_INDEX, &usr_a);
-    (server, m, new)
+    (server, delta, m, new)
+}
+
+/// An update check as stock Flatcar sends it (`delta_okay="false"`) from [`OLD`].
+fn stock_flatcar_check(machine: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<request protocol="3.0" version="update_engine-0.4.10" updaterversion="update_engine-0.4.10" installsource="scheduler" ismachine="1">
+  <os version="Chateau" platform="CoreOS" sp="{OLD}_x86_64"></os>
+  <app appid="{{e96281a6-d1af-4bde-9a0a-97b76e56dc57}}" version="{OLD}" track="stable" bootid="{{b1a2c3d4-0000-0000-0000-000000000000}}" oem="qemu" oemversion="0.1" alephversion="{OLD}" machineid="{machine}" machinealias="" lang="en-US" board="amd64-usr" hardware_class="" delta_okay="false">
+    <ping active="1"></ping>
+    <updatecheck></updatecheck>
+  </app>
+</request>"#
+    )
 }
 
 fn write_partition(disk: &std::path::Path, index: u32, data: &[u8]) {
@@ -320,10 +346,20 @@ fn read_partition(disk: &std::path::Path, index: u32, len: usize) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delta_payload_applies_against_the_booted_slot() {
+async fn the_server_made_delta_is_offered_and_applied_against_the_booted_slot() {
     let dir = tempfile::tempdir().unwrap();
     let bus = PrivateBus::start();
-    let (server, m, new) = delta_machine(dir.path(), &bus, false).await;
+    let (server, delta, m, new) = delta_machine(dir.path(), &bus, false).await;
+    // Two machines update at once here: safe mode would hold the second.
+    server.stable_without_safe_mode().await;
+    // Stock Flatcar on the same version asks with delta_okay="false": the full payload.
+    let stock = server
+        .omaha_post(&stock_flatcar_check("fedcba9876543210fedcba9876543210"))
+        .await;
+    assert!(
+        stock.contains("flatcar_production_update.gz") && !stock.contains("IsDeltaPayload"),
+        "{stock}"
+    );
     let (stop, run) = run_until_stopped(m.cfg.clone()).await;
     let seen = attempt(&bus, ENDED).await;
     assert_eq!(
@@ -334,9 +370,18 @@ async fn a_delta_payload_applies_against_the_booted_slot() {
     let check = server
         .omaha_bodies()
         .into_iter()
-        .find(|b| b.contains("<updatecheck"))
-        .expect("an update check");
+        .find(|b| b.contains("<updatecheck") && b.contains(MACHINE))
+        .expect("the engine's update check");
     assert!(check.contains(r#"delta_okay="true""#), "{check}");
+    // The engine downloaded the delta, and only the delta.
+    let downloads = server.payload_paths();
+    assert!(!downloads.is_empty(), "no download");
+    assert!(
+        downloads
+            .iter()
+            .all(|p| p == &format!("/v1/payloads/{}/{}", delta.id, delta.file_name)),
+        "{downloads:?}"
+    );
     assert_eq!(
         read_partition(&m.disk, fastpatch_disk::USR_B_INDEX, new.len()),
         new,
@@ -348,10 +393,12 @@ async fn a_delta_payload_applies_against_the_booted_slot() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delta_that_does_not_fit_the_booted_slot_reports_20_and_asks_for_full_payloads() {
+async fn a_delta_that_does_not_fit_the_booted_slot_reports_20_then_the_full_payload_installs() {
     let dir = tempfile::tempdir().unwrap();
     let bus = PrivateBus::start();
-    let (server, m, _) = delta_machine(dir.path(), &bus, true).await;
+    let (server, delta, m, new) = delta_machine(dir.path(), &bus, true).await;
+    // Safe mode would halt the group at the failure; here the retry is what is tested.
+    server.stable_without_safe_mode().await;
     let (stop, run) = run_until_stopped(m.cfg.clone()).await;
     let seen = attempt(&bus, ENDED).await;
     assert_eq!(
@@ -359,7 +406,7 @@ async fn a_delta_that_does_not_fit_the_booted_slot_reports_20_and_asks_for_full_
         Some("UPDATE_STATUS_REPORTING_ERROR_EVENT"),
         "{seen:?}"
     );
-    // 13/1, then (the payload is small enough to arrive first) 14/1, then the failure.
+    // 13/1, then (the delta is small enough to arrive first) 14/1, then the failure.
     let ev = server.wait_events(3).await;
     let last = ev.last().expect("events");
     assert_eq!(last.short(), "3/0", "{ev:?}");
@@ -368,9 +415,13 @@ async fn a_delta_that_does_not_fit_the_booted_slot_reports_20_and_asks_for_full_
         .map(|c| fastpatch_omaha::ErrorCode(c as u32).base());
     assert_eq!(base, Some(20), "{ev:?}");
     assert_eq!(m.next_boot(), fastpatch_disk::USR_A_INDEX, "nothing staged");
-    // The next check asks for the full payload (safe mode halted the group after the
-    // failure, so nothing is offered: the check ends idle).
-    attempt(&bus, &["UPDATE_STATUS_IDLE"]).await;
+    // The next check asks for the full payload, gets it, and it installs.
+    let seen = attempt(&bus, ENDED).await;
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("UPDATE_STATUS_UPDATED_NEED_REBOOT"),
+        "{seen:?}"
+    );
     let checks: Vec<String> = server
         .omaha_bodies()
         .into_iter()
@@ -383,6 +434,29 @@ async fn a_delta_that_does_not_fit_the_booted_slot_reports_20_and_asks_for_full_
         "{}",
         checks.last().unwrap()
     );
+    let downloads = server.payload_paths();
+    assert_eq!(
+        downloads.first().map(String::as_str),
+        Some(format!("/v1/payloads/{}/{}", delta.id, delta.file_name).as_str()),
+        "{downloads:?}"
+    );
+    assert_eq!(
+        downloads.last().map(String::as_str),
+        Some(
+            format!(
+                "/v1/payloads/{}/flatcar_production_update.gz",
+                server.package_id
+            )
+            .as_str()
+        ),
+        "{downloads:?}"
+    );
+    assert_eq!(
+        read_partition(&m.disk, fastpatch_disk::USR_B_INDEX, new.len()),
+        new,
+        "USR-B holds the new image"
+    );
+    assert_eq!(m.next_boot(), fastpatch_disk::USR_B_INDEX, "B is staged");
     stop.send(()).unwrap();
     run.await.unwrap().unwrap();
 }

@@ -13,6 +13,8 @@ mod server;
 mod tls;
 
 pub use bus::PrivateBus;
+/// The server's delta rows, as tests read them.
+pub use fastpatch_server::store::{DeltaRow, DeltaState};
 pub use proxy::{RecordedRequest, RecordingProxy};
 pub use server::{signed_payload, SeenEvent, UpdateServer, MACHINE, NEW};
 pub use tls::TestCa;

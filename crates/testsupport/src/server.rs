@@ -90,35 +90,91 @@ impl UpdateServer {
     /// As [`start`](UpdateServer::start), publishing the given payload (signed by the key
     /// `pub_pem` holds) as [`NEW`].
     pub async fn start_with(dir: &Path, payload: &Path, pub_pem: PathBuf) -> UpdateServer {
+        UpdateServer::start_full(dir, None, &[(NEW, payload)], pub_pem).await
+    }
+
+    /// A server that makes deltas (signed with the private key `key_pem`, which also signs
+    /// both payloads): `old_payload` published as `old_version`, the stable channel pointed
+    /// at it, then `new_payload` as [`NEW`] and stable moved on; returns once the delta
+    /// `old_version` → [`NEW`] is made (ready or not), with its row.
+    pub async fn start_with_delta(
+        dir: &Path,
+        old_version: &str,
+        old_payload: &Path,
+        new_payload: &Path,
+        key_pem: &Path,
+        pub_pem: PathBuf,
+    ) -> (UpdateServer, fastpatch_server::store::DeltaRow) {
+        let mut deltas = fastpatch_server::deltas::DeltaSettings::new(key_pem.to_owned());
+        deltas.scan_every = Duration::from_millis(100);
+        deltas.zstd_level = 3;
+        let server = UpdateServer::start_full(
+            dir,
+            Some(deltas),
+            &[(old_version, old_payload), (NEW, new_payload)],
+            pub_pem,
+        )
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let made = server
+                .handle
+                .store()
+                .deltas(FLATCAR_APP_ID)
+                .await
+                .expect("store");
+            if let Some(d) = made.into_iter().find(|d| d.source_version == old_version) {
+                return (server, d);
+            }
+            assert!(Instant::now() < deadline, "no delta made within 120 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts the server under `dir/server` and publishes each (version, payload) in order,
+    /// pointing the stable channel at each; the last is the one [`UpdateServer`] describes.
+    async fn start_full(
+        dir: &Path,
+        deltas: Option<fastpatch_server::deltas::DeltaSettings>,
+        payloads: &[(&str, &Path)],
+        pub_pem: PathBuf,
+    ) -> UpdateServer {
         let data_dir = dir.join("server");
         let proxy = RecordingProxy::bind().await.expect("proxy port");
         let mut config = fastpatch_server::Config::for_tests(&data_dir);
         config.public_url = Some(proxy.url());
+        config.deltas = deltas;
         let handle = fastpatch_server::Server::start(config)
             .await
             .expect("server starts");
         proxy.forward_to(handle.local_addr());
         let now = crate::unix_now();
-        let package = fastpatch_server::payloads::publish(
-            handle.store(),
-            &data_dir,
-            &fastpatch_server::payloads::Publish {
-                app_id: FLATCAR_APP_ID,
-                version: NEW,
-                arch: "amd64",
-                file: payload,
-                file_name: Some("flatcar_production_update.gz"),
-                base_url: None,
-            },
-            now,
-        )
-        .await
-        .expect("publish");
-        handle
-            .store()
-            .set_channel(FLATCAR_APP_ID, "stable", NEW, now)
+        let mut last = None;
+        for (version, payload) in payloads {
+            let package = fastpatch_server::payloads::publish(
+                handle.store(),
+                &data_dir,
+                &fastpatch_server::payloads::Publish {
+                    app_id: FLATCAR_APP_ID,
+                    version,
+                    arch: "amd64",
+                    file: payload,
+                    file_name: Some("flatcar_production_update.gz"),
+                    base_url: None,
+                },
+                now,
+            )
             .await
-            .expect("point stable at the new version");
+            .expect("publish");
+            handle
+                .store()
+                .set_channel(FLATCAR_APP_ID, "stable", version, now)
+                .await
+                .expect("point stable at the version");
+            last = Some(package);
+        }
+        let package = last.expect("at least one payload");
+        handle.state().delta_wake.notify_one();
         // reqwest is built without a TLS provider in this workspace: pick one for the client.
         let _ = rustls::crypto::ring::default_provider().install_default();
         UpdateServer {
@@ -131,6 +187,41 @@ impl UpdateServer {
             pub_pem,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Posts an Omaha request body as a machine would; the response XML.
+    pub async fn omaha_post(&self, body: &str) -> String {
+        let resp = self
+            .http
+            .post(self.omaha_url())
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("Omaha request");
+        assert!(resp.status().is_success(), "Omaha status {}", resp.status());
+        resp.text().await.expect("Omaha body")
+    }
+
+    /// Paths of payload downloads (GET /v1/payloads/…), in order.
+    pub fn payload_paths(&self) -> Vec<String> {
+        self.proxy
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "GET" && r.path.starts_with("/v1/payloads/"))
+            .map(|r| r.path)
+            .collect()
+    }
+
+    /// Turns safe mode off for the stable group (a failure then does not halt it).
+    pub async fn stable_without_safe_mode(&self) {
+        let store = self.handle.store();
+        let mut g = store
+            .group(FLATCAR_APP_ID, "stable")
+            .await
+            .expect("store")
+            .expect("the stable group");
+        g.safe_mode = false;
+        store.upsert_group(&g).await.expect("update the group");
     }
 
     /// The Omaha endpoint (through the proxy), as `SERVER=` in update.conf.
