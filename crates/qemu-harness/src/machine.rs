@@ -131,6 +131,29 @@ impl<'a> Machine<'a> {
         Ok(disk.partition_byte_range(fastpatch_disk::USR_B_INDEX)?.1)
     }
 
+    /// Writes `data` at the start of partition `index` of the image (QEMU must be stopped).
+    pub fn write_partition(&self, index: u32, data: &[u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let (offset, len) =
+            Disk::open(&self.disk, OpenMode::ReadOnly)?.partition_byte_range(index)?;
+        if data.len() as u64 > len {
+            return Err(crate::HarnessError::Invalid(format!(
+                "{} bytes do not fit partition {index} ({len} bytes)",
+                data.len()
+            )));
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.disk)
+            .map_err(crate::io_err(format!("opening {}", self.disk.display())))?;
+        f.write_all_at(data, offset)
+            .and_then(|_| f.sync_all())
+            .map_err(crate::io_err(format!(
+                "writing partition {index} of {}",
+                self.disk.display()
+            )))
+    }
+
     /// The bytes of partition `index`, read from the image (QEMU must be stopped).
     pub fn partition_bytes(&self, index: u32) -> Result<Vec<u8>> {
         use std::io::{Read, Seek, SeekFrom};

@@ -39,6 +39,12 @@ impl SigningKey {
     pub fn public_pem(&self) -> &str {
         &self.public_pem
     }
+
+    /// Writes the private key (PEM) to `path`, for a server that signs deltas with it.
+    pub fn write_private_pem(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, &self.private_pem)
+            .map_err(io_err(format!("writing {}", path.display())))
+    }
 }
 
 fn payload_err(what: &str) -> impl FnOnce(fastpatch_payload::PayloadError) -> HarnessError + '_ {

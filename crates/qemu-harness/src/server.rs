@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
 use fastpatch_omaha::FLATCAR_APP_ID;
-use fastpatch_server::store::{EventRow, Group, InstanceRow, PackageRow};
+use fastpatch_server::store::{DeltaRow, EventRow, Group, InstanceRow, PackageRow};
 use fastpatch_server::{Config, Server, ServerHandle, Store};
 
 use crate::{io_err, HarnessError, Result};
@@ -33,6 +33,14 @@ impl HostServer {
     /// `data_dir`, the default Flatcar app, channels and groups (safe mode on), and payload
     /// URLs under `http://10.0.2.2:<port>`.
     pub fn start(data_dir: &Path) -> Result<HostServer> {
+        HostServer::start_with(data_dir, None)
+    }
+
+    /// [`HostServer::start`], making delta payloads as `deltas` says.
+    pub fn start_with(
+        data_dir: &Path,
+        deltas: Option<fastpatch_server::deltas::DeltaSettings>,
+    ) -> Result<HostServer> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -51,6 +59,7 @@ impl HostServer {
             let mut config = Config::new(data_dir);
             config.listen = SocketAddr::from(([127, 0, 0, 1], port));
             config.public_url = Some(format!("http://{GUEST_HOST}:{port}"));
+            config.deltas = deltas.clone();
             match rt.block_on(Server::start(config)) {
                 Ok(handle) => {
                     tracing::info!(port, "fastpatch-server started for the guest");
@@ -151,6 +160,24 @@ impl HostServer {
             .block_on(self.store().history(FLATCAR_APP_ID, machine_id, 100))
             .map_err(|e| server_err("reading the status history")(e.to_string()))?;
         Ok(rows.into_iter().rev().map(|h| h.status).collect())
+    }
+
+    /// Changes an update group's settings.
+    pub fn set_group(&self, group: &Group) -> Result<()> {
+        self.block_on(self.store().upsert_group(group))
+            .map_err(|e| server_err("updating a group")(e.to_string()))
+    }
+
+    /// The delta payloads the server made, oldest first.
+    pub fn deltas(&self) -> Result<Vec<DeltaRow>> {
+        self.block_on(self.store().deltas(FLATCAR_APP_ID))
+            .map_err(|e| server_err("reading the deltas")(e.to_string()))
+    }
+
+    /// Full-payload bytes served per package id (counted in memory, written every 5 s).
+    pub fn package_served_bytes(&self) -> Result<Vec<(String, i64)>> {
+        self.block_on(self.store().package_served_bytes(FLATCAR_APP_ID))
+            .map_err(|e| server_err("reading bytes served")(e.to_string()))
     }
 
     /// An update group of the Flatcar app.

@@ -50,15 +50,36 @@ impl<'a> Testbed<'a> {
     /// Starts the server (data under `dir/server`), makes a signing key and builds (once per
     /// process) the static engine.
     pub fn new(lab: &'a Lab, dir: &Path) -> Result<Testbed<'a>> {
+        Testbed::start(lab, dir, false)
+    }
+
+    /// [`Testbed::new`] with a server that makes delta payloads (signed with the release
+    /// key, from the previous 2 versions of each channel, looked for every 500 ms).
+    pub fn with_deltas(lab: &'a Lab, dir: &Path) -> Result<Testbed<'a>> {
+        Testbed::start(lab, dir, true)
+    }
+
+    fn start(lab: &'a Lab, dir: &Path, deltas: bool) -> Result<Testbed<'a>> {
         let engine = lab
             .engine()
             .map_err(crate::HarnessError::Invalid)?
             .to_path_buf();
+        let key = SigningKey::generate()?;
+        let deltas = if deltas {
+            let pem = dir.join("release-key.pem");
+            key.write_private_pem(&pem)?;
+            let mut d = fastpatch_server::deltas::DeltaSettings::new(pem);
+            d.scan_every = std::time::Duration::from_millis(500);
+            d.zstd_level = 9;
+            Some(d)
+        } else {
+            None
+        };
         Ok(Testbed {
             lab,
             dir: dir.to_path_buf(),
-            server: HostServer::start(&dir.join("server"))?,
-            key: SigningKey::generate()?,
+            server: HostServer::start_with(&dir.join("server"), deltas)?,
+            key,
             engine,
         })
     }

@@ -335,3 +335,200 @@ fn power_cut_during_staging_keeps_a_and_the_update_restarts_and_finishes() {
     assert!(b.successful, "B marked good: {b:?}");
     assert_eq!(tb.instance().unwrap().unwrap().version, "2.0.0");
 }
+
+/// A machine on 1.0.0 whose USR-A holds exactly 1.0.0's released image, and a server that
+/// holds the release key: 1.0.0 and then 2.0.0 are published on the stable channel, and the
+/// server makes the delta 1.0.0 → 2.0.0 itself. Returns the testbed, the machine, 2.0.0's
+/// image and the delta.
+fn delta_testbed<'a>(
+    dir: &Path,
+    name: &str,
+    engine_layer: &str,
+    change_usr_a: bool,
+) -> (
+    Testbed<'a>,
+    Machine<'a>,
+    Vec<u8>,
+    fastpatch_server::store::DeltaRow,
+) {
+    let tb = Testbed::with_deltas(lab(), dir).unwrap_or_else(|e| panic!("testbed: {e}"));
+    let v1 = tb.version("1.0.0", true);
+    let m = tb
+        .machine(name, &v1, engine_layer)
+        .expect("creating the machine");
+    let slot = m.usr_size().unwrap();
+    let mut old = std::fs::read(tb.release(&v1, slot).expect("releasing 1.0.0")).unwrap();
+    if change_usr_a {
+        // A byte changed by hand in the slot's last block (free space of the filesystem).
+        let last = old.len() - 1;
+        old[last] ^= 0x01;
+    }
+    m.write_partition(USR_A_INDEX, &old).expect("writing USR-A");
+    let v2 = tb.version("2.0.0", true);
+    let new_path = tb.release(&v2, slot).expect("releasing 2.0.0");
+    let new = std::fs::read(new_path).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let delta = loop {
+        let made = tb.server.deltas().unwrap();
+        if let Some(d) = made.into_iter().find(|d| d.source_version == "1.0.0") {
+            break d;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server made no delta in 180 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        delta.state,
+        fastpatch_server::store::DeltaState::Ready,
+        "{delta:?}"
+    );
+    (tb, m, new, delta)
+}
+
+/// Waits (up to 20 s: counts are written every 5 s) until `read` gives `want`.
+fn wait_served(what: &str, want: i64, read: &mut dyn FnMut() -> i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = read();
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {got} bytes served, want {want}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Boot 2 of an update to 2.0.0: B boots on its try, passes the health gate, is marked good,
+/// and the server records complete.
+fn second_boot_marks_b_good(tb: &Testbed, m: &mut Machine) {
+    let o = boot_until(m, &mut || tb.status().unwrap() == "complete");
+    expect_stopped(&o, "the server recording 3/2 (complete)");
+    assert_eq!(field(&o, "chooser", "slot"), "B");
+    expect_log(&o, "health gate passed");
+    let b = attrs(m, USR_B_INDEX);
+    assert!(b.successful, "B must be marked good: {b:?}");
+    let inst = tb.instance().unwrap().unwrap();
+    assert_eq!(
+        (inst.version.as_str(), inst.status.as_str()),
+        ("2.0.0", "complete")
+    );
+}
+
+#[test]
+fn delta_update_from_the_booted_slot_boots_b_and_is_marked_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tb, mut m, new, delta) =
+        delta_testbed(dir.path(), "update_delta", TEST_ENGINE_LAYER, false);
+    let full = tb.server.package_served_bytes().unwrap();
+    let full_size = {
+        let pkgs = tb
+            .server
+            .block_on(tb.server.store().packages(fastpatch_omaha::FLATCAR_APP_ID))
+            .unwrap();
+        pkgs.iter().find(|p| p.version == "2.0.0").unwrap().size
+    };
+    assert!(
+        delta.size < full_size / 4,
+        "delta {} bytes, full {full_size}",
+        delta.size
+    );
+    assert!(full.iter().all(|(_, n)| *n == 0), "{full:?}");
+
+    // Boot 1: the engine asks for a delta, gets it, applies it against USR-A onto USR-B.
+    let o = boot_to_end(&mut m);
+    expect_reboot(&o);
+    expect_log(&o, "UPDATE_STATUS_UPDATED_NEED_REBOOT");
+    let slot = m.partition_bytes(USR_B_INDEX).expect("reading USR-B");
+    assert!(
+        slot == new,
+        "USR-B must hold exactly the released 2.0.0 image"
+    );
+    assert_eq!(tb.events().unwrap(), ["13/1", "14/1", "3/1"]);
+    // What crossed the wire: the delta, whole, and no byte of the full payload.
+    wait_served("the delta", delta.size, &mut || {
+        tb.server
+            .deltas()
+            .unwrap()
+            .into_iter()
+            .find(|d| d.id == delta.id)
+            .map_or(0, |d| d.served_bytes)
+    });
+    let full = tb.server.package_served_bytes().unwrap();
+    assert!(full.iter().all(|(_, n)| *n == 0), "{full:?}");
+
+    second_boot_marks_b_good(&tb, &mut m);
+}
+
+/// The test layer, checking again 5 s after a failed attempt.
+fn retry_soon_layer() -> String {
+    let layer = TEST_ENGINE_LAYER.replace(
+        "initial_fuzz = 0\n",
+        "initial_fuzz = 0\ninterval = 5\ninterval_fuzz = 0\n",
+    );
+    assert!(layer.contains("interval = 5"), "{layer}");
+    layer
+}
+
+#[test]
+fn a_changed_booted_slot_refuses_the_delta_and_the_full_payload_updates_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tb, mut m, new, _delta) = delta_testbed(
+        dir.path(),
+        "update_delta_changed",
+        &retry_soon_layer(),
+        true,
+    );
+    // Safe mode would halt the group at the failure; the retry is what is tested here.
+    let mut g = tb.server.group(GROUP).unwrap().unwrap();
+    g.safe_mode = false;
+    tb.server.set_group(&g).unwrap();
+    let a_before = m.partition_bytes(USR_A_INDEX).unwrap();
+
+    // Boot 1: the delta does not fit USR-A (error 20, nothing written to USR-B); 5 s later
+    // the engine asks for the full payload, installs it and reboots.
+    let o = boot_to_end(&mut m);
+    expect_reboot(&o);
+    expect_log(&o, "UPDATE_STATUS_UPDATED_NEED_REBOOT");
+    let events = tb
+        .server
+        .events(fastpatch_qemu_harness::MACHINE_ID)
+        .unwrap();
+    let codes: Vec<u32> = events
+        .iter()
+        .filter_map(|e| e.error_code)
+        .map(|c| fastpatch_omaha::ErrorCode(c as u32).base())
+        .collect();
+    assert!(codes.contains(&20), "{:?}", tb.events().unwrap());
+    assert_eq!(tb.events().unwrap().last().map(String::as_str), Some("3/1"));
+    assert!(
+        m.partition_bytes(USR_A_INDEX).unwrap() == a_before,
+        "the booted slot is never written"
+    );
+    let slot = m.partition_bytes(USR_B_INDEX).expect("reading USR-B");
+    assert!(
+        slot == new,
+        "USR-B must hold exactly the released 2.0.0 image"
+    );
+    let full_size = {
+        let pkgs = tb
+            .server
+            .block_on(tb.server.store().packages(fastpatch_omaha::FLATCAR_APP_ID))
+            .unwrap();
+        pkgs.into_iter().find(|p| p.version == "2.0.0").unwrap()
+    };
+    wait_served("the full payload", full_size.size, &mut || {
+        tb.server
+            .package_served_bytes()
+            .unwrap()
+            .into_iter()
+            .find(|(id, _)| *id == full_size.id)
+            .map_or(0, |(_, n)| n)
+    });
+
+    second_boot_marks_b_good(&tb, &mut m);
+}
