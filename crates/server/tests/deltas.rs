@@ -3,6 +3,7 @@
 //! marked `IsDeltaPayload="true"`, only to machines on 1.0.0 that send `delta_okay="true"`.
 //! The delta downloaded from the server rebuilds 2.0.0's image from 1.0.0's.
 
+mod dashboard_support;
 mod support;
 
 use std::path::{Path, PathBuf};
