@@ -145,49 +145,91 @@ async fn make(
     job: DeltaJob,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<DeltaState> {
-    let label = format!(
-        "{} → {} ({})",
-        job.source.version, job.target.version, job.target.arch
-    );
-    let now = || state.clock.now().timestamp();
+    let label = label(&job);
     info!(delta = %label, "making a delta payload");
+    let now = state.clock.now().timestamp();
+    let started = format!("making the delta {label}");
+    let target = (&job.target.app_id, &job.target.version);
     if let Err(e) = state
         .store
         .add_activity(
-            Some(&job.target.app_id),
+            Some(target.0),
             None,
             "delta_started",
-            Some(&job.target.version),
-            &format!("making the delta {label}"),
-            now(),
+            Some(target.1),
+            &started,
+            now,
         )
         .await
     {
         warn!(error = %e, "could not write the activity entry");
     }
-    let started = Instant::now();
+    let began = Instant::now();
+    let result = generate_on_thread(state, settings, key, &job, stop).await?;
+    let secs = began.elapsed().as_secs_f64();
+    let (row, message) = outcome(&job, result, secs, state.clock.now().timestamp());
+    match &row.state {
+        DeltaState::Ready => info!(delta = %label, bytes = row.size, secs, "delta payload ready"),
+        DeltaState::NotSmaller => {
+            info!(delta = %label, "delta not smaller than the full payload; the full one is served")
+        }
+        DeltaState::Failed => {
+            warn!(delta = %label, note = ?row.note, "making the delta failed; machines get the full payload")
+        }
+    }
+    if let Err(e) = state.store.add_delta(&row, &message).await {
+        warn!(delta = %label, error = %e, "could not record the delta; the next scan makes it again");
+        let _ = std::fs::remove_file(payload_dir(&state.data_dir).join(&row.id));
+    }
+    Some(row.state)
+}
+
+fn label(job: &DeltaJob) -> String {
+    format!(
+        "{} → {} ({})",
+        job.source.version, job.target.version, job.target.arch
+    )
+}
+
+/// Runs [`build_and_host`] on its own niced thread; `None` when the server stopped first
+/// (the thread is left to end with the process).
+async fn generate_on_thread(
+    state: &AppState,
+    settings: &DeltaSettings,
+    key: &Arc<DeltaKey>,
+    job: &DeltaJob,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Result<Built, DeltaError>> {
     let (tx, rx) = oneshot::channel();
     let data_dir = state.data_dir.clone();
     let level = settings.zstd_level;
-    let key2 = key.clone();
-    let job2 = job.clone();
+    let (key, job) = (key.clone(), job.clone());
     let spawned = std::thread::Builder::new()
         .name("delta".into())
         .spawn(move || {
             lower_priority();
-            let _ = tx.send(build_and_host(&data_dir, &key2, &job2, level));
+            let _ = tx.send(build_and_host(&data_dir, &key, &job, level));
         });
-    let result = match spawned {
+    match spawned {
         Ok(_) => tokio::select! {
-            r = rx => r.unwrap_or(Err(DeltaError::Lost)),
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => return None,
+            r = rx => Some(r.unwrap_or(Err(DeltaError::Lost))),
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => None,
         },
-        Err(e) => Err(DeltaError::Work {
+        Err(e) => Some(Err(DeltaError::Work {
             path: work_dir(&state.data_dir),
             error: e,
-        }),
-    };
-    let secs = started.elapsed().as_secs_f64();
+        })),
+    }
+}
+
+/// The row and the activity message for how a delta's generation ended. Pure.
+fn outcome(
+    job: &DeltaJob,
+    result: Result<Built, DeltaError>,
+    secs: f64,
+    now: i64,
+) -> (DeltaRow, String) {
+    let label = label(job);
     let full = job.target.size.max(0) as u64;
     let mut row = DeltaRow {
         id: uuid::Uuid::new_v4().simple().to_string(),
@@ -204,8 +246,9 @@ async fn make(
         sha256_b64: String::new(),
         note: None,
         served_bytes: 0,
-        created_at: now(),
+        created_at: now,
     };
+    let source = &job.source.version;
     let message = match result {
         Ok(Built::Hosted {
             id,
@@ -218,37 +261,25 @@ async fn make(
             row.id = id;
             row.state = DeltaState::Ready;
             row.file_name = file_name;
-            row.size = size as i64;
+            row.size = i64::try_from(size).unwrap_or(i64::MAX);
             row.sha1_b64 = fastpatch_omaha::encode_b64(&sha1);
             row.sha256_b64 = fastpatch_omaha::encode_b64(&sha256);
-            info!(delta = %label, bytes = size, full, secs, operations, "delta payload ready");
             format!(
-                "delta {label} ready: {size} bytes, {:.1} % of the {full}-byte full payload ({} operations, made in {secs:.0} s)",
+                "delta {label} ready: {size} bytes, {:.1} % of the {full}-byte full payload ({operations} operations, made in {secs:.0} s)",
                 100.0 * size as f64 / full.max(1) as f64,
-                operations
             )
         }
         Ok(Built::NotSmaller { delta }) => {
             row.state = DeltaState::NotSmaller;
             row.note = Some(format!("{delta} bytes, full payload {full}"));
-            info!(delta = %label, bytes = delta, full, "delta not smaller than the full payload; the full one is served");
-            format!("delta {label} not made: it would not be smaller than the {full}-byte full payload; machines on {} get the full one", job.source.version)
+            format!("delta {label} not made: it would not be smaller than the {full}-byte full payload; machines on {source} get the full one")
         }
         Err(e) => {
             row.note = Some(e.to_string());
-            warn!(delta = %label, error = %e, "making the delta failed; machines get the full payload");
-            format!(
-                "delta {label} failed: {e}; machines on {} get the full payload",
-                job.source.version
-            )
+            format!("delta {label} failed: {e}; machines on {source} get the full payload")
         }
     };
-    let state_made = row.state;
-    if let Err(e) = state.store.add_delta(&row, &message).await {
-        warn!(delta = %label, error = %e, "could not record the delta; the next scan makes it again");
-        let _ = std::fs::remove_file(payload_dir(&state.data_dir).join(&row.id));
-    }
-    Some(state_made)
+    (row, message)
 }
 
 enum Built {
@@ -408,6 +439,64 @@ fn lower_priority() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job() -> DeltaJob {
+        let pkg = |id: &str, version: &str| crate::store::PackageRow {
+            id: id.into(),
+            app_id: "app".into(),
+            version: version.into(),
+            arch: "amd64".into(),
+            file_name: "update.gz".into(),
+            base_url: None,
+            size: 1000,
+            sha1_b64: String::new(),
+            sha256_b64: String::new(),
+            created_at: 0,
+        };
+        DeltaJob {
+            source: pkg("p1", "1.0.0"),
+            target: pkg("p2", "2.0.0"),
+        }
+    }
+
+    #[test]
+    fn each_ending_is_one_row_and_one_message() {
+        let hosted = Built::Hosted {
+            id: "d1".into(),
+            file_name: delta_file_name("1.0.0", "2.0.0"),
+            size: 250,
+            sha1: [1; 20],
+            sha256: [2; 32],
+            operations: 7,
+        };
+        let (row, msg) = outcome(&job(), Ok(hosted), 3.0, 42);
+        assert_eq!(
+            (row.id.as_str(), row.state, row.size, row.created_at),
+            ("d1", DeltaState::Ready, 250, 42)
+        );
+        assert_eq!(
+            (row.package_id.as_str(), row.source_package_id.as_str()),
+            ("p2", "p1")
+        );
+        assert_eq!(
+            msg,
+            "delta 1.0.0 → 2.0.0 (amd64) ready: 250 bytes, 25.0 % of the 1000-byte full payload (7 operations, made in 3 s)"
+        );
+        let (row, msg) = outcome(&job(), Ok(Built::NotSmaller { delta: 1200 }), 1.0, 42);
+        assert_eq!((row.state, row.size), (DeltaState::NotSmaller, 0));
+        assert_eq!(row.note.as_deref(), Some("1200 bytes, full payload 1000"));
+        assert!(msg.contains("machines on 1.0.0 get the full one"), "{msg}");
+        let (row, msg) = outcome(&job(), Err(DeltaError::Lost), 1.0, 42);
+        assert_eq!(row.state, DeltaState::Failed);
+        assert_eq!(
+            row.note.as_deref(),
+            Some("the generator thread ended without an answer")
+        );
+        assert!(
+            msg.starts_with("delta 1.0.0 → 2.0.0 (amd64) failed: "),
+            "{msg}"
+        );
+    }
 
     #[test]
     fn delta_file_names_are_plain() {
