@@ -115,6 +115,9 @@ pub enum Command {
     /// Mandatory intermediate versions.
     #[command(subcommand)]
     Floor(FloorCmd),
+    /// Delta payloads (`packages` lists them).
+    #[command(subcommand)]
+    Delta(DeltaCmd),
     /// Serve one file's bytes as the answer to every request, on the server's own HTTP
     /// threads (benchmarks: what the HTTP stack alone costs, beside nginx; see
     /// scripts/bench-server).
@@ -171,6 +174,21 @@ pub enum FloorCmd {
     List,
     Add { version: String },
     Remove { version: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeltaCmd {
+    /// Make a delta again that came out not smaller or failed (e.g. after fixing the
+    /// signing key): a server running with --delta-signing-key makes it at its next scan.
+    Retry {
+        /// The version the delta builds.
+        version: String,
+        /// The version it applies to.
+        #[arg(long)]
+        from: String,
+        #[arg(long, default_value = "amd64")]
+        arch: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -480,6 +498,22 @@ pub async fn run(cli: Cli) -> Result<()> {
             for f in store.floors(&app).await? {
                 println!("{f}");
             }
+            Ok(())
+        }
+        Some(Command::Delta(DeltaCmd::Retry {
+            version,
+            from,
+            arch,
+        })) => {
+            let store = open(db).await?;
+            let arch = crate::store::normalize_arch(Some(&arch));
+            let was = store.retry_delta(&app, &version, &arch, &from, now).await?;
+            println!(
+                "delta {from} → {version} ({arch}) was {}{}; a server with --delta-signing-key makes it again within its scan period",
+                was.state.as_str(),
+                was.note.map(|n| format!(" ({n})")).unwrap_or_default()
+            );
+            store.close().await;
             Ok(())
         }
         Some(Command::SeedInstances {

@@ -150,6 +150,12 @@ async fn admin_commands(b: Backend) {
             && out.contains("+ oem-azure.gz"),
         "{out}"
     );
+    // No delta was ever made: a retry says so and fails.
+    let (ok, out) = cli.run(&["delta", "retry", "3815.2.0", "--from", "3602.2.0"]);
+    assert!(
+        !ok && out.contains("not found: delta 3602.2.0 → 3815.2.0 (amd64)"),
+        "{out}"
+    );
 
     cli.ok(&[
         "seed-instances",
@@ -251,6 +257,10 @@ fn no_arguments_serves_with_defaults() {
     assert!(
         banner.contains("SQLite") && banner.contains("/v1/update/"),
         "{banner}"
+    );
+    assert!(
+        banner.contains("delta payloads:   off (--delta-signing-key turns them on)"),
+        "the banner says deltas are off and how to turn them on: {banner}"
     );
     assert!(
         banner.contains(&format!("dashboard:        http://127.0.0.1:{port}/ui/"))

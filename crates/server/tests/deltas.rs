@@ -308,6 +308,25 @@ async fn not_smaller_and_foreign_payloads_fall_back_to_full(backend: Backend) {
     // 1.0.0 → 3.0.0 (the channel's second previous version) fails the same way.
     let d13 = made_to(&s, "1.0.0", "3.0.0").await;
     assert_eq!(d13.state, DeltaState::Failed, "{d13:?}");
+    // A retry forgets the failed one and the worker makes it again (a new row); a ready
+    // delta or one never made cannot be retried.
+    let store = s.handle.store();
+    let was = store
+        .retry_delta(FLATCAR_APP_ID, "3.0.0", "amd64", "2.0.0", 0)
+        .await
+        .unwrap();
+    assert_eq!(was.id, d3.id);
+    s.handle.state().delta_wake.notify_one();
+    let again = wait_delta(&s, |d| {
+        d.source_version == "2.0.0" && d.version == "3.0.0" && d.id != d3.id
+    })
+    .await;
+    assert_eq!(again.state, DeltaState::Failed, "{again:?}");
+    assert!(store
+        .retry_delta(FLATCAR_APP_ID, "3.0.0", "amd64", "0.1.0", 0)
+        .await
+        .is_err());
+    assert!(activity_kinds(&s).await.contains(&"delta_retry".to_owned()));
     s.handle.shutdown().await;
 }
 

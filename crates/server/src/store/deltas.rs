@@ -253,6 +253,55 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets a delta that was not made (`not_smaller` or `failed`), with an activity entry,
+    /// so the delta worker makes it again at its next scan. A ready delta is kept.
+    pub async fn retry_delta(
+        &self,
+        app: &str,
+        version: &str,
+        arch: &str,
+        source_version: &str,
+        now: i64,
+    ) -> Result<DeltaRow> {
+        let sql = format!(
+            "{DELTA_SELECT} WHERE d.app_id = $1 AND p.version = $2 AND p.arch = $3 AND d.source_version = $4"
+        );
+        let row: Option<RawDelta> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(app.to_owned())
+            .bind(version.to_owned())
+            .bind(arch.to_owned())
+            .bind(source_version.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row.map(DeltaRow::try_from).transpose()? else {
+            return Err(StoreError::NotFound(format!(
+                "delta {source_version} → {version} ({arch})"
+            )));
+        };
+        if row.state == DeltaState::Ready {
+            return Err(StoreError::Invalid(format!(
+                "delta {source_version} → {version} ({arch}) is ready; there is nothing to retry"
+            )));
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM deltas WHERE id = $1")
+            .bind(row.id.clone())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO activity (app_id, group_name, kind, version, message, at) VALUES ($1, NULL, 'delta_retry', $2, $3, $4)")
+            .bind(app.to_owned())
+            .bind(version.to_owned())
+            .bind(format!(
+                "delta {source_version} → {version} ({arch}) will be made again (it was {})",
+                row.state.as_str()
+            ))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
     /// Every delta of an application, any state, oldest first.
     pub async fn deltas(&self, app: &str) -> Result<Vec<DeltaRow>> {
         let sql = format!("{DELTA_SELECT} WHERE d.app_id = $1 ORDER BY d.created_at, d.id");
