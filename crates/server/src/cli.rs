@@ -178,6 +178,20 @@ pub enum FloorCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum DeltaCmd {
+    /// Host a delta made elsewhere (`fastpatch payload generate --source`), so the server
+    /// needs no signing key; it is offered like the deltas the server makes.
+    Publish {
+        /// The delta payload file (signed like the full payloads).
+        file: PathBuf,
+        /// The version the delta builds.
+        #[arg(long)]
+        version: String,
+        /// The version it applies to.
+        #[arg(long)]
+        from: String,
+        #[arg(long, default_value = "amd64")]
+        arch: String,
+    },
     /// Make a delta again that came out not smaller or failed (e.g. after fixing the
     /// signing key): a server running with --delta-signing-key makes it at its next scan.
     Retry {
@@ -498,6 +512,34 @@ pub async fn run(cli: Cli) -> Result<()> {
             for f in store.floors(&app).await? {
                 println!("{f}");
             }
+            Ok(())
+        }
+        Some(Command::Delta(DeltaCmd::Publish {
+            file,
+            version,
+            from,
+            arch,
+        })) => {
+            let store = open(db).await?;
+            let d = crate::payloads::publish_delta(
+                &store,
+                &db.data_dir,
+                &crate::payloads::PublishDelta {
+                    app_id: &app,
+                    version: &version,
+                    source_version: &from,
+                    arch: &arch,
+                    file: &file,
+                },
+                now,
+            )
+            .await
+            .with_context(|| format!("publishing the delta {}", file.display()))?;
+            println!(
+                "published the delta {from} → {version} ({}) as {} ({} bytes, sha256 {}), id {}",
+                d.arch, d.file_name, d.size, d.sha256_b64, d.id
+            );
+            store.close().await;
             Ok(())
         }
         Some(Command::Delta(DeltaCmd::Retry {

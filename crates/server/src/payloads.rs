@@ -200,6 +200,134 @@ pub async fn publish_with_files(
     }
 }
 
+/// A delta payload made elsewhere (`fastpatch payload generate --source`), to host and offer
+/// next to its full packages; the server needs no signing key for it.
+#[derive(Debug, Clone)]
+pub struct PublishDelta<'a> {
+    pub app_id: &'a str,
+    /// The version the delta builds and the version it applies to (both published).
+    pub version: &'a str,
+    pub source_version: &'a str,
+    pub arch: &'a str,
+    pub file: &'a Path,
+}
+
+/// Checks that `d.file` is a delta from `source_version` (its manifest says so, when it
+/// names a version), hosts it and registers it as ready. Refused when the two packages are
+/// not published or a delta for the pair already exists (`delta retry` forgets one that
+/// failed).
+pub async fn publish_delta(
+    store: &Store,
+    data_dir: &Path,
+    d: &PublishDelta<'_>,
+    now: i64,
+) -> Result<crate::store::DeltaRow, PublishError> {
+    use crate::store::{DeltaRow, DeltaState};
+    let app_id = fastpatch_omaha::normalize_appid(d.app_id);
+    let arch = crate::store::normalize_arch(Some(d.arch));
+    let label = format!("{} → {} ({arch})", d.source_version, d.version);
+    let package = |version: &str| {
+        let (store, app_id, arch) = (store, app_id.clone(), arch.clone());
+        let version = version.to_owned();
+        async move {
+            store
+                .find_package(&app_id, &version, &arch)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("package {version} ({arch})")))
+        }
+    };
+    let target = package(d.version).await?;
+    let source = package(d.source_version).await?;
+    if store
+        .deltas(&app_id)
+        .await?
+        .iter()
+        .any(|x| x.package_id == target.id && x.source_version == d.source_version)
+    {
+        return Err(StoreError::Invalid(format!(
+            "a delta {label} exists already (`fastpatch-server packages` shows it)"
+        ))
+        .into());
+    }
+    let src = d.file.to_owned();
+    let inspection = tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::open(&src).map_err(|error| PublishError::Read {
+            path: src.clone(),
+            error,
+        })?;
+        fastpatch_payload::verify::inspect(std::io::BufReader::new(f))
+            .map_err(|e| StoreError::Invalid(format!("{} is not a payload: {e}", src.display())))
+            .map_err(PublishError::from)
+    })
+    .await
+    .map_err(|e| PublishError::Write(std::io::Error::other(e)))??;
+    match &inspection.delta_source {
+        None => {
+            return Err(StoreError::Invalid(format!(
+                "{} is a full payload, not a delta (publish it as a package)",
+                d.file.display()
+            ))
+            .into())
+        }
+        Some(s) if s.version.as_deref().is_some_and(|v| v != d.source_version) => {
+            return Err(StoreError::Invalid(format!(
+                "{} applies to {}, not {}",
+                d.file.display(),
+                s.version.as_deref().unwrap_or_default(),
+                d.source_version
+            ))
+            .into())
+        }
+        Some(_) => {}
+    }
+    let dir = payload_dir(data_dir);
+    std::fs::create_dir_all(&dir).map_err(PublishError::Write)?;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let incoming = dir.join(format!(".incoming-{id}"));
+    let (src, tmp) = (d.file.to_owned(), incoming.clone());
+    let hashed = tokio::task::spawn_blocking(move || hash_and_copy(&src, Some(&tmp)))
+        .await
+        .map_err(|e| PublishError::Write(std::io::Error::other(e)))?;
+    let (size, sha1, sha256) = match hashed {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = std::fs::remove_file(&incoming);
+            return Err(e);
+        }
+    };
+    if let Err(e) = std::fs::rename(&incoming, dir.join(&id)) {
+        let _ = std::fs::remove_file(&incoming);
+        return Err(PublishError::Write(e));
+    }
+    let row = DeltaRow {
+        id: id.clone(),
+        app_id: app_id.clone(),
+        package_id: target.id.clone(),
+        version: target.version.clone(),
+        arch: arch.clone(),
+        source_version: d.source_version.to_owned(),
+        source_package_id: source.id.clone(),
+        state: DeltaState::Ready,
+        file_name: crate::deltas::delta_file_name(d.source_version, d.version),
+        size: size as i64,
+        sha1_b64: fastpatch_omaha::encode_b64(&sha1),
+        sha256_b64: fastpatch_omaha::encode_b64(&sha256),
+        note: Some("published".into()),
+        served_bytes: 0,
+        created_at: now,
+    };
+    let message = format!(
+        "delta {label} published: {size} bytes, {:.1} % of the {}-byte full payload",
+        100.0 * size as f64 / target.size.max(1) as f64,
+        target.size
+    );
+    if let Err(e) = store.add_delta(&row, &message).await {
+        let _ = std::fs::remove_file(dir.join(&id));
+        return Err(e.into());
+    }
+    Ok(row)
+}
+
 /// Hashes `src` (size, SHA-1, SHA-256), copying it to `copy_to` (synced) on the way.
 pub(crate) fn hash_and_copy(
     src: &Path,

@@ -330,7 +330,86 @@ async fn not_smaller_and_foreign_payloads_fall_back_to_full(backend: Backend) {
     s.handle.shutdown().await;
 }
 
+async fn a_delta_made_elsewhere_is_published_and_offered(backend: Backend) {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys(tmp.path(), "release");
+    let s = server(backend).await;
+    let store = s.handle.store();
+    let mut g = store
+        .group(FLATCAR_APP_ID, "stable")
+        .await
+        .unwrap()
+        .unwrap();
+    g.safe_mode = false;
+    store.upsert_group(&g).await.unwrap();
+    let old = noise(11, 2 * MIB);
+    let mut new = old.clone();
+    new[MIB..MIB + 4096].fill(7);
+    let old_payload = release(tmp.path(), "old", &old, &k.key);
+    s.publish("1.0.0", &old_payload, Some("stable")).await;
+    s.publish(
+        "2.0.0",
+        &release(tmp.path(), "new", &new, &k.key),
+        Some("stable"),
+    )
+    .await;
+    let delta = tmp.path().join("delta.payload");
+    fastpatch_payload::delta::generate_delta(
+        &tmp.path().join("old.img"),
+        &tmp.path().join("new.img"),
+        std::slice::from_ref(&k.key),
+        &delta,
+        &fastpatch_payload::delta::DeltaOptions {
+            zstd_level: 3,
+            source_version: Some("1.0.0".into()),
+            smaller_than: None,
+        },
+        &mut |_, _, _| {},
+    )
+    .unwrap();
+    let publish = |file: PathBuf, from: &'static str| {
+        let dir = s.dir.path().to_owned();
+        async move {
+            fastpatch_server::payloads::publish_delta(
+                store,
+                &dir,
+                &fastpatch_server::payloads::PublishDelta {
+                    app_id: FLATCAR_APP_ID,
+                    version: "2.0.0",
+                    source_version: from,
+                    arch: "amd64",
+                    file: &file,
+                },
+                0,
+            )
+            .await
+        }
+    };
+    let err = |r: Result<DeltaRow, fastpatch_server::payloads::PublishError>| match r {
+        Ok(d) => panic!("published: {d:?}"),
+        Err(e) => e.to_string(),
+    };
+    let e = err(publish(delta.clone(), "0.9.0").await);
+    assert!(e.contains("package 0.9.0 (amd64)"), "{e}");
+    let full_as_delta = tmp.path().join("old.payload");
+    let e = err(publish(full_as_delta, "1.0.0").await);
+    assert!(e.contains("is a full payload, not a delta"), "{e}");
+    let d = publish(delta.clone(), "1.0.0").await.unwrap();
+    assert_eq!(
+        (d.state, d.size as u64),
+        (DeltaState::Ready, std::fs::metadata(&delta).unwrap().len())
+    );
+    let e = err(publish(delta.clone(), "1.0.0").await);
+    assert!(e.contains("exists already"), "{e}");
+    let body = check(&s, "m-delta", "1.0.0", Some("true")).await;
+    let o = offer_of(&body);
+    assert!(o.is_delta_payload && o.size == d.size as u64, "{body}");
+    assert!(activity_kinds(&s).await.contains(&"delta_ready".to_owned()));
+    s.handle.shutdown().await;
+}
+
 both_backends!(
+    a_delta_made_elsewhere_is_published_and_offered,
     offered_to_the_source_version_only,
     not_smaller_and_foreign_payloads_fall_back_to_full
 );
