@@ -177,8 +177,18 @@ async fn make(
             warn!(delta = %label, note = ?row.note, "making the delta failed; machines get the full payload")
         }
     }
-    if let Err(e) = state.store.add_delta(&row, &message).await {
-        warn!(delta = %label, error = %e, "could not record the delta; the next scan makes it again");
+    let unused = match state.store.add_delta(&row, &message).await {
+        Ok(true) => false,
+        Ok(false) => {
+            info!(delta = %label, "another server process recorded this delta first; keeping its");
+            true
+        }
+        Err(e) => {
+            warn!(delta = %label, error = %e, "could not record the delta; the next scan makes it again");
+            true
+        }
+    };
+    if unused && row.state == DeltaState::Ready {
         let _ = std::fs::remove_file(payload_dir(&state.data_dir).join(&row.id));
     }
     Some(row.state)

@@ -321,11 +321,17 @@ pub async fn publish_delta(
         100.0 * size as f64 / target.size.max(1) as f64,
         target.size
     );
-    if let Err(e) = store.add_delta(&row, &message).await {
-        let _ = std::fs::remove_file(dir.join(&id));
-        return Err(e.into());
+    match store.add_delta(&row, &message).await {
+        Ok(true) => Ok(row),
+        Ok(false) => {
+            let _ = std::fs::remove_file(dir.join(&id));
+            Err(StoreError::Invalid(format!("a delta {label} was recorded meanwhile")).into())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(dir.join(&id));
+            Err(e.into())
+        }
     }
-    Ok(row)
 }
 
 /// Hashes `src` (size, SHA-1, SHA-256), copying it to `copy_to` (synced) on the way.

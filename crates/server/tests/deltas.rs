@@ -401,6 +401,11 @@ async fn a_delta_made_elsewhere_is_published_and_offered(backend: Backend) {
     );
     let e = err(publish(delta.clone(), "1.0.0").await);
     assert!(e.contains("exists already"), "{e}");
+    // A second row for the pair (another server process racing this one) is not written.
+    let mut twin = d.clone();
+    twin.id = "twin".into();
+    assert!(!store.add_delta(&twin, "twin").await.unwrap());
+    assert!(store.delta("twin").await.unwrap().is_none());
     let body = check(&s, "m-delta", "1.0.0", Some("true")).await;
     let o = offer_of(&body);
     assert!(o.is_delta_payload && o.size == d.size as u64, "{body}");

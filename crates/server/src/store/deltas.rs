@@ -218,8 +218,9 @@ impl Store {
     }
 
     /// Records how a delta's generation ended, with its activity entry, in one
-    /// transaction. A second row for the same (package, source) is ignored.
-    pub async fn add_delta(&self, d: &DeltaRow, message: &str) -> Result<()> {
+    /// transaction. A second row for the same (package, source) — another server process
+    /// made it first — is not written: false.
+    pub async fn add_delta(&self, d: &DeltaRow, message: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let n = sqlx::query("INSERT INTO deltas (id, app_id, package_id, source_version, source_package_id, state, file_name, size, sha1_b64, sha256_b64, note, served_bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12) ON CONFLICT (package_id, source_version) DO NOTHING")
             .bind(d.id.clone())
@@ -250,7 +251,7 @@ impl Store {
         }
         tx.commit().await?;
         self.cache.clear();
-        Ok(())
+        Ok(n == 1)
     }
 
     /// Forgets a delta that was not made (`not_smaller` or `failed`), with an activity entry,
