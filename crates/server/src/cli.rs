@@ -6,11 +6,13 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::store::{ExternalPackage, Group, InstanceFilter, Store};
+use crate::store::{Group, InstanceFilter, Store};
 
+mod catalog;
 mod parse;
 mod serve;
 
+pub use catalog::{DeltaCmd, PublishArgs, RegisterArgs};
 pub use parse::{opt_limit, parse_days, parse_extra_file, parse_hours, print_group};
 pub use serve::{serve, ServeArgs};
 
@@ -53,50 +55,10 @@ pub enum Command {
     ///
     /// A server running with --delta-signing-key then makes deltas to this version from the
     /// versions the channel offered before it (within its scan period, 30 s).
-    Publish {
-        file: PathBuf,
-        #[arg(long)]
-        version: String,
-        #[arg(long, default_value = "amd64")]
-        arch: String,
-        /// Name clients download it as (default: the file's name).
-        #[arg(long)]
-        file_name: Option<String>,
-        /// Don't host it: clients download from this codebase URL (a CDN) + file name.
-        #[arg(long)]
-        base_url: Option<String>,
-        /// Point this channel at the new version.
-        #[arg(long)]
-        channel: Option<String>,
-        /// An extra file served next to the payload (repeatable).
-        #[arg(long = "extra-file")]
-        extra_files: Vec<PathBuf>,
-    },
+    Publish(PublishArgs),
     /// Register a package hosted elsewhere (a CDN) from its size and hashes
     /// (hex or base64), with optional extra files; nothing is downloaded.
-    Register {
-        #[arg(long)]
-        version: String,
-        /// Codebase ending in / (with --file-name) or the payload's full URL.
-        #[arg(long)]
-        url: String,
-        #[arg(long)]
-        file_name: Option<String>,
-        #[arg(long, default_value = "amd64")]
-        arch: String,
-        #[arg(long)]
-        size: u64,
-        #[arg(long)]
-        sha1: String,
-        #[arg(long)]
-        sha256: String,
-        /// An extra file next to the payload: NAME:SIZE:SHA1:SHA256 (repeatable).
-        #[arg(long = "extra-file")]
-        extra_files: Vec<String>,
-        /// Point this channel at the new version.
-        #[arg(long)]
-        channel: Option<String>,
-    },
+    Register(RegisterArgs),
     /// List packages, their extra files and the deltas made to them.
     Packages,
     /// Copy a channel's version to another channel (bit for bit: the same packages).
@@ -174,35 +136,6 @@ pub enum FloorCmd {
     List,
     Add { version: String },
     Remove { version: String },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum DeltaCmd {
-    /// Host a delta made elsewhere (`fastpatch payload generate --source`), so the server
-    /// needs no signing key; it is offered like the deltas the server makes.
-    Publish {
-        /// The delta payload file (signed like the full payloads).
-        file: PathBuf,
-        /// The version the delta builds.
-        #[arg(long)]
-        version: String,
-        /// The version it applies to.
-        #[arg(long)]
-        from: String,
-        #[arg(long, default_value = "amd64")]
-        arch: String,
-    },
-    /// Make a delta again that came out not smaller or failed (e.g. after fixing the
-    /// signing key): a server running with --delta-signing-key makes it at its next scan.
-    Retry {
-        /// The version the delta builds.
-        version: String,
-        /// The version it applies to.
-        #[arg(long)]
-        from: String,
-        #[arg(long, default_value = "amd64")]
-        arch: String,
-    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -292,132 +225,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             file,
             http_threads,
         }) => serve::serve_static(listen, &file, http_threads).await,
-        Some(Command::Publish {
-            file,
-            version,
-            arch,
-            file_name,
-            base_url,
-            channel,
-            extra_files,
-        }) => {
-            let store = open(db).await?;
-            let pkg = crate::payloads::publish_with_files(
-                &store,
-                &db.data_dir,
-                &crate::payloads::Publish {
-                    app_id: &app,
-                    version: &version,
-                    arch: &arch,
-                    file: &file,
-                    file_name: file_name.as_deref(),
-                    base_url: base_url.as_deref(),
-                },
-                &extra_files,
-                now,
-            )
-            .await
-            .with_context(|| format!("publishing {}", file.display()))?;
-            println!(
-                "published {} {} as {} ({} bytes, sha256 {}, sha1 {}), package id {}",
-                pkg.version,
-                pkg.arch,
-                pkg.file_name,
-                pkg.size,
-                pkg.sha256_b64,
-                pkg.sha1_b64,
-                pkg.id
-            );
-            if let Some(ch) = channel {
-                store.set_channel(&app, &ch, &version, now).await?;
-                println!("channel {ch} now offers {version}");
-            }
-            store.close().await;
-            Ok(())
-        }
-        Some(Command::Register {
-            version,
-            url,
-            file_name,
-            arch,
-            size,
-            sha1,
-            sha256,
-            extra_files,
-            channel,
-        }) => {
-            let ext = ExternalPackage {
-                version: version.clone(),
-                arch: Some(arch),
-                url,
-                file_name,
-                size,
-                sha1,
-                sha256,
-                extra_files: extra_files
-                    .iter()
-                    .map(|e| parse_extra_file(e))
-                    .collect::<Result<_>>()?,
-            };
-            let store = open(db).await?;
-            let (pkg, files) = store
-                .register_external(&app, &ext, now)
-                .await
-                .context("registering the package")?;
-            println!(
-                "registered {} {} at {}{} ({} bytes, {} extra files), package id {}",
-                pkg.version,
-                pkg.arch,
-                pkg.base_url.as_deref().unwrap_or(""),
-                pkg.file_name,
-                pkg.size,
-                files.len(),
-                pkg.id
-            );
-            if let Some(ch) = channel {
-                store.set_channel(&app, &ch, &version, now).await?;
-                println!("channel {ch} now offers {version}");
-            }
-            store.close().await;
-            Ok(())
-        }
-        Some(Command::Packages) => {
-            let store = open(db).await?;
-            let deltas = store.deltas(&app).await?;
-            for p in store.packages(&app).await? {
-                println!(
-                    "{:<12} {:<6} {:<32} {:>12} {} {}",
-                    p.version,
-                    p.arch,
-                    p.file_name,
-                    p.size,
-                    p.sha256_b64,
-                    p.base_url.as_deref().unwrap_or("(hosted)")
-                );
-                for f in store.package_files(&p.id).await? {
-                    println!("  + {:<30} {:>12} {}", f.name, f.size, f.sha256_b64);
-                }
-                for d in deltas.iter().filter(|d| d.package_id == p.id) {
-                    match d.state {
-                        crate::store::DeltaState::Ready => println!(
-                            "  delta from {:<12} {:>12} bytes ({:.1} % of full) {} served {} bytes",
-                            d.source_version,
-                            d.size,
-                            100.0 * d.size as f64 / p.size.max(1) as f64,
-                            d.sha256_b64,
-                            d.served_bytes
-                        ),
-                        other => println!(
-                            "  delta from {:<12} {}: {}",
-                            d.source_version,
-                            other.as_str(),
-                            d.note.as_deref().unwrap_or("")
-                        ),
-                    }
-                }
-            }
-            Ok(())
-        }
+        Some(Command::Publish(a)) => catalog::publish(db, &app, now, a).await,
+        Some(Command::Register(a)) => catalog::register(db, &app, now, a).await,
+        Some(Command::Packages) => catalog::packages(db, &app).await,
         Some(Command::Promote { from, to }) => {
             let store = open(db).await?;
             let v = store.promote(&app, &from, &to, now).await?;
@@ -514,50 +324,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Some(Command::Delta(DeltaCmd::Publish {
-            file,
-            version,
-            from,
-            arch,
-        })) => {
-            let store = open(db).await?;
-            let d = crate::payloads::publish_delta(
-                &store,
-                &db.data_dir,
-                &crate::payloads::PublishDelta {
-                    app_id: &app,
-                    version: &version,
-                    source_version: &from,
-                    arch: &arch,
-                    file: &file,
-                },
-                now,
-            )
-            .await
-            .with_context(|| format!("publishing the delta {}", file.display()))?;
-            println!(
-                "published the delta {from} → {version} ({}) as {} ({} bytes, sha256 {}), id {}",
-                d.arch, d.file_name, d.size, d.sha256_b64, d.id
-            );
-            store.close().await;
-            Ok(())
-        }
-        Some(Command::Delta(DeltaCmd::Retry {
-            version,
-            from,
-            arch,
-        })) => {
-            let store = open(db).await?;
-            let arch = crate::store::normalize_arch(Some(&arch));
-            let was = store.retry_delta(&app, &version, &arch, &from, now).await?;
-            println!(
-                "delta {from} → {version} ({arch}) was {}{}; a server with --delta-signing-key makes it again within its scan period",
-                was.state.as_str(),
-                was.note.map(|n| format!(" ({n})")).unwrap_or_default()
-            );
-            store.close().await;
-            Ok(())
-        }
+        Some(Command::Delta(cmd)) => catalog::delta(db, &app, now, cmd).await,
         Some(Command::SeedInstances {
             count,
             group,

@@ -150,6 +150,17 @@ async fn admin_commands(b: Backend) {
             && out.contains("+ oem-azure.gz"),
         "{out}"
     );
+    // Bytes that are no payload are not hosted as a delta.
+    let (ok, out) = cli.run(&[
+        "delta",
+        "publish",
+        payload.to_str().unwrap(),
+        "--version",
+        "3815.2.0",
+        "--from",
+        "3732.0.0",
+    ]);
+    assert!(!ok && out.contains("is not a payload"), "{out}");
     // No delta was ever made: a retry says so and fails.
     let (ok, out) = cli.run(&["delta", "retry", "3815.2.0", "--from", "3602.2.0"]);
     assert!(
