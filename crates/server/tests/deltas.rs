@@ -391,6 +391,10 @@ async fn a_delta_made_elsewhere_is_published_and_offered(backend: Backend) {
     };
     let e = err(publish(delta.clone(), "0.9.0").await);
     assert!(e.contains("package 0.9.0 (amd64)"), "{e}");
+    // A delta whose manifest names 1.0.0 is not published as one from 1.5.0.
+    s.publish("1.5.0", &noise(3, 4096), None).await;
+    let e = err(publish(delta.clone(), "1.5.0").await);
+    assert!(e.contains("applies to 1.0.0, not 1.5.0"), "{e}");
     let full_as_delta = tmp.path().join("old.payload");
     let e = err(publish(full_as_delta, "1.0.0").await);
     assert!(e.contains("is a full payload, not a delta"), "{e}");
