@@ -3,7 +3,7 @@
 //! empty; a resumed download asks `Range: bytes=N-`).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,8 +43,32 @@ impl RecordedRequest {
     }
 }
 
-/// Client bytes of one connection.
-type Conn = Arc<Mutex<Vec<u8>>>;
+/// Client bytes of one connection, with where each read began in the proxy-wide order (so
+/// requests on pooled connections can be put back in the order they were sent).
+#[derive(Default)]
+struct ConnLog {
+    bytes: Vec<u8>,
+    /// `(offset into bytes, proxy-wide sequence number)` of each read.
+    marks: Vec<(usize, u64)>,
+}
+
+impl ConnLog {
+    fn record(&mut self, chunk: &[u8], seq: u64) {
+        self.marks.push((self.bytes.len(), seq));
+        self.bytes.extend_from_slice(chunk);
+    }
+
+    /// The sequence number of the read that carried byte `offset`.
+    fn seq_at(&self, offset: usize) -> u64 {
+        self.marks
+            .iter()
+            .take_while(|(o, _)| *o <= offset)
+            .last()
+            .map_or(u64::MAX, |(_, s)| *s)
+    }
+}
+
+type Conn = Arc<Mutex<ConnLog>>;
 
 /// Forwards `127.0.0.1:<port>` to an upstream address; records client → server bytes.
 pub struct RecordingProxy {
@@ -96,13 +120,19 @@ impl RecordingProxy {
         format!("http://{}", self.addr)
     }
 
-    /// Every request sent so far, connection by connection, in order within each.
+    /// Every request sent so far, in the order their first bytes reached the proxy (across
+    /// connections: a client's pool may send a later request on an older connection).
     pub fn requests(&self) -> Vec<RecordedRequest> {
         let conns = self.conns.lock().map(|c| c.clone()).unwrap_or_default();
-        conns
-            .iter()
-            .flat_map(|c| parse_requests(&c.lock().map(|b| b.clone()).unwrap_or_default()))
-            .collect()
+        let mut all: Vec<(u64, RecordedRequest)> = Vec::new();
+        for conn in &conns {
+            let Ok(log) = conn.lock() else { continue };
+            for (start, req) in parse_requests(&log.bytes) {
+                all.push((log.seq_at(start), req));
+            }
+        }
+        all.sort_by_key(|(seq, _)| *seq);
+        all.into_iter().map(|(_, r)| r).collect()
     }
 }
 
@@ -118,6 +148,7 @@ async fn accept_loop(
     upstream: Arc<Mutex<Option<SocketAddr>>>,
     blackhole: Arc<AtomicBool>,
 ) {
+    let seq: Arc<AtomicU64> = Arc::default();
     loop {
         let Ok((client, _)) = listener.accept().await else {
             continue;
@@ -131,9 +162,10 @@ async fn accept_loop(
             c.push(rec.clone());
         }
         if blackhole.load(Ordering::SeqCst) {
-            tokio::spawn(swallow(client, rec));
+            tokio::spawn(swallow(client, rec, seq.clone()));
             continue;
         }
+        let seq = seq.clone();
         tokio::spawn(async move {
             let Ok(server) = TcpStream::connect(target).await else {
                 return;
@@ -148,7 +180,7 @@ async fn accept_loop(
                         Ok(n) => n,
                     };
                     if let Ok(mut r) = rec.lock() {
-                        r.extend_from_slice(&buf[..n]);
+                        r.record(&buf[..n], seq.fetch_add(1, Ordering::SeqCst));
                     }
                     if sw.write_all(&buf[..n]).await.is_err() {
                         break;
@@ -166,22 +198,25 @@ async fn accept_loop(
 }
 
 /// Records what the client sends until it hangs up; answers nothing.
-async fn swallow(mut client: TcpStream, rec: Conn) {
+async fn swallow(mut client: TcpStream, rec: Conn, seq: Arc<AtomicU64>) {
     let mut buf = vec![0u8; 16 * 1024];
     while let Ok(n) = client.read(&mut buf).await {
         if n == 0 {
             break;
         }
         if let Ok(mut r) = rec.lock() {
-            r.extend_from_slice(&buf[..n]);
+            r.record(&buf[..n], seq.fetch_add(1, Ordering::SeqCst));
         }
     }
 }
 
-/// Splits a connection's bytes into requests (Content-Length bodies; what reqwest sends).
-fn parse_requests(mut bytes: &[u8]) -> Vec<RecordedRequest> {
+/// Splits a connection's bytes into requests (Content-Length bodies; what reqwest sends),
+/// each with the offset where it starts.
+fn parse_requests(all: &[u8]) -> Vec<(usize, RecordedRequest)> {
     let mut out = Vec::new();
+    let mut bytes = all;
     while let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+        let start = all.len() - bytes.len();
         let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
         let mut lines = head.split("\r\n");
         let mut first = lines.next().unwrap_or_default().split(' ');
@@ -199,12 +234,13 @@ fn parse_requests(mut bytes: &[u8]) -> Vec<RecordedRequest> {
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or(0);
         let body_end = (end + 4 + len).min(bytes.len());
-        out.push(RecordedRequest {
+        let req = RecordedRequest {
             method,
             path,
             headers,
             body: bytes[end + 4..body_end].to_vec(),
-        });
+        };
+        out.push((start, req));
         bytes = &bytes[body_end..];
     }
     out
@@ -219,11 +255,26 @@ mod tests {
         let raw = b"POST /v1/update/ HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /p HTTP/1.1\r\nRange: bytes=100-\r\n\r\n";
         let r = parse_requests(raw);
         assert_eq!(r.len(), 2);
+        assert_eq!((r[0].0, r[1].0), (0, 62));
+        let r: Vec<RecordedRequest> = r.into_iter().map(|(_, r)| r).collect();
         assert_eq!(
             (r[0].method.as_str(), r[0].body_text().as_str()),
             ("POST", "hello")
         );
         assert_eq!((r[1].path.as_str(), r[1].range_start()), ("/p", Some(100)));
         assert!(r[1].body.is_empty());
+    }
+
+    #[test]
+    fn a_request_takes_the_sequence_of_the_read_that_carried_its_first_byte() {
+        let mut log = ConnLog::default();
+        log.record(b"GET /a HTTP/1.1\r\n", 3);
+        log.record(b"\r\n", 4);
+        log.record(b"GET /b HTTP/1.1\r\n\r\n", 9);
+        let seqs: Vec<u64> = parse_requests(&log.bytes)
+            .iter()
+            .map(|(start, _)| log.seq_at(*start))
+            .collect();
+        assert_eq!(seqs, vec![3, 9]);
     }
 }
