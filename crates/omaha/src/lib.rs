@@ -12,6 +12,7 @@
 
 mod event;
 mod offer;
+mod ops;
 mod request;
 mod response;
 mod xml;
@@ -23,6 +24,7 @@ pub use event::{error_code, event_result, event_type, ErrorCode, EventKind};
 pub use offer::{
     encode_b64, CheckOutcome, InvalidResponse, UpdateOffer, DEFAULT_MAX_FAILURE_COUNT_PER_URL,
 };
+pub use ops::{PayloadOps, PAYLOAD_OPS_ATTR, STOCK_FLATCAR_OPS};
 pub use request::{normalize_appid, Event, Os, Ping, Request, RequestApp, UpdateCheck};
 pub use response::{
     Action, DayStart, Manifest, Package, Response, ResponseApp, Status, UpdateCheckResponse,

@@ -51,6 +51,9 @@ pub struct RequestApp {
     pub board: Option<String>,
     pub hardware_class: Option<String>,
     pub delta_okay: Option<String>,
+    /// [`crate::PAYLOAD_OPS_ATTR`]: the payload operations the client applies (fastpatch's
+    /// engine sends it; stock Flatcar does not). Read it with [`RequestApp::applies`].
+    pub payload_ops: Option<String>,
     pub ping: Option<Ping>,
     pub update_check: Option<UpdateCheck>,
     pub events: Vec<Event>,
@@ -174,6 +177,15 @@ impl RequestApp {
     pub fn accepts_delta(&self) -> bool {
         self.delta_okay.as_deref().map(str::trim) == Some("true")
     }
+
+    /// The payload operations the client applies: what it announces, or what every Flatcar
+    /// client applies when it announces nothing.
+    pub fn applies(&self) -> crate::PayloadOps {
+        match self.payload_ops.as_deref() {
+            Some(list) => crate::PayloadOps::parse(list),
+            None => crate::PayloadOps::stock_flatcar(),
+        }
+    }
 }
 
 impl Request {
@@ -252,6 +264,7 @@ impl Request {
                 .opt_attr("board", app.board.as_deref())
                 .opt_attr("hardware_class", app.hardware_class.as_deref())
                 .opt_attr("delta_okay", app.delta_okay.as_deref())
+                .opt_attr(crate::PAYLOAD_OPS_ATTR, app.payload_ops.as_deref())
                 .attrs(&app.extra);
             if let Some(ping) = &app.ping {
                 w.open("ping")
@@ -325,6 +338,7 @@ fn parse_app(app: &mut Element, limits: &Limits) -> Result<RequestApp, ParseErro
             "board" => &mut out.board,
             "hardware_class" => &mut out.hardware_class,
             "delta_okay" => &mut out.delta_okay,
+            crate::PAYLOAD_OPS_ATTR => &mut out.payload_ops,
             _ => {
                 out.extra.push((key.into_owned(), value.into_owned()));
                 continue;

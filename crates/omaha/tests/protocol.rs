@@ -42,6 +42,25 @@ fn flatcar_update_check_request() {
     assert_eq!(app.events[0].kind(), EventKind::UpdateComplete);
     assert_eq!(app.events[0].previous_version.as_deref(), Some(""));
     assert!(app.extra.is_empty());
+    // No fastpatch_payload_ops: what every Flatcar client applies.
+    assert_eq!(app.payload_ops, None);
+    assert_eq!(app.applies(), PayloadOps::stock_flatcar());
+}
+
+#[test]
+fn payload_ops_attribute_is_read_and_written() {
+    let mut req = Request::parse(&fixture("request_updatecheck.xml")).unwrap();
+    req.apps[0].payload_ops = Some("REPLACE,REPLACE_ZSTD,SOURCE_COPY".into());
+    let xml = req.to_xml();
+    assert!(
+        xml.contains(r#"fastpatch_payload_ops="REPLACE,REPLACE_ZSTD,SOURCE_COPY""#),
+        "{xml}"
+    );
+    let back = Request::parse(xml.as_bytes()).unwrap();
+    assert_eq!(back, req);
+    let applies = back.apps[0].applies();
+    assert!(applies.covers(&PayloadOps::parse("REPLACE_ZSTD")));
+    assert!(!applies.covers(&PayloadOps::parse("REPLACE_BZ")));
 }
 
 #[test]

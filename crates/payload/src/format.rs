@@ -74,6 +74,16 @@ pub enum OpKind {
 }
 
 impl OpKind {
+    /// Every kind the installer applies (what the engine announces to the server).
+    pub const ALL: [OpKind; 6] = [
+        OpKind::Replace,
+        OpKind::ReplaceBz,
+        OpKind::ReplaceZstd,
+        OpKind::Zero,
+        OpKind::SourceCopy,
+        OpKind::SourceZstd,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             OpKind::Replace => "REPLACE",

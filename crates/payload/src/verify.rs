@@ -47,6 +47,13 @@ pub struct DeltaSource {
     pub version: Option<String>,
 }
 
+impl Inspection {
+    /// The names of the operation kinds the payload uses (ZERO stands for DISCARD too).
+    pub fn op_names(&self) -> Vec<&'static str> {
+        self.op_kinds.iter().map(|k| k.kind).collect()
+    }
+}
+
 fn summarize(manifest: &DeltaArchiveManifest, plan: &Plan) -> Inspection {
     let mut kinds: Vec<OpSummary> = Vec::new();
     for op in &plan.ops {

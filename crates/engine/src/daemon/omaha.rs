@@ -77,6 +77,12 @@ fn to_wire(e: &Event) -> fastpatch_omaha::Event {
 }
 
 /// Builds the request; `None` when it would be empty (Flatcar #388: never send one).
+/// The payload operations this engine's installer applies, announced in every request so the
+/// server offers a payload it can apply (and stock Flatcar clients one they can).
+pub fn applied_ops() -> fastpatch_omaha::PayloadOps {
+    fastpatch_omaha::PayloadOps::new(fastpatch_payload::format::OpKind::ALL.map(|k| k.name()))
+}
+
 pub fn build_request(
     app_id: &str,
     board: &str,
@@ -116,6 +122,7 @@ pub fn build_request(
         board: Some(board.to_string()),
         hardware_class: Some(String::new()),
         delta_okay: Some("false".into()),
+        payload_ops: Some(applied_ops().to_string()),
         ping: ping.then(|| Ping {
             active: Some("1".into()),
             a: None,
@@ -320,6 +327,14 @@ mod tests {
         // Round trip through the server-side parser.
         let back = Request::parse(xml.as_bytes()).unwrap();
         assert_eq!(back.apps[0].track.as_deref(), Some("beta"));
+        // The server reads which payload operations this engine applies: zstd and deltas too.
+        let applies = back.apps[0].applies();
+        assert!(
+            applies.covers(&fastpatch_omaha::PayloadOps::parse(
+                "REPLACE,REPLACE_BZ,REPLACE_ZSTD,ZERO,SOURCE_COPY,SOURCE_ZSTD"
+            )),
+            "{applies}"
+        );
 
         let ping = build_request(
             app_id,
