@@ -147,6 +147,7 @@ pub fn router() -> Router<Arc<AppState>> {
                 .layer(DefaultBodyLimit::disable()),
         )
         .route("/api/v1/apps/{app}/deltas", get(list_deltas))
+        .route("/api/v1/apps/{app}/variants", get(list_variants))
         .route("/api/v1/apps/{app}/floors", get(list_floors))
         .route(
             "/api/v1/apps/{app}/floors/{version}",
@@ -341,6 +342,17 @@ async fn list_packages(
 ) -> ApiResult<Vec<crate::store::PackageRow>> {
     need(&s, &h, Role::Viewer)?;
     Ok(Json(s.store.packages(&app).await?))
+}
+
+/// `GET /api/v1/apps/{app}/variants`: the packages' second payloads (same image, other
+/// operations), with the bytes served.
+async fn list_variants(
+    State(s): State<Arc<AppState>>,
+    h: HeaderMap,
+    Path(app): Path<String>,
+) -> ApiResult<Vec<crate::store::VariantRow>> {
+    need(&s, &h, Role::Viewer)?;
+    Ok(Json(s.store.variants(&app).await?))
 }
 
 /// `GET /api/v1/apps/{app}/deltas`: every delta the server made, with how its

@@ -462,6 +462,8 @@ mod tests {
             sha1_b64: String::new(),
             sha256_b64: String::new(),
             created_at: 0,
+            payload_ops: None,
+            image_sha256: None,
         };
         DeltaJob {
             source: pkg("p1", "1.0.0"),

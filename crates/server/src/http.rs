@@ -177,44 +177,28 @@ async fn payload(
         error!(error = %e, "payload lookup failed");
         StatusCode::SERVICE_UNAVAILABLE.into_response()
     };
-    // A full package, or a delta (whose extra files are its target package's).
-    let (pkg, delta) = match state.store.package(&id).await {
-        Ok(Some(p)) if p.base_url.is_none() => (p, None),
-        Ok(Some(_)) => return not_found(),
-        Ok(None) => match state.store.delta(&id).await {
-            Ok(Some(d)) if d.state == crate::store::DeltaState::Ready => {
-                match state.store.package(&d.package_id).await {
-                    Ok(Some(p)) => (p, Some(d)),
-                    Ok(None) => return not_found(),
-                    Err(e) => return unavailable(e),
-                }
-            }
-            Ok(_) => return not_found(),
-            Err(e) => return unavailable(e),
-        },
+    // A full package, one of its other payloads, or a delta (the extra files listed next to
+    // any of them are the package's).
+    let (pkg, own) = match hosted_payload(&state.store, &id).await {
+        Ok(Some(found)) => found,
+        Ok(None) => return not_found(),
         Err(e) => return unavailable(e),
     };
-    let response = match &delta {
-        Some(d) if d.file_name == file => {
-            let path = crate::payloads::payload_dir(&state.data_dir).join(&d.id);
-            crate::payloads::serve_file(&path, d.size, &d.sha256_b64, &headers).await
-        }
-        None if pkg.file_name == file => {
-            crate::payloads::serve(&state.data_dir, &pkg, &headers).await
-        }
-        _ => {
-            // One of the package's extra files?
-            let extra = match state.store.package_files(&pkg.id).await {
-                Ok(files) => files.into_iter().find(|f| f.name == file),
-                Err(e) => return unavailable(e),
-            };
-            let Some(f) = extra else {
-                return not_found();
-            };
-            state.metrics.inc(&state.metrics.payload_requests);
-            let path = crate::payloads::extra_file_path(&state.data_dir, &pkg.id, &f.name);
-            return crate::payloads::serve_file(&path, f.size, &f.sha256_b64, &headers).await;
-        }
+    let response = if own.file_name == file {
+        let path = crate::payloads::payload_dir(&state.data_dir).join(&id);
+        crate::payloads::serve_file(&path, own.size, &own.sha256_b64, &headers).await
+    } else {
+        // One of the package's extra files?
+        let extra = match state.store.package_files(&pkg.id).await {
+            Ok(files) => files.into_iter().find(|f| f.name == file),
+            Err(e) => return unavailable(e),
+        };
+        let Some(f) = extra else {
+            return not_found();
+        };
+        state.metrics.inc(&state.metrics.payload_requests);
+        let path = crate::payloads::extra_file_path(&state.data_dir, &pkg.id, &f.name);
+        return crate::payloads::serve_file(&path, f.size, &f.sha256_b64, &headers).await;
     };
     state.metrics.inc(&state.metrics.payload_requests);
     if response.status().is_success() {
@@ -275,4 +259,48 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         }
     }
     nearest
+}
+
+/// The file a payload id names (`/v1/payloads/{id}/{file_name}`).
+struct OwnFile {
+    file_name: String,
+    size: i64,
+    sha256_b64: String,
+}
+
+/// The package behind a hosted payload id and that payload's own file: the package's
+/// payload, a variant's, or a ready delta's. `None`: nothing hosted here has this id.
+async fn hosted_payload(
+    store: &crate::store::Store,
+    id: &str,
+) -> Result<Option<(crate::store::PackageRow, OwnFile)>, crate::store::StoreError> {
+    if let Some(p) = store.package(id).await? {
+        let own = OwnFile {
+            file_name: p.file_name.clone(),
+            size: p.size,
+            sha256_b64: p.sha256_b64.clone(),
+        };
+        return Ok(p.base_url.is_none().then_some((p, own)));
+    }
+    let (package_id, own) = if let Some(v) = store.variant(id).await? {
+        let own = OwnFile {
+            file_name: v.file_name,
+            size: v.size,
+            sha256_b64: v.sha256_b64,
+        };
+        (v.package_id, own)
+    } else {
+        match store.delta(id).await? {
+            Some(d) if d.state == crate::store::DeltaState::Ready => {
+                let own = OwnFile {
+                    file_name: d.file_name,
+                    size: d.size,
+                    sha256_b64: d.sha256_b64,
+                };
+                (d.package_id, own)
+            }
+            _ => return Ok(None),
+        }
+    };
+    Ok(store.package(&package_id).await?.map(|p| (p, own)))
 }

@@ -27,6 +27,7 @@ pub mod served;
 pub mod store;
 pub mod throttle;
 pub mod tls;
+pub mod variants;
 pub mod version;
 
 use std::net::SocketAddr;

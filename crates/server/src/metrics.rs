@@ -15,6 +15,7 @@ pub struct Metrics {
     pub update_checks: AtomicU64,
     pub offers: AtomicU64,
     pub delta_offers: AtomicU64,
+    pub no_readable_payload: AtomicU64,
     pub grants: AtomicU64,
     pub holds: AtomicU64,
     pub no_update: AtomicU64,
@@ -61,6 +62,12 @@ impl Metrics {
             "fastpatch_update_delta_offers_total",
             "Update offers that were delta payloads (part of the offers).",
             &self.delta_offers,
+        );
+        counter(
+            &mut out,
+            "fastpatch_update_no_readable_payload_total",
+            "Update checks answered error-noPackageFound: no payload of the version uses only operations the client applies.",
+            &self.no_readable_payload,
         );
         counter(
             &mut out,

@@ -3,16 +3,17 @@
 
 use chrono::{DateTime, Timelike, Utc};
 use fastpatch_omaha::{
-    normalize_appid, Limits, ParseError, Request, RequestApp, Response, ResponseApp, Status,
-    UpdateCheckResponse,
+    normalize_appid, Limits, ParseError, PayloadOps, Request, RequestApp, Response, ResponseApp,
+    Status, UpdateCheckResponse,
 };
 use tracing::{debug, info, warn};
 
 use crate::policy::{self, Decision, GroupCounts, InstanceStatus};
 use crate::store::{
     AppConfig, CheckIn, DeltaRow, GrantOutcome, GrantRequest, InstanceRow, PackageFile, PackageRow,
-    StoreError,
+    StoreError, VariantRow,
 };
+use crate::variants::{self, Chosen};
 use crate::AppState;
 
 /// The group a machine lands in when it sends no track.
@@ -186,11 +187,22 @@ async fn answer_app(
 
     if app.update_check.is_some() {
         m.inc(&m.update_checks);
-        let delta_okay = app.accepts_delta();
+        let client = Client {
+            delta_okay: app.accepts_delta(),
+            applies: app.applies(),
+        };
         answer.update_check =
-            Some(update_check(state, &config, group, &inst, &arch, delta_okay, now).await?);
+            Some(update_check(state, &config, group, &inst, &arch, &client, now).await?);
     }
     Ok(answer)
+}
+
+/// What the client said it can apply.
+struct Client {
+    /// `delta_okay="true"`.
+    delta_okay: bool,
+    /// The payload operations it applies ([`RequestApp::applies`]).
+    applies: PayloadOps,
 }
 
 async fn update_check(
@@ -199,7 +211,7 @@ async fn update_check(
     group: &crate::store::Group,
     inst: &InstanceRow,
     arch: &str,
-    delta_okay: bool,
+    client: &Client,
     now: DateTime<Utc>,
 ) -> Result<UpdateCheckResponse, OmahaError> {
     let store = &state.store;
@@ -261,6 +273,15 @@ async fn update_check(
                 m.inc(&m.no_update);
                 return Ok(UpdateCheckResponse::no_update());
             };
+            let Some(chosen) = variants::choose(pkg, &config.variants, &client.applies) else {
+                // Never bytes the client would fail on: a clear error instead.
+                m.inc(&m.no_readable_payload);
+                warn!(machine = %inst.machine_id, %version, needs = %pkg.payload_ops.as_deref().unwrap_or_default(), applies = %client.applies, "no payload of the version uses only operations this client applies; publish a Flatcar-compatible one (`fastpatch payload generate --flatcar-compatible`)");
+                return Ok(UpdateCheckResponse {
+                    status: Status::ErrorNoPackageFound,
+                    ..UpdateCheckResponse::no_update()
+                });
+            };
             if new_grant {
                 m.inc(&m.grants);
                 info!(machine = %inst.machine_id, group = %group.name, %version, "update granted");
@@ -271,16 +292,20 @@ async fn update_check(
                 .get(&pkg.id)
                 .map_or(&[][..], Vec::as_slice);
             // A delta only to a client that applies them and runs its source version.
+            let delta_fits = client.delta_okay && client.applies.covers(&variants::delta_ops());
             let delta = config
                 .deltas
                 .iter()
-                .find(|d| delta_okay && d.package_id == pkg.id && d.source_version == inst.version);
+                .find(|d| delta_fits && d.package_id == pkg.id && d.source_version == inst.version);
             if let Some(d) = delta {
                 m.inc(&m.delta_offers);
                 debug!(machine = %inst.machine_id, from = %d.source_version, %version, bytes = d.size, "offering a delta");
                 return Ok(offer_delta(state, d, files));
             }
-            Ok(offer(state, pkg, files))
+            Ok(match chosen {
+                Chosen::Package(pkg) => offer(state, pkg, files),
+                Chosen::Variant(v) => offer_variant(state, pkg, v, files),
+            })
         }
         GrantOutcome::Hold { reason, .. } => {
             m.inc(&m.holds);
@@ -308,29 +333,30 @@ async fn update_check(
 /// The update element for a delta: hosted here, its extra files (its target
 /// package's) under the same codebase, marked `IsDeltaPayload="true"`.
 pub fn offer_delta(state: &AppState, d: &DeltaRow, files: &[PackageFile]) -> UpdateCheckResponse {
-    let codebase = format!(
-        "{}/v1/payloads/{}/",
-        state.public_url.trim_end_matches('/'),
-        d.id
-    );
-    let mut update = UpdateCheckResponse::update(
-        vec![codebase],
-        d.version.clone(),
-        d.file_name.clone(),
-        d.size.max(0) as u64,
-        Some(d.sha1_b64.clone()),
-        d.sha256_b64.clone(),
-    )
-    .as_delta();
-    for f in files {
-        update = update.with_extra_file(
-            f.name.clone(),
-            f.size.max(0) as u64,
-            f.sha1_b64.clone(),
-            f.sha256_b64.clone(),
-        );
-    }
-    update
+    let payload = Payload {
+        file_name: &d.file_name,
+        size: d.size,
+        sha1_b64: &d.sha1_b64,
+        sha256_b64: &d.sha256_b64,
+    };
+    update_element(hosted_codebase(state, &d.id), &d.version, payload, files).as_delta()
+}
+
+/// The update element for a package's other payload (hosted here; the package's extra files
+/// under the same codebase).
+pub fn offer_variant(
+    state: &AppState,
+    pkg: &PackageRow,
+    v: &VariantRow,
+    files: &[PackageFile],
+) -> UpdateCheckResponse {
+    let payload = Payload {
+        file_name: &v.file_name,
+        size: v.size,
+        sha1_b64: &v.sha1_b64,
+        sha256_b64: &v.sha256_b64,
+    };
+    update_element(hosted_codebase(state, &v.id), &pkg.version, payload, files)
 }
 
 /// The update element for a package: our payload URL unless it lives
@@ -338,19 +364,45 @@ pub fn offer_delta(state: &AppState, d: &DeltaRow, files: &[PackageFile]) -> Upd
 pub fn offer(state: &AppState, pkg: &PackageRow, files: &[PackageFile]) -> UpdateCheckResponse {
     let codebase = match &pkg.base_url {
         Some(url) => url.clone(),
-        None => format!(
-            "{}/v1/payloads/{}/",
-            state.public_url.trim_end_matches('/'),
-            pkg.id
-        ),
+        None => hosted_codebase(state, &pkg.id),
     };
+    let payload = Payload {
+        file_name: &pkg.file_name,
+        size: pkg.size,
+        sha1_b64: &pkg.sha1_b64,
+        sha256_b64: &pkg.sha256_b64,
+    };
+    update_element(codebase, &pkg.version, payload, files)
+}
+
+/// One payload file as the manifest lists it.
+struct Payload<'a> {
+    file_name: &'a str,
+    size: i64,
+    sha1_b64: &'a str,
+    sha256_b64: &'a str,
+}
+
+fn hosted_codebase(state: &AppState, id: &str) -> String {
+    format!(
+        "{}/v1/payloads/{id}/",
+        state.public_url.trim_end_matches('/')
+    )
+}
+
+fn update_element(
+    codebase: String,
+    version: &str,
+    p: Payload<'_>,
+    files: &[PackageFile],
+) -> UpdateCheckResponse {
     let mut update = UpdateCheckResponse::update(
         vec![codebase],
-        pkg.version.clone(),
-        pkg.file_name.clone(),
-        pkg.size.max(0) as u64,
-        Some(pkg.sha1_b64.clone()),
-        pkg.sha256_b64.clone(),
+        version.to_owned(),
+        p.file_name.to_owned(),
+        p.size.max(0) as u64,
+        Some(p.sha1_b64.to_owned()),
+        p.sha256_b64.to_owned(),
     );
     for f in files {
         update = update.with_extra_file(

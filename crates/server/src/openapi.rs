@@ -63,6 +63,7 @@ pub fn document() -> String {
                         "size": { "type": "integer", "minimum": 1 },
                         "sha1": { "type": "string", "description": "hex or base64" },
                         "sha256": { "type": "string", "description": "hex or base64" },
+                        "payload_ops": { "type": "string", "description": "The operations the payload uses, comma-separated (REPLACE,REPLACE_BZ for Flatcar's own payloads); a client is offered it only if it applies them. Unset: offered to every client" },
                         "extra_files": { "type": "array", "items": { "type": "object", "required": ["name", "size", "sha1", "sha256"],
                             "properties": { "name": { "type": "string" }, "size": { "type": "integer" }, "sha1": { "type": "string" }, "sha256": { "type": "string" } } } }
                     }
@@ -109,6 +110,7 @@ pub fn document() -> String {
                     "responses": { "200": { "description": "The registered package and its extra files" }, "400": { "$ref": "#/components/responses/Error" } }
                 }
             },
+            "/api/v1/apps/{app}/variants": { "parameters": [app], "get": op("Second payloads of packages: the same image with other operations (payload_ops), e.g. a Flatcar-compatible payload next to a zstd one; size, hashes, bytes served", "viewer") },
             "/api/v1/apps/{app}/deltas": { "parameters": [app], "get": op("Delta payloads the server made (state ready, not_smaller or failed; source and target versions; size; bytes served)", "viewer") },
             "/api/v1/apps/{app}/packages/{version}/{arch}": {
                 "parameters": [app,

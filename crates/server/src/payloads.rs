@@ -63,7 +63,19 @@ pub async fn publish(
     p: &Publish<'_>,
     now: i64,
 ) -> Result<PackageRow, PublishError> {
-    publish_with_files(store, data_dir, p, &[], now).await
+    Ok(publish_with_files(store, data_dir, p, &[], now)
+        .await?
+        .package)
+}
+
+/// What [`publish_with_files`] registered.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The version's package (the one already published, when `variant` is set).
+    pub package: PackageRow,
+    /// Set when the file writes the package's image with other operations: it is hosted as
+    /// a second payload of the package (see [`crate::variants`]).
+    pub variant: Option<crate::store::VariantRow>,
 }
 
 /// [`publish`] with extra files (served next to the payload, listed after it).
@@ -75,7 +87,7 @@ pub async fn publish_with_files(
     p: &Publish<'_>,
     extra: &[PathBuf],
     now: i64,
-) -> Result<PackageRow, PublishError> {
+) -> Result<Published, PublishError> {
     let app_id = fastpatch_omaha::normalize_appid(p.app_id);
     if !store.app_exists(&app_id).await? {
         return Err(PublishError::UnknownApp(app_id));
@@ -94,6 +106,13 @@ pub async fn publish_with_files(
         let _ = std::fs::remove_file(&tmp);
         return Err(PublishError::Empty);
     }
+    let inspected = match crate::variants::inspect(p.file).await {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     let file_name = match p.file_name {
         Some(n) => n.to_owned(),
         None => p
@@ -119,6 +138,8 @@ pub async fn publish_with_files(
         sha1_b64: fastpatch_omaha::encode_b64(&sha1),
         sha256_b64: fastpatch_omaha::encode_b64(&sha256),
         created_at: now,
+        payload_ops: inspected.as_ref().map(|i| i.ops.to_string()),
+        image_sha256: inspected.map(|i| i.image_sha256),
     };
     let id = row.id.clone();
     let files_dir = extra_file_path(data_dir, &id, "x")
@@ -171,6 +192,33 @@ pub async fn publish_with_files(
             sha256_b64: fastpatch_omaha::encode_b64(&sha256),
         });
     }
+    // The same image in other operations (a Flatcar-compatible payload of a zstd one, or
+    // the reverse): a second payload of the published package, which keeps its extra files.
+    let existing = store
+        .find_package(&row.app_id, &row.version, &row.arch)
+        .await;
+    if let Ok(Some(existing)) = existing.as_ref() {
+        if hosted && crate::variants::is_other_encoding(existing, &row) {
+            let same_files = files.is_empty()
+                || store.package_files(&existing.id).await.ok().as_ref() == Some(&files);
+            let result = if same_files {
+                crate::variants::publish(store, data_dir, existing, &row, &tmp)
+                    .await
+                    .map(|v| Published {
+                        package: existing.clone(),
+                        variant: Some(v),
+                    })
+            } else {
+                Err(StoreError::Invalid(format!(
+                    "version {} ({}) is published with other extra files; a second payload of it keeps those",
+                    row.version, row.arch
+                ))
+                .into())
+            };
+            cleanup(false);
+            return result;
+        }
+    }
     if hosted {
         if let Err(e) = std::fs::rename(&tmp, dir.join(&id)) {
             cleanup(false);
@@ -179,7 +227,10 @@ pub async fn publish_with_files(
     }
     match store.add_package_with_files(&row, &files).await {
         // Newly registered: the files just placed are its files.
-        Ok(stored) if stored.id == id => Ok(stored),
+        Ok(stored) if stored.id == id => Ok(Published {
+            package: stored,
+            variant: None,
+        }),
         // The identical package was already there: its bytes are these
         // bytes, so they restore a payload file that went missing.
         Ok(stored) => {
@@ -191,7 +242,10 @@ pub async fn publish_with_files(
                 }
             }
             cleanup(hosted);
-            Ok(stored)
+            Ok(Published {
+                package: stored,
+                variant: None,
+            })
         }
         Err(e) => {
             cleanup(hosted);

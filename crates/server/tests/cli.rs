@@ -363,3 +363,68 @@ fn a_widened_admin_token_file_is_made_private_again() {
 }
 
 both_backends!(admin_commands);
+
+#[test]
+fn publish_with_a_signing_key_hosts_both_payloads_of_an_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let cli = Cli {
+        data_dir: &data_dir,
+        db_url: None,
+    };
+    let (key, public) = (dir.path().join("k.pem"), dir.path().join("k.pub.pem"));
+    fastpatch_payload::keys::write_key_pair(&key, &public).unwrap();
+    let image = dir.path().join("usr.img");
+    let text: Vec<u8> = (0..1 << 20).map(|i| b"usr image text "[i % 15]).collect();
+    std::fs::write(&image, text).unwrap();
+    // A key that is not a key: a clear error, nothing published, no work files left.
+    let (ok, out) = cli.run(&[
+        "publish",
+        image.to_str().unwrap(),
+        "--version",
+        "2.0.0",
+        "--signing-key",
+        public.to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("loading the signing key"), "{out}");
+    let out = cli.ok(&[
+        "publish",
+        image.to_str().unwrap(),
+        "--version",
+        "2.0.0",
+        "--channel",
+        "stable",
+        "--signing-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("making the zstd payload: 100 %")
+            && out.contains("published 2.0.0 amd64 as flatcar_production_update.gz")
+            && out.contains("as a second payload of the same image")
+            && out.contains("channel stable now offers 2.0.0"),
+        "{out}"
+    );
+    let listed = cli.ok(&["packages"]);
+    let ops: Vec<&str> = listed
+        .lines()
+        .filter(|l| l.contains("operations"))
+        .collect();
+    assert_eq!(ops.len(), 2, "{listed}");
+    assert!(ops[0].contains("REPLACE_ZSTD"), "{listed}");
+    assert!(
+        ops[1].trim_start().starts_with("also") && ops[1].ends_with("served 0 bytes"),
+        "{listed}"
+    );
+    assert!(
+        ops[1].contains("operations REPLACE,REPLACE_BZ ")
+            || ops[1].contains("operations REPLACE_BZ "),
+        "{listed}"
+    );
+    let left: Vec<String> = std::fs::read_dir(&data_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("publish-work"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

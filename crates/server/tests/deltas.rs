@@ -102,10 +102,27 @@ async fn wait_delta(s: &TestServer, want: impl Fn(&DeltaRow) -> bool) -> DeltaRo
     }
 }
 
-/// An update check from `version`, with `delta_okay` as given.
+/// An update check from fastpatch's engine on `version`, with `delta_okay` as given.
 async fn check(s: &TestServer, machine: &str, version: &str, delta_okay: Option<&str>) -> String {
+    check_applying(s, machine, version, delta_okay, Some(&engine_ops())).await
+}
+
+/// The payload operations fastpatch's engine announces.
+fn engine_ops() -> String {
+    fastpatch_server::variants::delta_ops().to_string()
+}
+
+/// An update check announcing `ops` (`None`: none, as stock Flatcar).
+async fn check_applying(
+    s: &TestServer,
+    machine: &str,
+    version: &str,
+    delta_okay: Option<&str>,
+    ops: Option<&str>,
+) -> String {
     let mut req = request(machine, version, "stable", vec![], true);
     req.apps[0].delta_okay = delta_okay.map(str::to_owned);
+    req.apps[0].payload_ops = ops.map(str::to_owned);
     let (status, body) = s.post(req.to_xml()).await;
     assert_eq!(status, 200, "{body}");
     body
@@ -195,8 +212,8 @@ async fn offered_to_the_source_version_only(backend: Backend) {
     assert!(o.is_delta_payload);
     assert_eq!((o.version.as_str(), o.size), ("2.0.0", d.size as u64));
     assert_eq!(o.package_name, d.file_name);
-    // Stock Flatcar (delta_okay="false"), a client that says nothing, and a delta-capable
-    // client on another version: the full payload.
+    // The engine with deltas off (delta_okay="false"), one that says nothing, and a
+    // delta-capable one on another version: the full payload.
     for (machine, version, okay) in [
         ("m-stock", "1.0.0", Some("false")),
         ("m-silent", "1.0.0", None),
@@ -210,6 +227,13 @@ async fn offered_to_the_source_version_only(backend: Backend) {
         );
         assert_eq!(o.size, full.size as u64, "{machine}: {body}");
     }
+    // A client that says delta_okay="true" but not that it applies fastpatch's operations
+    // (stock Flatcar): neither the delta nor the zstd full payload, a clear error instead.
+    let body = check_applying(&s, "m-stock", "1.0.0", Some("true"), None).await;
+    assert!(
+        body.contains(r#"status="error-noPackageFound""#) && !body.contains("IsDeltaPayload"),
+        "{body}"
+    );
 
     // The delta as downloaded turns the old image into the new one.
     let offer = offer_of(&check(&s, "m-delta", "1.0.0", Some("true")).await);

@@ -158,6 +158,7 @@ async fn hosted_package_with_extra_file(b: Backend) {
                 0,
             )
             .await
+            .map(|p| p.package)
         }
     };
     let pkg = publish(extra_path.clone()).await.unwrap();

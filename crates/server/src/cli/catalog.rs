@@ -10,8 +10,14 @@ use crate::store::ExternalPackage;
 
 #[derive(Debug, Args)]
 pub struct PublishArgs {
-    /// The payload file (CrAU, signed).
+    /// The payload file (CrAU, signed); with --signing-key, the /usr image to make it from.
     pub file: PathBuf,
+    /// FILE is a /usr image: make both payloads of it, signed with this key (PEM), and host
+    /// both as the version: fastpatch's zstd payload, and a Flatcar-compatible bzip2 one that
+    /// stock Flatcar clients (update_engine, ue-rs) can apply. Each client is offered the
+    /// smallest one it applies.
+    #[arg(long, value_name = "KEY.pem", conflicts_with = "base_url")]
+    pub signing_key: Option<PathBuf>,
     #[arg(long)]
     pub version: String,
     #[arg(long, default_value = "amd64")]
@@ -50,6 +56,11 @@ pub struct RegisterArgs {
     /// An extra file next to the payload: NAME:SIZE:SHA1:SHA256 (repeatable).
     #[arg(long = "extra-file")]
     pub extra_files: Vec<String>,
+    /// The operations the payload uses, comma-separated (`fastpatch payload inspect` lists
+    /// them): REPLACE,REPLACE_BZ for Flatcar's own payloads. A client is offered the payload
+    /// only if it applies them; unset, it is offered to every client.
+    #[arg(long)]
+    pub payload_ops: Option<String>,
     /// Point this channel at the new version.
     #[arg(long)]
     pub channel: Option<String>,
@@ -85,6 +96,83 @@ pub enum DeltaCmd {
 }
 
 pub async fn publish(db: &DbArgs, app: &str, now: i64, a: PublishArgs) -> Result<()> {
+    let Some(key) = a.signing_key.clone() else {
+        return publish_file(db, app, now, a).await;
+    };
+    let work = db
+        .data_dir
+        .join(format!("publish-work-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let result = async {
+        let payloads = make_both_payloads(&a.file, &key, &work).await?;
+        let name = a
+            .file_name
+            .clone()
+            .unwrap_or_else(|| "flatcar_production_update.gz".to_owned());
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let args = PublishArgs {
+                file: payload,
+                signing_key: None,
+                file_name: Some(name.clone()),
+                // The channel moves once both payloads are hosted.
+                channel: if i == 1 { a.channel.clone() } else { None },
+                version: a.version.clone(),
+                arch: a.arch.clone(),
+                base_url: None,
+                extra_files: a.extra_files.clone(),
+            };
+            publish_file(db, app, now, args).await?;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+/// Makes fastpatch's zstd payload and the Flatcar-compatible bzip2 payload of `image` in
+/// `work`, signed with `key`, with progress on stderr.
+async fn make_both_payloads(
+    image: &std::path::Path,
+    key: &std::path::Path,
+    work: &std::path::Path,
+) -> Result<Vec<PathBuf>> {
+    use fastpatch_payload::generate::{generate, Compression, GenerateOptions};
+    let key = fastpatch_payload::keys::load_private_key(key)
+        .with_context(|| format!("loading the signing key {}", key.display()))?;
+    let mut out = Vec::new();
+    for (label, opts) in [
+        ("zstd", GenerateOptions::default()),
+        (
+            "Flatcar-compatible",
+            GenerateOptions {
+                compression: Compression::Bz2,
+                flatcar_compatible: true,
+                ..GenerateOptions::default()
+            },
+        ),
+    ] {
+        let path = work.join(format!("{}.payload", label.to_ascii_lowercase()));
+        let (image, dest, key) = (image.to_owned(), path.clone(), key.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut shown = 0;
+            generate(&image, &[key], &dest, &opts, &mut |done, total| {
+                let pct = done * 100 / total.max(1);
+                if pct >= shown + 10 || done == total {
+                    shown = pct;
+                    eprintln!("making the {label} payload: {pct} %");
+                }
+            })
+            .with_context(|| format!("making the {label} payload of {}", image.display()))
+        })
+        .await
+        .context("payload generation stopped")??;
+        out.push(path);
+    }
+    Ok(out)
+}
+
+async fn publish_file(db: &DbArgs, app: &str, now: i64, a: PublishArgs) -> Result<()> {
     let PublishArgs {
         file,
         version,
@@ -93,9 +181,10 @@ pub async fn publish(db: &DbArgs, app: &str, now: i64, a: PublishArgs) -> Result
         base_url,
         channel,
         extra_files,
+        signing_key: _,
     } = a;
     let store = open(db).await?;
-    let pkg = crate::payloads::publish_with_files(
+    let published = crate::payloads::publish_with_files(
         &store,
         &db.data_dir,
         &crate::payloads::Publish {
@@ -111,10 +200,24 @@ pub async fn publish(db: &DbArgs, app: &str, now: i64, a: PublishArgs) -> Result
     )
     .await
     .with_context(|| format!("publishing {}", file.display()))?;
-    println!(
-        "published {} {} as {} ({} bytes, sha256 {}, sha1 {}), package id {}",
-        pkg.version, pkg.arch, pkg.file_name, pkg.size, pkg.sha256_b64, pkg.sha1_b64, pkg.id
-    );
+    let pkg = &published.package;
+    match &published.variant {
+        None => println!(
+            "published {} {} as {} ({} bytes, sha256 {}, sha1 {}, operations {}), package id {}",
+            pkg.version,
+            pkg.arch,
+            pkg.file_name,
+            pkg.size,
+            pkg.sha256_b64,
+            pkg.sha1_b64,
+            pkg.payload_ops.as_deref().unwrap_or("not known: offered to every client"),
+            pkg.id
+        ),
+        Some(v) => println!(
+            "published {} {} as a second payload of the same image: {} ({} bytes, sha256 {}, operations {}), id {}",
+            pkg.version, pkg.arch, v.file_name, v.size, v.sha256_b64, v.payload_ops, v.id
+        ),
+    }
     if let Some(ch) = channel {
         store.set_channel(app, &ch, &version, now).await?;
         println!("channel {ch} now offers {version}");
@@ -133,9 +236,11 @@ pub async fn register(db: &DbArgs, app: &str, now: i64, a: RegisterArgs) -> Resu
         sha1,
         sha256,
         extra_files,
+        payload_ops,
         channel,
     } = a;
     let ext = ExternalPackage {
+        payload_ops,
         version: version.clone(),
         arch: Some(arch),
         url,
@@ -174,6 +279,7 @@ pub async fn register(db: &DbArgs, app: &str, now: i64, a: RegisterArgs) -> Resu
 pub async fn packages(db: &DbArgs, app: &str) -> Result<()> {
     let store = open(db).await?;
     let deltas = store.deltas(app).await?;
+    let variants = store.variants(app).await?;
     for p in store.packages(app).await? {
         println!(
             "{:<12} {:<6} {:<32} {:>12} {} {}",
@@ -184,6 +290,18 @@ pub async fn packages(db: &DbArgs, app: &str) -> Result<()> {
             p.sha256_b64,
             p.base_url.as_deref().unwrap_or("(hosted)")
         );
+        println!(
+            "  operations {}",
+            p.payload_ops
+                .as_deref()
+                .unwrap_or("not known (offered to every client)")
+        );
+        for v in variants.iter().filter(|v| v.package_id == p.id) {
+            println!(
+                "  also {:<30} {:>12} {} operations {} served {} bytes",
+                v.file_name, v.size, v.sha256_b64, v.payload_ops, v.served_bytes
+            );
+        }
         for f in store.package_files(&p.id).await? {
             println!("  + {:<30} {:>12} {}", f.name, f.size, f.sha256_b64);
         }

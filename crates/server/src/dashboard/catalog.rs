@@ -53,12 +53,21 @@ pub async fn page(
     packages
         .sort_by(|a, b| crate::version::compare(&b.version, &a.version).then(a.arch.cmp(&b.arch)));
     let deltas = store.deltas(&app).await?;
+    let variants = store.variants(&app).await?;
     let served: std::collections::HashMap<String, i64> = store
         .package_served_bytes(&app)
         .await?
         .into_iter()
         .collect();
-    let served_full = |id: &str| served.get(id).copied().unwrap_or(0);
+    // A package's payload and its second payloads (same image, other operations).
+    let served_full = |id: &str| {
+        served.get(id).copied().unwrap_or(0)
+            + variants
+                .iter()
+                .filter(|v| v.package_id == id)
+                .map(|v| v.served_bytes)
+                .sum::<i64>()
+    };
     let served_delta = |id: &str| -> i64 {
         deltas
             .iter()
@@ -103,13 +112,19 @@ pub async fn page(
         }
         h2 { "Packages" }
         table.data #packages {
-            thead { tr { th { "version" } th { "arch" } th { "file" } th { "size" } th { "SHA-256 (base64)" } th { "hosted" } th { "published" } th { "served full" } th { "served as deltas" } } }
+            thead { tr { th { "version" } th { "arch" } th { "file" } th { "size" } th { "SHA-256 (base64)" } th { "hosted" } th { "operations (who can apply it)" } th { "published" } th { "served full" } th { "served as deltas" } } }
             tbody {
                 @for p in &packages {
                     tr id={"package-" (p.version) "-" (p.arch)} {
                         td.mono { (p.version) } td { (p.arch) } td.mono { (p.file_name) } td.num { (p.size) }
                         td.mono.hash { (p.sha256_b64) }
                         td { @if let Some(u) = &p.base_url { (u) } @else { "here" } }
+                        td.ops {
+                            span.mono { (p.payload_ops.as_deref().unwrap_or("not known: offered to every client")) }
+                            @for v in variants.iter().filter(|v| v.package_id == p.id) {
+                                br; "also " span.mono { (v.payload_ops) } " (" (v.size) " bytes)"
+                            }
+                        }
                         td { (view::time(p.created_at)) }
                         td.num.served-full { (served_full(&p.id)) }
                         td.num.served-delta { (served_delta(&p.id)) }

@@ -181,6 +181,8 @@ pub struct AppConfig {
     pub floors: Vec<String>,
     /// Deltas ready to serve.
     pub deltas: Vec<super::DeltaRow>,
+    /// The packages' other payloads (same image, other operations).
+    pub variants: Vec<super::VariantRow>,
 }
 
 /// Settings cached for a short time. Writes through this `Store` clear it at
@@ -271,6 +273,7 @@ impl Store {
                     .into_iter()
                     .filter(|d| d.state == super::DeltaState::Ready)
                     .collect(),
+                variants: self.variants(app).await?,
             }))
         } else {
             None

@@ -330,7 +330,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for (id, n) in served {
             let n = i64::try_from(*n).unwrap_or(i64::MAX);
-            for table in ["packages", "deltas"] {
+            for table in ["packages", "deltas", "package_variants"] {
                 let sql =
                     format!("UPDATE {table} SET served_bytes = served_bytes + $1 WHERE id = $2");
                 sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -371,6 +371,8 @@ mod tests {
             sha1_b64: String::new(),
             sha256_b64: String::new(),
             created_at: 0,
+            payload_ops: None,
+            image_sha256: None,
         }
     }
 

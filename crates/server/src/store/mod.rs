@@ -10,6 +10,7 @@ mod packages;
 mod recent;
 mod retention;
 mod sessions;
+mod variants;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -27,6 +28,7 @@ pub use packages::{
 };
 pub use recent::INSTANCE_TTL_SECS;
 pub use retention::PruneReport;
+pub use variants::VariantRow;
 
 /// Which engine is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +65,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/0003_dashboard.sql")),
     (4, include_str!("../../migrations/0004_sessions.sql")),
     (5, include_str!("../../migrations/0005_deltas.sql")),
+    (6, include_str!("../../migrations/0006_payload_ops.sql")),
 ];
 
 impl Store {

@@ -21,10 +21,25 @@ pub struct PackageRow {
     pub sha1_b64: String,
     pub sha256_b64: String,
     pub created_at: i64,
+    /// The operations the payload uses ([`fastpatch_omaha::PayloadOps`], comma-separated);
+    /// `None`: not known (see [`PackageRow::ops`]).
+    pub payload_ops: Option<String>,
+    /// The SHA-256 (hex) of the image the payload writes; `None`: not known.
+    pub image_sha256: Option<String>,
 }
 
-const PACKAGE_COLS: &str =
-    "id, app_id, version, arch, file_name, base_url, size, sha1_b64, sha256_b64, created_at";
+impl PackageRow {
+    /// The operations a client must apply to use this payload; `None` when not known (a
+    /// package registered at another URL without them, or published before they were
+    /// recorded): such a payload is offered to every client, as before.
+    pub fn ops(&self) -> Option<fastpatch_omaha::PayloadOps> {
+        self.payload_ops
+            .as_deref()
+            .map(fastpatch_omaha::PayloadOps::parse)
+    }
+}
+
+const PACKAGE_COLS: &str = "id, app_id, version, arch, file_name, base_url, size, sha1_b64, sha256_b64, created_at, payload_ops, image_sha256";
 
 /// An extra file of a package (Nebraska's model): served next to the payload
 /// (same codebase), listed after it in the Omaha manifest, not required.
@@ -52,6 +67,10 @@ pub struct ExternalPackage {
     pub sha256: String,
     #[serde(default)]
     pub extra_files: Vec<ExtraFile>,
+    /// The operations the payload uses, comma-separated (`REPLACE,REPLACE_BZ` for a payload
+    /// made like Flatcar's). Unset: not known, and the payload is offered to every client.
+    #[serde(default)]
+    pub payload_ops: Option<String>,
 }
 
 /// An extra file as given: name, size, hex or base64 hashes.
@@ -155,6 +174,17 @@ impl ExternalPackage {
             sha1_b64: digest_b64::<20>("sha1", &self.sha1)?,
             sha256_b64: digest_b64::<32>("sha256", &self.sha256)?,
             created_at: now,
+            payload_ops: match self
+                .payload_ops
+                .as_deref()
+                .map(fastpatch_omaha::PayloadOps::parse)
+            {
+                Some(ops) if ops.is_empty() => {
+                    return bad("payload_ops must name operations".into())
+                }
+                ops => ops.map(|o| o.to_string()),
+            },
+            image_sha256: None,
         };
         Ok((row, files))
     }
@@ -187,7 +217,7 @@ impl Store {
         }
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO packages (id, app_id, version, arch, file_name, base_url, size, sha1_b64, sha256_b64, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO packages (id, app_id, version, arch, file_name, base_url, size, sha1_b64, sha256_b64, created_at, payload_ops, image_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(p.id.clone())
         .bind(p.app_id.clone())
@@ -199,6 +229,8 @@ impl Store {
         .bind(p.sha1_b64.clone())
         .bind(p.sha256_b64.clone())
         .bind(p.created_at)
+        .bind(p.payload_ops.clone())
+        .bind(p.image_sha256.clone())
         .execute(&mut *tx)
         .await?;
         for (i, f) in files.iter().enumerate() {
@@ -339,6 +371,7 @@ mod tests {
                 sha1: fastpatch_omaha::encode_b64(&[1u8; 20]),
                 sha256: hex::encode([2u8; 32]),
             }],
+            payload_ops: None,
         }
     }
 
