@@ -288,6 +288,7 @@ impl Server {
             ))),
             _ => None,
         };
+        tokio::spawn(variants::record_missing_ops(state.clone(), stopped.clone()));
         let jobs = tokio::spawn(background_jobs(
             state.clone(),
             Schedule {

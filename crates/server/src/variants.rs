@@ -58,6 +58,59 @@ pub async fn inspect(file: &Path) -> Result<Option<Inspected>, PublishError> {
     }))
 }
 
+/// Records the operations of hosted payloads published before the server recorded them (a
+/// server upgraded to schema 6), so those too are offered only to clients that apply them.
+/// Runs once at start, in the background; stops early when `stop` turns true.
+pub async fn record_missing_ops(
+    state: std::sync::Arc<crate::AppState>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let apps = match state.store.apps().await {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "listing applications to record payload operations");
+            return;
+        }
+    };
+    for app in apps {
+        let packages = match state.store.packages(&app.id).await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(app = %app.id, error = %e, "listing packages to record payload operations");
+                continue;
+            }
+        };
+        for p in packages
+            .iter()
+            .filter(|p| p.payload_ops.is_none() && p.base_url.is_none())
+        {
+            if *stop.borrow() {
+                return;
+            }
+            let file = payload_dir(&state.data_dir).join(&p.id);
+            let found = match inspect(&file).await {
+                Ok(Some(found)) => found,
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!(version = %p.version, arch = %p.arch, error = %e, "payload operations not recorded");
+                    continue;
+                }
+            };
+            match state
+                .store
+                .record_payload_ops(&p.id, &found.ops, &found.image_sha256)
+                .await
+            {
+                Ok(true) => {
+                    info!(version = %p.version, arch = %p.arch, ops = %found.ops, "recorded the operations of a payload published before they were recorded")
+                }
+                Ok(false) => {}
+                Err(e) => warn!(version = %p.version, error = %e, "recording payload operations"),
+            }
+        }
+    }
+}
+
 /// Whether `new` writes the same image as the published `existing` with other operations:
 /// then it is hosted as a second payload of that package.
 pub fn is_other_encoding(existing: &PackageRow, new: &PackageRow) -> bool {

@@ -267,7 +267,41 @@ async fn a_payload_of_unknown_operations_is_offered_to_everyone(backend: Backend
     s.handle.shutdown().await;
 }
 
+async fn payloads_published_before_operations_were_recorded_get_them_at_start(backend: Backend) {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = fastpatch_payload::keys::write_key_pair(
+        &tmp.path().join("k.pem"),
+        &tmp.path().join("k.pub.pem"),
+    )
+    .unwrap();
+    let s = server(backend).await;
+    let store = s.handle.store();
+    let zstd = payload(tmp.path(), "zstd", &image(1), &key, false);
+    let pkg = publish(&s, "2.0.0", &zstd).await.unwrap();
+    let noise = s.publish("3.0.0", b"not a CrAU payload", None).await;
+    // As a server before schema 6 left it.
+    sqlx::query("UPDATE packages SET payload_ops = NULL, image_sha256 = NULL")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    fastpatch_server::variants::record_missing_ops(s.handle.state().clone(), stopped).await;
+    let after = store.package(&pkg.id).await.unwrap().unwrap();
+    assert_eq!(after.payload_ops, pkg.payload_ops);
+    assert_eq!(after.image_sha256, pkg.image_sha256);
+    let noise = store.package(&noise.id).await.unwrap().unwrap();
+    assert_eq!(noise.payload_ops, None, "not a payload: still not known");
+    store
+        .set_channel(FLATCAR_APP_ID, "stable", "2.0.0", 0)
+        .await
+        .unwrap();
+    let body = check(&s, "m-stock", None).await;
+    assert!(body.contains(r#"status="error-noPackageFound""#), "{body}");
+    s.handle.shutdown().await;
+}
+
 both_backends!(
     each_client_gets_a_payload_it_applies,
-    a_payload_of_unknown_operations_is_offered_to_everyone
+    a_payload_of_unknown_operations_is_offered_to_everyone,
+    payloads_published_before_operations_were_recorded_get_them_at_start
 );

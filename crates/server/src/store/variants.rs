@@ -83,6 +83,25 @@ impl Store {
         Ok(v.clone())
     }
 
+    /// Records what a package's payload uses, if nothing is recorded yet (packages published
+    /// before the server recorded it). True when the row changed.
+    pub async fn record_payload_ops(
+        &self,
+        package_id: &str,
+        ops: &fastpatch_omaha::PayloadOps,
+        image_sha256: &str,
+    ) -> Result<bool> {
+        let n = sqlx::query("UPDATE packages SET payload_ops = $1, image_sha256 = $2 WHERE id = $3 AND payload_ops IS NULL")
+            .bind(ops.to_string())
+            .bind(image_sha256.to_owned())
+            .bind(package_id.to_owned())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        self.cache.clear();
+        Ok(n == 1)
+    }
+
     /// Every variant of an application's packages, oldest first.
     pub async fn variants(&self, app: &str) -> Result<Vec<VariantRow>> {
         let sql = format!("{VARIANT_SELECT} WHERE p.app_id = $1 ORDER BY v.created_at, v.id");
