@@ -113,8 +113,10 @@ pub async fn record_missing_ops(
 
 /// Whether `new` writes the same image as the published `existing` with other operations:
 /// then it is hosted as a second payload of that package.
+/// Only a package hosted here gets one: its extra files are then served next to the variant.
 pub fn is_other_encoding(existing: &PackageRow, new: &PackageRow) -> bool {
-    existing.sha256_b64 != new.sha256_b64
+    existing.base_url.is_none()
+        && existing.sha256_b64 != new.sha256_b64
         && existing.image_sha256.is_some()
         && existing.image_sha256 == new.image_sha256
         && matches!((existing.ops(), new.ops()), (Some(a), Some(b)) if a != b)
@@ -295,8 +297,11 @@ mod tests {
         let mut same_ops = b.clone();
         same_ops.payload_ops = a.payload_ops.clone();
         assert!(!is_other_encoding(&a, &same_ops));
-        let mut unknown = b;
+        let mut unknown = b.clone();
         unknown.payload_ops = None;
         assert!(!is_other_encoding(&a, &unknown));
+        let mut external = a.clone();
+        external.base_url = Some("https://cdn.example/".into());
+        assert!(!is_other_encoding(&external, &b));
     }
 }
