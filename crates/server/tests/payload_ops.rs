@@ -88,6 +88,11 @@ fn offer_of(body: &str) -> fastpatch_omaha::UpdateOffer {
     offered(&resp).unwrap_or_else(|| panic!("no update offered: {body}"))
 }
 
+fn sha256_of(file: &Path) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(file).unwrap()).to_vec()
+}
+
 fn engine_ops() -> String {
     fastpatch_server::variants::delta_ops().to_string()
 }
@@ -210,9 +215,12 @@ async fn each_client_gets_a_payload_it_applies(backend: Backend) {
         "{:?}",
         seen.op_names()
     );
-    // fastpatch's engine gets the smaller of the two.
+    // fastpatch's engine still gets the zstd payload.
     let o = offer_of(&check(&s, "m-engine", Some(&engine_ops())).await);
-    assert_eq!(o.size, pkg.size.min(v.size) as u64);
+    assert_eq!(
+        (o.size, o.sha256.to_vec()),
+        (pkg.size as u64, sha256_of(&zstd))
+    );
 
     // Refused: another image under the same version, and a delta payload as a package.
     let other = payload(tmp.path(), "other", &image(2), &key, true);
