@@ -238,6 +238,15 @@ async fn update_check(
         has_package: &has_package,
         counts: GroupCounts::default(),
     });
+    // A client that applies none of the version's payloads gets a clear error before a grant
+    // is spent on it: a grant it cannot use would hold a safe-mode group until the timeout.
+    if let Decision::Offer { version, .. } = &pre {
+        if let Some(pkg) = packages.iter().find(|p| &p.version == version) {
+            if variants::choose(pkg, &config.variants, &client.applies).is_none() {
+                return Ok(no_readable_payload(state, inst, pkg, &client.applies));
+            }
+        }
+    }
     let outcome = match pre {
         Decision::NoUpdate(r) => GrantOutcome::NoUpdate(r),
         Decision::Hold { version, reason } => GrantOutcome::Hold { version, reason },
@@ -274,13 +283,7 @@ async fn update_check(
                 return Ok(UpdateCheckResponse::no_update());
             };
             let Some(chosen) = variants::choose(pkg, &config.variants, &client.applies) else {
-                // Never bytes the client would fail on: a clear error instead.
-                m.inc(&m.no_readable_payload);
-                warn!(machine = %inst.machine_id, %version, needs = %pkg.payload_ops.as_deref().unwrap_or_default(), applies = %client.applies, "no payload of the version uses only operations this client applies; publish a Flatcar-compatible one (`fastpatch payload generate --flatcar-compatible`)");
-                return Ok(UpdateCheckResponse {
-                    status: Status::ErrorNoPackageFound,
-                    ..UpdateCheckResponse::no_update()
-                });
+                return Ok(no_readable_payload(state, inst, pkg, &client.applies));
             };
             if new_grant {
                 m.inc(&m.grants);
@@ -327,6 +330,23 @@ async fn update_check(
             m.inc(&m.no_update);
             Ok(UpdateCheckResponse::no_update())
         }
+    }
+}
+
+/// The answer when no payload of `pkg`'s version uses only operations the client applies:
+/// `error-noPackageFound`, never bytes it would fail on.
+fn no_readable_payload(
+    state: &AppState,
+    inst: &InstanceRow,
+    pkg: &PackageRow,
+    applies: &PayloadOps,
+) -> UpdateCheckResponse {
+    let m = &state.metrics;
+    m.inc(&m.no_readable_payload);
+    warn!(machine = %inst.machine_id, version = %pkg.version, needs = %pkg.payload_ops.as_deref().unwrap_or_default(), %applies, "no payload of the version uses only operations this client applies; publish a Flatcar-compatible one too (`fastpatch-server publish IMAGE --signing-key KEY`)");
+    UpdateCheckResponse {
+        status: Status::ErrorNoPackageFound,
+        ..UpdateCheckResponse::no_update()
     }
 }
 

@@ -57,6 +57,10 @@ fn payload(
     out
 }
 
+fn signing_key(dir: &Path) -> rsa::RsaPrivateKey {
+    fastpatch_payload::keys::write_key_pair(&dir.join("k.pem"), &dir.join("k.pub.pem")).unwrap()
+}
+
 async fn publish(s: &TestServer, version: &str, file: &Path) -> Result<PackageRow, PublishError> {
     fastpatch_server::payloads::publish(
         s.handle.store(),
@@ -114,11 +118,7 @@ async fn metric(s: &TestServer, name: &str) -> u64 {
 
 async fn each_client_gets_a_payload_it_applies(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let key = fastpatch_payload::keys::write_key_pair(
-        &tmp.path().join("k.pem"),
-        &tmp.path().join("k.pub.pem"),
-    )
-    .unwrap();
+    let key = signing_key(tmp.path());
     let s = server(backend).await;
     let store = s.handle.store();
     let mut g = store
@@ -277,11 +277,7 @@ async fn a_payload_of_unknown_operations_is_offered_to_everyone(backend: Backend
 
 async fn payloads_published_before_operations_were_recorded_get_them_at_start(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let key = fastpatch_payload::keys::write_key_pair(
-        &tmp.path().join("k.pem"),
-        &tmp.path().join("k.pub.pem"),
-    )
-    .unwrap();
+    let key = signing_key(tmp.path());
     let s = server(backend).await;
     let store = s.handle.store();
     let zstd = payload(tmp.path(), "zstd", &image(1), &key, false);
@@ -308,7 +304,36 @@ async fn payloads_published_before_operations_were_recorded_get_them_at_start(ba
     s.handle.shutdown().await;
 }
 
+async fn a_client_that_applies_nothing_spends_no_grant(backend: Backend) {
+    // Safe mode (the default) grants one machine at a time: a grant spent on a stock client
+    // that cannot download the payload would hold the engine's update until the timeout.
+    let tmp = tempfile::tempdir().unwrap();
+    let key = signing_key(tmp.path());
+    let s = server(backend).await;
+    let store = s.handle.store();
+    let zstd = payload(tmp.path(), "zstd", &image(1), &key, false);
+    publish(&s, "2.0.0", &zstd).await.unwrap();
+    store
+        .set_channel(FLATCAR_APP_ID, "stable", "2.0.0", 0)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let body = check(&s, "m-stock", None).await;
+        assert!(body.contains(r#"status="error-noPackageFound""#), "{body}");
+    }
+    let stock = store
+        .instance(FLATCAR_APP_ID, "m-stock")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stock.target_version, None, "{stock:?}");
+    let o = offer_of(&check(&s, "m-engine", Some(&engine_ops())).await);
+    assert_eq!(o.version, "2.0.0");
+    s.handle.shutdown().await;
+}
+
 both_backends!(
+    a_client_that_applies_nothing_spends_no_grant,
     each_client_gets_a_payload_it_applies,
     a_payload_of_unknown_operations_is_offered_to_everyone,
     payloads_published_before_operations_were_recorded_get_them_at_start
