@@ -199,21 +199,24 @@ pub async fn publish_with_files(
         .await;
     if let Ok(Some(existing)) = existing.as_ref() {
         if hosted && crate::variants::is_other_encoding(existing, &row) {
-            let same_files = files.is_empty()
-                || store.package_files(&existing.id).await.ok().as_ref() == Some(&files);
-            let result = if same_files {
-                crate::variants::publish(store, data_dir, existing, &row, &tmp)
+            let same_files = if files.is_empty() {
+                Ok(true)
+            } else {
+                store.package_files(&existing.id).await.map(|f| f == files)
+            };
+            let result = match same_files {
+                Err(e) => Err(e.into()),
+                Ok(true) => crate::variants::publish(store, data_dir, existing, &row, &tmp)
                     .await
                     .map(|v| Published {
                         package: existing.clone(),
                         variant: Some(v),
-                    })
-            } else {
-                Err(StoreError::Invalid(format!(
+                    }),
+                Ok(false) => Err(StoreError::Invalid(format!(
                     "version {} ({}) is published with other extra files; a second payload of it keeps those",
                     row.version, row.arch
                 ))
-                .into())
+                .into()),
             };
             cleanup(false);
             return result;
@@ -475,12 +478,6 @@ pub fn parse_range(header: Option<&str>, size: u64) -> RangeSpec {
         start: range.0,
         end: range.1,
     }
-}
-
-/// Serves a hosted package's bytes.
-pub async fn serve(data_dir: &Path, pkg: &PackageRow, headers: &HeaderMap) -> Response {
-    let path = payload_dir(data_dir).join(&pkg.id);
-    serve_file(&path, pkg.size, &pkg.sha256_b64, headers).await
 }
 
 /// Serves a file of known size and SHA-256 (the ETag) with Range support.
