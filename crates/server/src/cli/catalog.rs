@@ -14,8 +14,8 @@ pub struct PublishArgs {
     pub file: PathBuf,
     /// FILE is a /usr image: make both payloads of it, signed with this key (PEM), and host
     /// both as the version: fastpatch's zstd payload, and a Flatcar-compatible bzip2 one that
-    /// stock Flatcar clients (update_engine, ue-rs) can apply. Each client is offered the
-    /// smallest one it applies.
+    /// stock Flatcar clients (update_engine, ue-rs) can apply. Stock clients are offered the
+    /// bzip2 one, fastpatch's engine the zstd one.
     #[arg(long, value_name = "KEY.pem", conflicts_with = "base_url")]
     pub signing_key: Option<PathBuf>,
     #[arg(long)]
