@@ -63,6 +63,37 @@ fn decode_fixed<const N: usize>(b64: &str) -> Option<[u8; N]> {
     bytes.try_into().ok()
 }
 
+/// Lower-case hex, as `hash_sha256` carries an extra file's digest.
+pub fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A digest of `N` bytes written in hex (2N digits) or standard base64; `None` otherwise.
+pub fn decode_digest<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let s = s.trim();
+    if s.len() == 2 * N && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let mut out = [0u8; N];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        return Some(out);
+    }
+    decode_fixed(s)
+}
+
+impl crate::response::Package {
+    /// The `hash_sha256` digest, in hex (Nebraska, ue-rs) or base64; `None` when absent or
+    /// not a SHA-256.
+    pub fn sha256(&self) -> Option<[u8; 32]> {
+        self.hash_sha256.as_deref().and_then(decode_digest::<32>)
+    }
+
+    /// The `hash` (SHA-1) digest, in base64 (update_engine, Nebraska) or hex.
+    pub fn sha1(&self) -> Option<[u8; 20]> {
+        self.hash.as_deref().and_then(decode_digest::<20>)
+    }
+}
+
 /// Base64 (standard alphabet, padded) as Omaha carries hashes.
 pub fn encode_b64(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
@@ -130,5 +161,22 @@ impl UpdateCheckResponse {
             is_delta_payload: action.is_delta_payload.unwrap_or(false),
             disable_payload_backoff: action.disable_payload_backoff.unwrap_or(false),
         }))
+    }
+}
+
+#[cfg(test)]
+mod digest_tests {
+    use super::*;
+
+    #[test]
+    fn a_digest_reads_from_hex_or_base64_and_nothing_else() {
+        let d = [0xabu8; 32];
+        assert_eq!(decode_digest::<32>(&encode_hex(&d)), Some(d));
+        assert_eq!(decode_digest::<32>(&encode_hex(&d).to_uppercase()), Some(d));
+        assert_eq!(decode_digest::<32>(&encode_b64(&d)), Some(d));
+        assert_eq!(decode_digest::<32>(&encode_hex(&[1u8; 20])), None);
+        assert_eq!(decode_digest::<20>(&encode_b64(&[1u8; 32])), None);
+        assert_eq!(decode_digest::<32>(&"zz".repeat(32)), None);
+        assert_eq!(decode_digest::<32>(""), None);
     }
 }

@@ -142,7 +142,8 @@ pub struct Package {
     pub name: String,
     /// Base64 SHA-1 (Nebraska sends it; update_engine ignores it).
     pub hash: Option<String>,
-    /// Base64 SHA-256 (`hash_sha256`, sent for extra files).
+    /// SHA-256 of an extra file (`hash_sha256`): hex, as Nebraska sends it and Flatcar's
+    /// ue-rs reads it. Read it with [`Package::sha256`], which also takes base64.
     pub hash_sha256: Option<String>,
     /// The raw `size` attribute; [`crate::UpdateOffer`] checks it.
     pub size: String,
@@ -246,19 +247,20 @@ impl UpdateCheckResponse {
         self
     }
 
-    /// Adds an extra file to an update's manifest (after the payload, not required).
+    /// Adds an extra file to an update's manifest (after the payload, not required), with
+    /// `hash` in base64 and `hash_sha256` in hex, as Nebraska lists a Flatcar extension.
     pub fn with_extra_file(
         mut self,
         name: impl Into<String>,
         size: u64,
         sha1_b64: impl Into<String>,
-        sha256_b64: impl Into<String>,
+        sha256: &[u8; 32],
     ) -> Self {
         if let Some(m) = self.manifest.as_mut() {
             m.packages.push(Package {
                 name: name.into(),
                 hash: Some(sha1_b64.into()),
-                hash_sha256: Some(sha256_b64.into()),
+                hash_sha256: Some(crate::offer::encode_hex(sha256)),
                 size: size.to_string(),
                 required: Some(false),
             });

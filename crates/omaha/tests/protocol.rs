@@ -504,24 +504,22 @@ fn extra_files_follow_the_payload() {
         Some(encode_b64(&[1u8; 20])),
         encode_b64(&[2u8; 32]),
     )
-    .with_extra_file(
-        "oem-azure.gz",
-        55,
-        encode_b64(&[3u8; 20]),
-        encode_b64(&[4u8; 32]),
-    );
+    .with_extra_file("oem-azure.gz", 55, encode_b64(&[3u8; 20]), &[4u8; 32]);
     let mut app = ResponseApp::ok("x");
     app.update_check = Some(uc);
     let xml = Response::new("t", 0, vec![app]).to_xml();
     let extra = format!(
         r#"<package name="oem-azure.gz" hash="{}" hash_sha256="{}" size="55" required="false"></package></packages>"#,
         encode_b64(&[3u8; 20]),
-        encode_b64(&[4u8; 32])
+        "04".repeat(32)
     );
     assert!(xml.contains(&extra), "{xml}");
     let parsed = Response::parse(xml.as_bytes()).unwrap();
     let uc = parsed.apps[0].update_check.as_ref().unwrap();
     assert_eq!(uc.manifest.as_ref().unwrap().packages.len(), 2);
+    let file = &uc.manifest.as_ref().unwrap().packages[1];
+    assert_eq!(file.sha256(), Some([4u8; 32]));
+    assert_eq!(file.sha1(), Some([3u8; 20]));
     // update_engine takes the first package as the payload and ignores the rest.
     match uc.validate().unwrap() {
         CheckOutcome::Update(o) => {

@@ -429,7 +429,8 @@ fn update_element(
             f.name.clone(),
             f.size.max(0) as u64,
             f.sha1_b64.clone(),
-            f.sha256_b64.clone(),
+            // Stored as base64 after a check, so it decodes.
+            &fastpatch_omaha::decode_digest::<32>(&f.sha256_b64).unwrap_or_default(),
         );
     }
     update

@@ -113,8 +113,10 @@ async fn external_package_with_extra_files(b: Backend) {
     );
     assert_eq!(
         manifest.packages[2].hash_sha256.as_deref(),
-        Some(encode_b64(&[4u8; 32]).as_str())
+        Some("04".repeat(32).as_str()),
+        "hex, as Nebraska sends it and ue-rs reads it"
     );
+    assert_eq!(manifest.packages[2].sha256(), Some([4u8; 32]));
     // Not hosted here: the payload route does not serve it.
     let pkg_id = got["package"]["id"].as_str().unwrap();
     let r = s
@@ -187,7 +189,7 @@ async fn hosted_package_with_extra_file(b: Backend) {
     };
     assert_eq!(
         manifest.packages[1].hash_sha256.as_deref(),
-        Some(encode_b64(&sha256).as_str())
+        Some(hex::encode(sha256).as_str())
     );
     let codebase = offer.urls[0].trim_end_matches("flatcar_production_update.gz");
     let got = s
