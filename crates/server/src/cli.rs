@@ -11,10 +11,12 @@ use crate::store::{Group, InstanceFilter, Store};
 mod catalog;
 mod parse;
 mod serve;
+mod sync;
 
 pub use catalog::{DeltaCmd, PublishArgs, RegisterArgs};
 pub use parse::{opt_limit, parse_days, parse_extra_file, parse_hours, print_group};
 pub use serve::{serve, ServeArgs};
+pub use sync::{ServeSyncArgs, SyncArgs, FLATCAR_UPSTREAM};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -77,6 +79,11 @@ pub enum Command {
     /// Mandatory intermediate versions.
     #[command(subcommand)]
     Floor(FloorCmd),
+    /// Mirror channels of an upstream Omaha server (Flatcar's public one by default) once:
+    /// download each new version with its extra files (resuming an interrupted download),
+    /// check sizes, hashes and, with --key, signatures, host it, and move the local channel.
+    /// `serve --sync-upstream URL` does the same in the background.
+    Sync(SyncArgs),
     /// Delta payloads (`packages` lists them).
     #[command(subcommand)]
     Delta(DeltaCmd),
@@ -325,6 +332,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::Delta(cmd)) => catalog::delta(db, &app, now, cmd).await,
+        Some(Command::Sync(a)) => sync::sync(db, &app, a).await,
         Some(Command::SeedInstances {
             count,
             group,

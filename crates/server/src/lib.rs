@@ -25,6 +25,7 @@ pub mod policy;
 mod serve;
 pub mod served;
 pub mod store;
+pub mod sync;
 pub mod throttle;
 pub mod tls;
 pub mod variants;
@@ -93,6 +94,8 @@ pub struct Config {
     pub seed_defaults: bool,
     /// Make delta payloads in the background (needs the payload signing key); None: off.
     pub deltas: Option<deltas::DeltaSettings>,
+    /// Mirror channels of an upstream Omaha server in the background; None: off.
+    pub sync: Option<sync::SyncSettings>,
 }
 
 impl Config {
@@ -115,6 +118,7 @@ impl Config {
             max_body_bytes: 64 * 1024,
             seed_defaults: true,
             deltas: None,
+            sync: None,
         }
     }
 
@@ -177,6 +181,7 @@ pub struct ServerHandle {
     http: serve::HttpThreads,
     jobs: tokio::task::JoinHandle<()>,
     deltas: Option<tokio::task::JoinHandle<()>>,
+    sync: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ServerHandle {
@@ -208,6 +213,9 @@ impl ServerHandle {
         let _ = self.jobs.await;
         if let Some(deltas) = self.deltas.take() {
             let _ = deltas.await;
+        }
+        if let Some(sync) = self.sync.take() {
+            let _ = sync.await;
         }
         self.state.flush_served().await;
         let now = self.state.clock.now().timestamp();
@@ -288,6 +296,10 @@ impl Server {
             ))),
             _ => None,
         };
+        let sync = config
+            .sync
+            .clone()
+            .map(|settings| tokio::spawn(sync::run(state.clone(), settings, stopped.clone())));
         tokio::spawn(variants::record_missing_ops(state.clone(), stopped.clone()));
         let jobs = tokio::spawn(background_jobs(
             state.clone(),
@@ -307,6 +319,7 @@ impl Server {
             http,
             jobs,
             deltas,
+            sync,
         })
     }
 }

@@ -6,10 +6,9 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use fastpatch_omaha::{PayloadOps, FLATCAR_APP_ID};
-use fastpatch_payload::generate::{Compression, GenerateOptions};
 use fastpatch_server::payloads::{Publish, PublishError};
 use fastpatch_server::store::PackageRow;
 use support::*;
@@ -24,41 +23,6 @@ fn image(seed: u8) -> Vec<u8> {
                 .wrapping_add(seed * ((i / 4096) % 3 == 0) as u8)
         })
         .collect()
-}
-
-/// Writes `image` and its payload (zstd, fastpatch's default, or Flatcar-compatible bzip2).
-fn payload(
-    dir: &Path,
-    name: &str,
-    image: &[u8],
-    key: &rsa::RsaPrivateKey,
-    flatcar: bool,
-) -> PathBuf {
-    let img = dir.join(format!("{name}.img"));
-    std::fs::write(&img, image).unwrap();
-    let out = dir.join(format!("{name}.payload"));
-    let opts = GenerateOptions {
-        compression: if flatcar {
-            Compression::Bz2
-        } else {
-            Compression::Zstd
-        },
-        flatcar_compatible: flatcar,
-        ..GenerateOptions::default()
-    };
-    fastpatch_payload::generate::generate(
-        &img,
-        std::slice::from_ref(key),
-        &out,
-        &opts,
-        &mut |_, _| {},
-    )
-    .unwrap();
-    out
-}
-
-fn signing_key(dir: &Path) -> rsa::RsaPrivateKey {
-    fastpatch_payload::keys::write_key_pair(&dir.join("k.pem"), &dir.join("k.pub.pem")).unwrap()
 }
 
 async fn publish(s: &TestServer, version: &str, file: &Path) -> Result<PackageRow, PublishError> {
@@ -129,8 +93,8 @@ async fn each_client_gets_a_payload_it_applies(backend: Backend) {
     g.safe_mode = false;
     store.upsert_group(&g).await.unwrap();
     let img = image(1);
-    let zstd = payload(tmp.path(), "zstd", &img, &key, false);
-    let bz2 = payload(tmp.path(), "flatcar", &img, &key, true);
+    let zstd = signed_payload(tmp.path(), "zstd", &img, &key, false);
+    let bz2 = signed_payload(tmp.path(), "flatcar", &img, &key, true);
 
     // Only the zstd payload: recorded with its operations; stock Flatcar gets a clear error.
     let pkg = publish(&s, "2.0.0", &zstd).await.unwrap();
@@ -223,7 +187,7 @@ async fn each_client_gets_a_payload_it_applies(backend: Backend) {
     );
 
     // Refused: another image under the same version, and a delta payload as a package.
-    let other = payload(tmp.path(), "other", &image(2), &key, true);
+    let other = signed_payload(tmp.path(), "other", &image(2), &key, true);
     let e = publish(&s, "2.0.0", &other).await.unwrap_err().to_string();
     assert!(
         e.contains("already published with different contents"),
@@ -280,7 +244,7 @@ async fn payloads_published_before_operations_were_recorded_get_them_at_start(ba
     let key = signing_key(tmp.path());
     let s = server(backend).await;
     let store = s.handle.store();
-    let zstd = payload(tmp.path(), "zstd", &image(1), &key, false);
+    let zstd = signed_payload(tmp.path(), "zstd", &image(1), &key, false);
     let pkg = publish(&s, "2.0.0", &zstd).await.unwrap();
     let noise = s.publish("3.0.0", b"not a CrAU payload", None).await;
     // As a server before schema 6 left it.
@@ -311,7 +275,7 @@ async fn a_client_that_applies_nothing_spends_no_grant(backend: Backend) {
     let key = signing_key(tmp.path());
     let s = server(backend).await;
     let store = s.handle.store();
-    let zstd = payload(tmp.path(), "zstd", &image(1), &key, false);
+    let zstd = signed_payload(tmp.path(), "zstd", &image(1), &key, false);
     publish(&s, "2.0.0", &zstd).await.unwrap();
     store
         .set_channel(FLATCAR_APP_ID, "stable", "2.0.0", 0)

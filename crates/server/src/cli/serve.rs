@@ -62,6 +62,8 @@ pub struct ServeArgs {
     /// offered before it (machines still on older ones get the full payload).
     #[arg(long, default_value_t = 2, env = "FASTPATCH_DELTA_SOURCES")]
     pub delta_sources: usize,
+    #[command(flatten)]
+    pub sync: super::ServeSyncArgs,
 }
 
 impl Default for ServeArgs {
@@ -79,6 +81,7 @@ impl Default for ServeArgs {
             http_threads: None,
             delta_signing_key: None,
             delta_sources: 2,
+            sync: super::ServeSyncArgs::default(),
         }
     }
 }
@@ -167,6 +170,10 @@ pub async fn serve(db: &DbArgs, args: &ServeArgs) -> Result<()> {
         d.per_channel = args.delta_sources;
         d
     });
+    config.sync = args
+        .sync
+        .settings(&db.app)
+        .context("the --sync-* options")?;
     let token_note = if args.admin_token.is_empty() {
         let (token, path) = admin_token(&db.data_dir)?;
         config.admin_tokens = vec![token];

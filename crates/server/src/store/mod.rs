@@ -10,6 +10,7 @@ mod packages;
 mod recent;
 mod retention;
 mod sessions;
+mod sync;
 mod variants;
 
 use std::path::Path;
@@ -28,6 +29,7 @@ pub use packages::{
 };
 pub use recent::INSTANCE_TTL_SECS;
 pub use retention::PruneReport;
+pub use sync::{SyncRow, SyncState};
 pub use variants::VariantRow;
 
 /// Which engine is behind the pool.
@@ -66,6 +68,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../../migrations/0004_sessions.sql")),
     (5, include_str!("../../migrations/0005_deltas.sql")),
     (6, include_str!("../../migrations/0006_payload_ops.sql")),
+    (7, include_str!("../../migrations/0007_upstream_sync.sql")),
 ];
 
 impl Store {

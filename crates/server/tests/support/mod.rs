@@ -354,3 +354,41 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// Writes `image` and its signed payload (zstd, fastpatch's default, or Flatcar-compatible
+/// bzip2) under `dir` as `NAME.payload`.
+pub fn signed_payload(
+    dir: &Path,
+    name: &str,
+    image: &[u8],
+    key: &rsa::RsaPrivateKey,
+    flatcar: bool,
+) -> PathBuf {
+    use fastpatch_payload::generate::{Compression, GenerateOptions};
+    let img = dir.join(format!("{name}.img"));
+    std::fs::write(&img, image).unwrap();
+    let out = dir.join(format!("{name}.payload"));
+    let opts = GenerateOptions {
+        compression: if flatcar {
+            Compression::Bz2
+        } else {
+            Compression::Zstd
+        },
+        flatcar_compatible: flatcar,
+        ..GenerateOptions::default()
+    };
+    fastpatch_payload::generate::generate(
+        &img,
+        std::slice::from_ref(key),
+        &out,
+        &opts,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    out
+}
+
+/// A new key pair in `dir` (`k.pem`, `k.pub.pem`).
+pub fn signing_key(dir: &Path) -> rsa::RsaPrivateKey {
+    fastpatch_payload::keys::write_key_pair(&dir.join("k.pem"), &dir.join("k.pub.pem")).unwrap()
+}
