@@ -148,6 +148,7 @@ pub fn router() -> Router<Arc<AppState>> {
         )
         .route("/api/v1/apps/{app}/deltas", get(list_deltas))
         .route("/api/v1/apps/{app}/variants", get(list_variants))
+        .route("/api/v1/apps/{app}/sync", get(list_sync))
         .route("/api/v1/apps/{app}/floors", get(list_floors))
         .route(
             "/api/v1/apps/{app}/floors/{version}",
@@ -353,6 +354,18 @@ async fn list_variants(
 ) -> ApiResult<Vec<crate::store::VariantRow>> {
     need(&s, &h, Role::Viewer)?;
     Ok(Json(s.store.variants(&app).await?))
+}
+
+/// `GET /api/v1/apps/{app}/sync`: where the upstream syncer is for each channel and
+/// architecture it mirrors (state, version, bytes downloaded, last message).
+async fn list_sync(
+    State(s): State<Arc<AppState>>,
+    h: HeaderMap,
+    Path(app): Path<String>,
+) -> ApiResult<Vec<crate::store::SyncRow>> {
+    need(&s, &h, Role::Viewer)?;
+    let app = fastpatch_omaha::normalize_appid(&app);
+    Ok(Json(s.store.sync_statuses(&app).await?))
 }
 
 /// `GET /api/v1/apps/{app}/deltas`: every delta the server made, with how its

@@ -110,6 +110,7 @@ pub fn document() -> String {
                     "responses": { "200": { "description": "The registered package and its extra files" }, "400": { "$ref": "#/components/responses/Error" } }
                 }
             },
+            "/api/v1/apps/{app}/sync": { "parameters": [app], "get": op("The upstream syncer (fastpatch-server sync, serve --sync-upstream): per channel and arch its state (checking, downloading, verifying, publishing, up_to_date, held, failed), version, bytes done of total, last message", "viewer") },
             "/api/v1/apps/{app}/variants": { "parameters": [app], "get": op("Second payloads of packages: the same image with other operations (payload_ops), e.g. a Flatcar-compatible payload next to a zstd one; size, hashes, bytes served", "viewer") },
             "/api/v1/apps/{app}/deltas": { "parameters": [app], "get": op("Delta payloads the server made (state ready, not_smaller or failed; source and target versions; size; bytes served)", "viewer") },
             "/api/v1/apps/{app}/packages/{version}/{arch}": {

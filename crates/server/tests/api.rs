@@ -27,6 +27,7 @@ async fn roles_and_writes(b: Backend) {
     assert_eq!(doc["openapi"], "3.1.0");
     assert!(doc["paths"]["/api/v1/apps/{app}/groups/{name}"]["put"].is_object());
     assert!(doc["paths"]["/api/v1/apps/{app}/variants"]["get"].is_object());
+    assert!(doc["paths"]["/api/v1/apps/{app}/sync"]["get"].is_object());
 
     assert_eq!(get("/apps", None).await.unwrap().status(), 401);
     assert_eq!(get("/apps", Some("wrong")).await.unwrap().status(), 401);

@@ -274,6 +274,10 @@ fn no_arguments_serves_with_defaults() {
         "the banner says deltas are off and how to turn them on: {banner}"
     );
     assert!(
+        banner.contains("upstream sync:    off (--sync-upstream URL"),
+        "the banner says the upstream sync is off and how to turn it on: {banner}"
+    );
+    assert!(
         banner.contains(&format!("dashboard:        http://127.0.0.1:{port}/ui/"))
             && banner.contains("log in with the admin token"),
         "the banner says where the dashboard is and how to log in: {banner}"
@@ -427,4 +431,57 @@ fn publish_with_a_signing_key_hosts_both_payloads_of_an_image() {
         .filter(|n| n.starts_with("publish-work"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// `sync` mirrors another server's channel once, prints what it did with download progress,
+/// and says "up to date" the second time; a bad upstream URL is a one-line error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mirrors_an_upstream_channel_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = support::server(Backend::Sqlite).await;
+    let key = support::signing_key(dir.path());
+    let image: Vec<u8> = (0..1 << 20).map(|i| b"upstream usr "[i % 13]).collect();
+    let payload = support::signed_payload(dir.path(), "os", &image, &key, true);
+    up.publish("2.0.0", &std::fs::read(&payload).unwrap(), Some("stable"))
+        .await;
+    let data_dir = dir.path().join("data");
+    let upstream = up.url.clone();
+    let public = dir.path().join("k.pub.pem");
+    let run = move |args: Vec<String>| {
+        let data_dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let cli = Cli {
+                data_dir: &data_dir,
+                db_url: None,
+            };
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cli.run(&args)
+        })
+    };
+    let args = vec![
+        "sync".to_owned(),
+        "--upstream".to_owned(),
+        upstream.clone(),
+        "--key".to_owned(),
+        public.display().to_string(),
+    ];
+    let (ok, out) = run(args.clone()).await.unwrap();
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("stable 2.0.0 (amd64) flatcar_production_update.gz:")
+            && out.contains("(100%)")
+            && out.contains("stable (amd64): mirrored 2.0.0")
+            && out.contains("channel stable -> 2.0.0"),
+        "{out}"
+    );
+    let (ok, out) = run(args).await.unwrap();
+    assert!(ok && out.contains("stable (amd64): up to date"), "{out}");
+    let (ok, out) = run(vec!["sync".into(), "--upstream".into(), "ftp://x/".into()])
+        .await
+        .unwrap();
+    assert!(
+        !ok && out.contains("want an http:// or https:// URL"),
+        "{out}"
+    );
+    up.handle.shutdown().await;
 }

@@ -2,6 +2,7 @@
 //! a recording proxy (so a resumed download is seen asking `Range: bytes=N-`). The local
 //! server runs on SQLite and on PostgreSQL.
 
+mod dashboard_support;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -191,6 +192,34 @@ async fn mirrors_a_channel_with_its_extensions_once(backend: Backend) {
         "the extension's bytes"
     );
     assert_eq!(status(&local).await.0, SyncState::UpToDate);
+    // The same state through the API and on the dashboard's Packages page.
+    let api: serde_json::Value = local
+        .http
+        .get(format!(
+            "{}/api/v1/apps/{FLATCAR_APP_ID}/sync",
+            local.handle.base_url()
+        ))
+        .bearer_auth("viewer-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(api[0]["state"], "up_to_date", "{api}");
+    assert_eq!(api[0]["version"], "2.0.0", "{api}");
+    let mut ui = dashboard_support::Ui::new(&local);
+    ui.login("viewer-token").await;
+    let page = ui.get(&format!("/ui/apps/{FLATCAR_APP_ID}/packages")).await;
+    let row = &page.body[page
+        .body
+        .find(r#"id="sync-stable-amd64""#)
+        .expect("a sync row")..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(
+        row.contains("up to date") && row.contains("mirrored 2.0.0"),
+        "{row}"
+    );
     let kinds = activity_kinds(&local).await;
     for k in ["sync_found", "sync_published", "channel_moved"] {
         assert_eq!(
@@ -382,7 +411,31 @@ async fn a_dead_upstream_is_an_error_that_changes_nothing(backend: Backend) {
     local.handle.shutdown().await;
 }
 
+async fn the_background_sync_mirrors_when_the_server_starts(backend: Backend) {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = signing_key(tmp.path());
+    let (up, proxy) = upstream().await;
+    release(&up, tmp.path(), &key, "2.0.0", 1, Some("stable")).await;
+    let s = settings(&proxy, vec![key.to_public_key()]);
+    let local = server_with(backend, |c| c.sync = Some(s)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while channel(&local, "stable").await.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background sync did not move the channel"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(channel(&local, "stable").await.as_deref(), Some("2.0.0"));
+    assert!(
+        served_by(&local).await.1 == std::fs::read(tmp.path().join("os-2.0.0.payload")).unwrap()
+    );
+    local.handle.shutdown().await;
+    up.handle.shutdown().await;
+}
+
 both_backends!(
+    the_background_sync_mirrors_when_the_server_starts,
     mirrors_a_channel_with_its_extensions_once,
     an_interrupted_download_resumes_and_a_damaged_one_is_never_published,
     a_release_signed_by_another_key_is_refused,

@@ -174,6 +174,18 @@ pub async fn serve(db: &DbArgs, args: &ServeArgs) -> Result<()> {
         .sync
         .settings(&db.app)
         .context("the --sync-* options")?;
+    let sync_note = match &config.sync {
+        Some(s) => format!(
+            "on, {} ({}) from {}, every {} min",
+            s.channels.join(", "),
+            s.arches.join(", "),
+            s.upstream,
+            s.every.as_secs().div_ceil(60)
+        ),
+        None => {
+            "off (--sync-upstream URL mirrors an upstream's channels, e.g. Flatcar's)".to_owned()
+        }
+    };
     let token_note = if args.admin_token.is_empty() {
         let (token, path) = admin_token(&db.data_dir)?;
         config.admin_tokens = vec![token];
@@ -220,6 +232,7 @@ pub async fn serve(db: &DbArgs, args: &ServeArgs) -> Result<()> {
         ),
         None => println!("  delta payloads:   off (--delta-signing-key turns them on)"),
     }
+    println!("  upstream sync:    {sync_note}");
     println!("Publish a first payload and offer it on the stable channel:");
     println!(
         "  fastpatch-server --data-dir {} publish flatcar_production_update.gz --version 3815.2.0 --channel stable",

@@ -54,6 +54,7 @@ pub async fn page(
         .sort_by(|a, b| crate::version::compare(&b.version, &a.version).then(a.arch.cmp(&b.arch)));
     let deltas = store.deltas(&app).await?;
     let variants = store.variants(&app).await?;
+    let sync = store.sync_statuses(&app).await?;
     let served: std::collections::HashMap<String, i64> = store
         .package_served_bytes(&app)
         .await?
@@ -105,6 +106,31 @@ pub async fn page(
                                     " " a.button href={"/ui/apps/" (enc(&app)) "/channels/" (enc(&c.name)) "/promote?from=" (enc(&other.name))} { "Promote from " (other.name) "…" }
                                 }
                             }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Upstream sync" }
+        @if sync.is_empty() {
+            p.hint { "Not mirroring an upstream server. " code { "fastpatch-server sync" } " (once) or " code { "serve --sync-upstream URL" } " (in the background) mirrors Flatcar's channels, or another server's." }
+        } @else {
+            table.data #sync {
+                thead { tr { th { "channel" } th { "arch" } th { "state" } th { "version" } th { "progress" } th { "updated" } th { "message" } } }
+                tbody {
+                    @for r in &sync {
+                        tr id={"sync-" (r.channel) "-" (r.arch)} {
+                            td { (r.channel) } td { (r.arch) }
+                            td.state { (r.state().map_or_else(|| r.state.clone(), |st| st.to_string())) }
+                            td.mono { (r.version.as_deref().unwrap_or("—")) }
+                            td {
+                                @if r.total_bytes > 0 {
+                                    progress value=(r.done_bytes) max=(r.total_bytes) {}
+                                    " " (crate::sync::human_bytes(r.done_bytes.max(0) as u64)) " of " (crate::sync::human_bytes(r.total_bytes as u64))
+                                } @else { "—" }
+                            }
+                            td { (view::ago(now, r.updated_at)) }
+                            td { (r.message) }
                         }
                     }
                 }
