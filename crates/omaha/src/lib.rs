@@ -22,7 +22,7 @@ pub use xml::fast_path_agrees;
 
 pub use event::{error_code, event_result, event_type, ErrorCode, EventKind};
 pub use offer::{
-    decode_digest, encode_b64, encode_hex, CheckOutcome, InvalidResponse, UpdateOffer,
+    decode_digest, encode_b64, encode_hex, CheckOutcome, InvalidResponse, OfferedFile, UpdateOffer,
     DEFAULT_MAX_FAILURE_COUNT_PER_URL,
 };
 pub use ops::{PayloadOps, PAYLOAD_OPS_ATTR, STOCK_FLATCAR_OPS};

@@ -33,6 +33,19 @@ pub struct UpdateOffer {
     pub max_failure_count_per_url: u32,
     pub is_delta_payload: bool,
     pub disable_payload_backoff: bool,
+    /// The extra files listed after the payload (Flatcar's system extensions), each under
+    /// the same codebases. A listed file without a usable size or `hash_sha256` is left out:
+    /// it could not be verified.
+    pub extra_files: Vec<OfferedFile>,
+}
+
+/// An extra file of an update (a system extension, `oem-<ID>.gz` / `flatcar-<NAME>.gz`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferedFile {
+    pub name: String,
+    pub size: u64,
+    pub sha256: [u8; 32],
+    pub sha1: Option<[u8; 20]>,
 }
 
 /// Why an update check answer is not usable (update_engine: "Omaha response invalid").
@@ -160,6 +173,17 @@ impl UpdateCheckResponse {
                 .unwrap_or(DEFAULT_MAX_FAILURE_COUNT_PER_URL),
             is_delta_payload: action.is_delta_payload.unwrap_or(false),
             disable_payload_backoff: action.disable_payload_backoff.unwrap_or(false),
+            extra_files: manifest.packages[1..]
+                .iter()
+                .filter_map(|p| {
+                    Some(OfferedFile {
+                        name: p.name.clone(),
+                        size: p.size.trim().parse().ok().filter(|s: &u64| *s > 0)?,
+                        sha256: p.sha256()?,
+                        sha1: p.sha1(),
+                    })
+                })
+                .collect(),
         }))
     }
 }

@@ -529,6 +529,15 @@ fn extra_files_follow_the_payload() {
                 o.urls,
                 ["https://cdn.example/3732.0.0/flatcar_production_update.gz"]
             );
+            assert_eq!(
+                o.extra_files,
+                [fastpatch_omaha::OfferedFile {
+                    name: "oem-azure.gz".into(),
+                    size: 55,
+                    sha256: [4u8; 32],
+                    sha1: Some([3u8; 20]),
+                }]
+            );
         }
         other => panic!("{other:?}"),
     }

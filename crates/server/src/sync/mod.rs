@@ -26,7 +26,8 @@ use rsa::RsaPublicKey;
 use tracing::{info, warn};
 
 use crate::store::{ExternalPackage, ExtraFile, Store, StoreError, SyncState};
-use upstream::{Answer, OfferedFile};
+use fastpatch_omaha::OfferedFile;
+use upstream::Answer;
 
 /// At most this many versions are walked in one run of one channel (floors, then the target).
 pub const MAX_WALK: usize = 8;
@@ -265,16 +266,15 @@ impl Syncer<'_> {
                     report.held = Some(status);
                     break;
                 }
-                Answer::Update {
-                    offer,
-                    files,
-                    codebases,
-                } => {
+                Answer::Update { offer, codebases } => {
                     if offer.version == current || walked.contains(&offer.version) {
                         break;
                     }
                     rep.version = Some(offer.version.clone());
-                    if self.mirror(arch, &offer, &files, &codebases, rep).await? {
+                    if self
+                        .mirror(arch, &offer, &offer.extra_files, &codebases, rep)
+                        .await?
+                    {
                         report.synced.push(offer.version.clone());
                     }
                     current = offer.version.clone();

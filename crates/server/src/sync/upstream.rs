@@ -8,15 +8,6 @@ use fastpatch_omaha::{
 
 use super::SyncError;
 
-/// One extra file of an offered version (a system extension), as the upstream lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OfferedFile {
-    pub name: String,
-    pub size: u64,
-    pub sha256: [u8; 32],
-    pub sha1: Option<[u8; 20]>,
-}
-
 /// What the upstream server said about one channel and architecture.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
@@ -27,7 +18,6 @@ pub enum Answer {
     /// A version to mirror: the payload, its extra files, and the codebases they live under.
     Update {
         offer: UpdateOffer,
-        files: Vec<OfferedFile>,
         codebases: Vec<String>,
     },
 }
@@ -101,39 +91,21 @@ pub fn interpret(app: &str, body: &[u8]) -> Result<Answer, SyncError> {
         CheckOutcome::NoUpdate { .. } => return Ok(Answer::NoUpdate),
         CheckOutcome::Update(offer) => offer,
     };
-    let mut files = Vec::new();
-    for p in check
-        .manifest
-        .as_ref()
-        .map(|m| &m.packages[1..])
-        .unwrap_or_default()
-    {
-        crate::store::check_file_name(&p.name)
+    let listed = check.manifest.as_ref().map_or(0, |m| m.packages.len() - 1);
+    if offer.extra_files.len() != listed {
+        return Err(SyncError::UpstreamAnswer(format!(
+            "{} of {listed} extra files have no usable size or hash_sha256",
+            listed - offer.extra_files.len()
+        )));
+    }
+    for f in &offer.extra_files {
+        crate::store::check_file_name(&f.name)
             .map_err(|e| SyncError::UpstreamAnswer(format!("extra file: {e}")))?;
-        let size = p
-            .size
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|s| *s > 0)
-            .ok_or_else(|| {
-                SyncError::UpstreamAnswer(format!("extra file {}: size {:?}", p.name, p.size))
-            })?;
-        let sha256 = p.sha256().ok_or_else(|| {
-            SyncError::UpstreamAnswer(format!("extra file {} has no usable hash_sha256", p.name))
-        })?;
-        files.push(OfferedFile {
-            name: p.name.clone(),
-            size,
-            sha256,
-            sha1: p.sha1(),
-        });
     }
     crate::store::check_file_name(&offer.package_name)
         .map_err(|e| SyncError::UpstreamAnswer(format!("payload: {e}")))?;
     Ok(Answer::Update {
         offer,
-        files,
         codebases: check.urls.clone(),
     })
 }
@@ -141,7 +113,7 @@ pub fn interpret(app: &str, body: &[u8]) -> Result<Answer, SyncError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fastpatch_omaha::{encode_b64, ResponseApp, Status, UpdateCheckResponse};
+    use fastpatch_omaha::{encode_b64, OfferedFile, ResponseApp, Status, UpdateCheckResponse};
 
     const APP: &str = fastpatch_omaha::FLATCAR_APP_ID;
 
@@ -184,18 +156,13 @@ mod tests {
     fn an_update_lists_the_payload_and_its_extensions() {
         let body =
             answer(update().with_extra_file("oem-azure.gz", 9, encode_b64(&[3; 20]), &[4; 32]));
-        let Answer::Update {
-            offer,
-            files,
-            codebases,
-        } = interpret(APP, &body).unwrap()
-        else {
+        let Answer::Update { offer, codebases } = interpret(APP, &body).unwrap() else {
             panic!("an update")
         };
         assert_eq!(offer.version, "3.0.0");
         assert_eq!(codebases, ["https://up.example/3.0.0/"]);
         assert_eq!(
-            files,
+            offer.extra_files,
             [OfferedFile {
                 name: "oem-azure.gz".into(),
                 size: 9,
