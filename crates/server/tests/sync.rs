@@ -8,6 +8,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fastpatch_fetch::FetchError;
 use fastpatch_omaha::FLATCAR_APP_ID;
 use fastpatch_server::payloads::Publish;
 use fastpatch_server::store::SyncState;
@@ -272,7 +273,16 @@ async fn an_interrupted_download_resumes_and_a_damaged_one_is_never_published(ba
     std::fs::write(&part, &damaged).unwrap();
     let (_, errors) = sync(&local, &s).await;
     assert!(
-        matches!(errors.as_slice(), [(_, SyncError::Mismatch(m))] if m.contains("SHA-256")),
+        matches!(
+            errors.as_slice(),
+            [(
+                _,
+                SyncError::Fetch(FetchError::Mismatch {
+                    what: "SHA-256",
+                    ..
+                })
+            )]
+        ),
         "{errors:?}"
     );
     assert!(!part.exists(), "a file that does not match is removed");

@@ -12,7 +12,6 @@
 //! `upstream_sync` (dashboard, `GET /api/v1/apps/{app}/sync`).
 
 mod background;
-mod fetch;
 mod progress;
 pub mod upstream;
 
@@ -73,10 +72,8 @@ pub enum SyncError {
     UpstreamRequest(String),
     #[error("the upstream's answer is not usable: {0}")]
     UpstreamAnswer(String),
-    #[error("download failed: {0} (what arrived is kept and resumed next time)")]
-    Download(String),
-    #[error("{0}; the file was removed and nothing was published")]
-    Mismatch(String),
+    #[error("{0}; nothing was published")]
+    Fetch(#[from] fastpatch_fetch::FetchError),
     #[error("{file}: {error}; the file was removed and nothing was published")]
     Signature { file: String, error: String },
     #[error("version {version} ({arch}) is already published here with other contents; the upstream's is not taken")]
@@ -190,6 +187,7 @@ impl Syncer<'_> {
             now: self.now,
             base: 0,
             total: 0,
+            pending: None,
         }
     }
 
@@ -370,15 +368,15 @@ impl Syncer<'_> {
         std::fs::create_dir_all(&dir).map_err(|e| SyncError::io(&dir, e))?;
         rep.total = total;
         rep.base = 0;
-        let payload = fetch::fetch(
+        let payload = fastpatch_fetch::fetch(
             &self.client,
             &dir,
-            &fetch::Wanted {
+            &fastpatch_fetch::Wanted {
                 name: &offer.package_name,
                 size: offer.size,
                 sha256: offer.sha256,
                 sha1: offer.sha1,
-                codebases,
+                urls: &offer.urls,
             },
             rep,
         )
@@ -387,15 +385,18 @@ impl Syncer<'_> {
         rep.base = offer.size;
         for f in files {
             extra.push(
-                fetch::fetch(
+                fastpatch_fetch::fetch(
                     &self.client,
                     &dir,
-                    &fetch::Wanted {
+                    &fastpatch_fetch::Wanted {
                         name: &f.name,
                         size: f.size,
                         sha256: f.sha256,
                         sha1: f.sha1,
-                        codebases,
+                        urls: &codebases
+                            .iter()
+                            .map(|c| format!("{c}{}", f.name))
+                            .collect::<Vec<_>>(),
                     },
                     rep,
                 )

@@ -30,11 +30,13 @@ pub struct Reporter<'a> {
     /// Bytes of the version's files before the current one, and of all of them.
     pub(super) base: u64,
     pub(super) total: u64,
+    /// The last progress write, if still under way.
+    pub(super) pending: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Reporter<'_> {
-    pub(super) async fn state(&mut self, state: SyncState, message: String, done: i64, total: i64) {
-        let row = SyncRow {
+    fn row(&self, state: SyncState, message: String, done: i64, total: i64) -> SyncRow {
+        SyncRow {
             app_id: self.app.to_owned(),
             channel: self.channel.to_owned(),
             arch: self.arch.to_owned(),
@@ -44,18 +46,39 @@ impl Reporter<'_> {
             total_bytes: total,
             message,
             updated_at: (self.now)(),
-        };
+        }
+    }
+
+    pub(super) async fn state(&mut self, state: SyncState, message: String, done: i64, total: i64) {
+        // A progress write still under way lands first, so it never overwrites this one.
+        if let Some(pending) = self.pending.take() {
+            let _ = pending.await;
+        }
+        let row = self.row(state, message, done, total);
         if let Err(e) = self.store.set_sync_status(&row).await {
             warn!(error = %e, "could not record the sync's progress");
         }
     }
 
+    /// Records `row` without waiting (download progress comes from a synchronous callback).
+    fn record_soon(&mut self, row: SyncRow) {
+        let store = self.store.clone();
+        self.pending = Some(tokio::spawn(async move {
+            if let Err(e) = store.set_sync_status(&row).await {
+                warn!(error = %e, "could not record the sync's progress");
+            }
+        }));
+    }
+}
+
+impl fastpatch_fetch::Progress for Reporter<'_> {
     /// At most one update a second (and always the first and the last).
-    pub(super) async fn downloading(&mut self, name: &str, done: u64, size: u64) {
+    fn bytes(&mut self, name: &str, done: u64, size: u64) {
         let due = self
             .last
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-        if !due && done != size {
+        let busy = self.pending.as_ref().is_some_and(|p| !p.is_finished());
+        if (!due || busy) && done != size {
             return;
         }
         self.last = Some(Instant::now());
@@ -74,18 +97,18 @@ impl Reporter<'_> {
                 self.arch
             );
         }
-        self.state(SyncState::Downloading, msg, all_done as i64, total as i64)
-            .await;
+        let row = self.row(SyncState::Downloading, msg, all_done as i64, total as i64);
+        self.record_soon(row);
     }
 
-    pub(super) async fn verifying(&mut self, name: &str) {
+    fn verifying(&mut self, name: &str) {
         let total = self.total as i64;
-        self.state(
+        let row = self.row(
             SyncState::Verifying,
             format!("{name}: checking size and hashes"),
             total,
             total,
-        )
-        .await;
+        );
+        self.record_soon(row);
     }
 }
