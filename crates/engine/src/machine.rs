@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  IDLE ─CheckDue─► CHECKING ─update─► UPDATE_AVAILABLE ─progress─► DOWNLOADING ─finished─►
-//!  VERIFYING ─verified─► FINALIZING ─staged─► UPDATED_NEED_REBOOT (pings only from here)
+//!  VERIFYING ─verified─► FINALIZING ─extensions placed─► (stage) ─staged─► UPDATED_NEED_REBOOT
+//!  (pings only from here)
 //!  any busy state ─Failed─► REPORTING_ERROR_EVENT ─ErrorReported─► IDLE
 //! ```
 
@@ -21,6 +22,22 @@ pub struct UpdateOffer {
     pub size: u64,
     /// Base64 SHA-256 of the payload (Omaha `action@sha256`).
     pub sha256_b64: String,
+    /// The extra files offered with it (system extensions): the daemon places the ones
+    /// this machine has enabled before the slot is staged.
+    #[serde(default)]
+    pub extensions: Vec<ExtensionOffer>,
+}
+
+/// A system extension offered with an update (`flatcar-<NAME>.gz`, `oem-<ID>.gz`): a signed
+/// CrAU payload whose image is the extension's `.raw` file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtensionOffer {
+    pub name: String,
+    pub size: u64,
+    /// Hex SHA-256 of the file (Omaha `hash_sha256`).
+    pub sha256_hex: String,
+    /// Full URLs (each codebase + name), tried in order.
+    pub urls: Vec<String>,
 }
 
 /// The server's answer to an update check.
@@ -66,6 +83,8 @@ pub enum Input {
     DownloadFinished,
     /// Read-back, partition hash and signature all verified.
     InstallVerified,
+    /// Every system extension this machine has enabled is in place for the new version.
+    ExtensionsPlaced,
     /// The slot is staged in the partition table.
     Staged,
     /// The attempt failed.
@@ -94,6 +113,14 @@ pub enum Action {
     StartInstall(UpdateOffer),
     /// Verify the written slot: read back, partition hash, signature.
     FinishInstall,
+    /// Place the system extensions this machine has enabled for the offer's version (fetch,
+    /// verify, unpack, sync); answer `ExtensionsPlaced` or `Failed`.
+    PlaceExtensions(UpdateOffer),
+    /// Remove extension images of every version but these (after a good boot: the running
+    /// version and the fallback's).
+    PruneExtensions {
+        keep: Vec<String>,
+    },
     /// Stage the passive slot in the partition table.
     StageSlot,
     /// Undo a staged slot (ResetStatus while an update waits for reboot).
@@ -312,16 +339,14 @@ impl Engine {
             }
             (S::Verifying, Input::InstallVerified) => {
                 self.status = S::Finalizing;
-                // Remember the intent before touching the table, so a restart knows.
-                self.durable.staged = Some(StagedUpdate {
-                    version: self.new_version.clone(),
-                    from_version: self.current_version.clone(),
-                    boot_id: self.boot_id.clone(),
-                    gpt_staged: false,
-                });
-                vec![Action::Persist, Action::StageSlot, Action::PublishStatus]
+                match self.offer.clone() {
+                    Some(offer) => vec![Action::PlaceExtensions(offer), Action::PublishStatus],
+                    // No offer to take extensions from (cannot happen): stage as before.
+                    None => self.stage(),
+                }
             }
-            (S::Finalizing, Input::Staged) => {
+            (S::Finalizing, Input::ExtensionsPlaced) => self.stage(),
+            (S::Finalizing, Input::Staged) if self.durable.staged.is_some() => {
                 self.status = S::UpdatedNeedReboot;
                 if let Some(s) = self.durable.staged.as_mut() {
                     s.gpt_staged = true;
@@ -384,7 +409,14 @@ impl Engine {
                 self.durable
                     .pending_events
                     .push(Event::update_complete(&staged.from_version));
-                let mut actions = vec![Action::Persist];
+                let mut actions = vec![
+                    Action::Persist,
+                    // The old version's extensions are kept until now; the fallback keeps
+                    // its own.
+                    Action::PruneExtensions {
+                        keep: vec![staged.version.clone(), staged.from_version.clone()],
+                    },
+                ];
                 if self.status == S::Idle {
                     // Tell the server soon; a check already under way carries it anyway.
                     actions.push(Action::ScheduleCheck(CheckDelay::Report));
@@ -398,6 +430,18 @@ impl Engine {
                 Vec::new()
             }
         }
+    }
+
+    /// Stages the new slot: the intent is remembered before the table is touched, so a
+    /// restart knows.
+    fn stage(&mut self) -> Vec<Action> {
+        self.durable.staged = Some(StagedUpdate {
+            version: self.new_version.clone(),
+            from_version: self.current_version.clone(),
+            boot_id: self.boot_id.clone(),
+            gpt_staged: false,
+        });
+        vec![Action::Persist, Action::StageSlot, Action::PublishStatus]
     }
 
     fn clear_attempt(&mut self) {

@@ -20,6 +20,7 @@ fn offer(version: &str) -> UpdateOffer {
         urls: vec![format!("http://127.0.0.1/{version}/update.gz")],
         size: 1000,
         sha256_b64: "c2hh".into(),
+        extensions: Vec::new(),
     }
 }
 
@@ -81,6 +82,20 @@ fn staged_engine() -> Engine {
 
     let a = e.step(Input::InstallVerified);
     assert_eq!(e.status, S::Finalizing);
+    // The enabled system extensions are placed before anything is staged.
+    assert_eq!(
+        a,
+        [Action::PlaceExtensions(offer("2")), Action::PublishStatus]
+    );
+    assert_eq!(e.durable.staged, None);
+    assert_eq!(
+        e.step(Input::Staged),
+        [],
+        "no table write was asked for yet"
+    );
+
+    let a = e.step(Input::ExtensionsPlaced);
+    assert_eq!(e.status, S::Finalizing);
     // The intent is durable before the table is touched.
     assert_eq!(a[..2], [Action::Persist, Action::StageSlot]);
     assert_eq!(e.durable.staged.as_ref().map(|s| s.gpt_staged), Some(false));
@@ -137,8 +152,15 @@ fn reboot_into_new_version_reports_complete_only_after_the_gate() {
 
     assert_eq!(
         e.step(Input::BootMarkedGood),
-        vec![Action::Persist, Action::ScheduleCheck(CheckDelay::Report)],
-        "3/2 goes out soon, not at the next regular check"
+        vec![
+            Action::Persist,
+            Action::PruneExtensions {
+                keep: vec!["2".into(), "1".into()]
+            },
+            Action::ScheduleCheck(CheckDelay::Report)
+        ],
+        "older extensions go once the new version is good (the fallback's stay); \
+         3/2 goes out soon, not at the next regular check"
     );
     assert_eq!(e.durable.staged, None);
     let a = e.step(Input::CheckDue { interactive: false });
@@ -327,6 +349,30 @@ fn same_version_offer_is_no_update_and_busy_checks_are_ignored() {
 }
 
 #[test]
+fn an_extension_that_cannot_be_placed_fails_the_update_before_staging() {
+    let mut e = fresh();
+    e.step(Input::CheckDue { interactive: false });
+    e.step(Input::CheckAnswered {
+        reply: CheckReply::Update(offer("2")),
+        poll_interval: None,
+    });
+    e.step(Input::DownloadFinished);
+    e.step(Input::InstallVerified);
+    let a = e.step(Input::Failed {
+        code: ErrorCode::EXTENSION_ERROR,
+    });
+    assert!(!a.contains(&Action::StageSlot));
+    assert_eq!(
+        events_sent(&a),
+        vec![Event::error(ErrorCode::EXTENSION_ERROR)]
+    );
+    assert_eq!(
+        (e.status, e.durable.staged.clone()),
+        (S::ReportingErrorEvent, None)
+    );
+}
+
+#[test]
 fn reset_status_unstages_a_waiting_update() {
     let mut e = staged_engine();
     let a = e.step(Input::ResetStatus);
@@ -361,6 +407,7 @@ fn arb_input() -> impl Strategy<Value = Input> {
         (0u64..2000).prop_map(|received| Input::DownloadProgress { received }),
         Just(Input::DownloadFinished),
         Just(Input::InstallVerified),
+        Just(Input::ExtensionsPlaced),
         Just(Input::Staged),
         (0u32..50).prop_map(|c| Input::Failed { code: ErrorCode(c) }),
         Just(Input::ErrorReported),
@@ -384,7 +431,7 @@ proptest! {
                     prop_assert!(!matches!(a, Action::StartInstall(_)), "no second install over a staged slot");
                 }
                 if matches!(a, Action::StageSlot) {
-                    prop_assert_eq!(was, S::Verifying);
+                    prop_assert_eq!(was, S::Finalizing, "staged only after the extensions were placed");
                     prop_assert!(e.durable.staged.is_some(), "stage intent recorded first");
                 }
             }

@@ -31,6 +31,8 @@ impl ErrorCode {
     /// A delta payload whose source is not the booted slot's image.
     pub const DOWNLOAD_STATE_INITIALIZATION_ERROR: ErrorCode =
         ErrorCode(omaha_codes::DOWNLOAD_STATE_INITIALIZATION_ERROR);
+    /// An enabled system extension for the new version could not be placed: nothing staged.
+    pub const EXTENSION_ERROR: ErrorCode = ErrorCode(omaha_codes::EXTENSION_ERROR);
     /// The machine came back on the old version: the new one never booted good.
     pub const ROLLED_BACK: ErrorCode = ErrorCode(omaha_codes::ROLLED_BACK);
 }

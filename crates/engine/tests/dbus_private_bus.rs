@@ -30,6 +30,7 @@ async fn engine_loop(
         urls: vec!["http://127.0.0.1/u".into()],
         size: 400,
         sha256_b64: "x".into(),
+        extensions: Vec::new(),
     };
     while let Some(request) = requests.recv().await {
         let script = match request {
@@ -43,6 +44,7 @@ async fn engine_loop(
                 Input::DownloadProgress { received: 400 },
                 Input::DownloadFinished,
                 Input::InstallVerified,
+                Input::ExtensionsPlaced,
                 Input::Staged,
             ],
             Request::ResetStatus => vec![Input::ResetStatus],
@@ -100,6 +102,8 @@ async fn get_status_attempt_update_and_signals() {
             "UPDATE_STATUS_DOWNLOADING",
             "UPDATE_STATUS_DOWNLOADING",
             "UPDATE_STATUS_VERIFYING",
+            "UPDATE_STATUS_FINALIZING",
+            // Extensions placed; the slot is staged next.
             "UPDATE_STATUS_FINALIZING",
             "UPDATE_STATUS_UPDATED_NEED_REBOOT",
         ]

@@ -344,6 +344,9 @@ impl Shell<'_, '_> {
                         .map_err(|e| PowerOff(format!("staging: {e}")))?;
                     Some(Input::Staged)
                 }
+                // No extension is enabled on this machine: nothing to place or prune.
+                Action::PlaceExtensions(_) => Some(Input::ExtensionsPlaced),
+                Action::PruneExtensions { .. } => None,
                 Action::UnstageSlot => panic!("nothing asked to unstage"),
                 Action::Persist => {
                     persist::save(&self.m.state_file, &engine.durable)
@@ -374,6 +377,7 @@ impl Shell<'_, '_> {
             urls: vec!["http://update.invalid/new.payload".into()],
             size: self.m.fx.payload.len() as u64,
             sha256_b64: hex(&sha(&self.m.fx.payload)),
+            extensions: Vec::new(),
         }
     }
 

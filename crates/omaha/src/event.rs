@@ -40,6 +40,10 @@ pub mod error_code {
     pub const OMAHA_RESPONSE_INVALID: u32 = 34;
     /// The new version failed to boot and the machine went back to the old slot.
     pub const ROLLED_BACK: u32 = 44;
+    /// fastpatch's own (not update_engine's): a system extension the machine has enabled
+    /// could not be placed for the new version (not offered, download, hash or signature),
+    /// so the new slot was not staged.
+    pub const EXTENSION_ERROR: u32 = 1001;
     /// HTTP errors are reported as 2000 + status code.
     pub const HTTP_RESPONSE_BASE: u32 = 2000;
 

@@ -90,7 +90,18 @@ impl UpdateServer {
     /// As [`start`](UpdateServer::start), publishing the given payload (signed by the key
     /// `pub_pem` holds) as [`NEW`].
     pub async fn start_with(dir: &Path, payload: &Path, pub_pem: PathBuf) -> UpdateServer {
-        UpdateServer::start_full(dir, None, &[(NEW, payload)], pub_pem).await
+        UpdateServer::start_full(dir, None, &[(NEW, payload)], pub_pem, &[]).await
+    }
+
+    /// As [`start_with`](UpdateServer::start_with), with extra files (system extensions)
+    /// listed after [`NEW`]'s payload and hosted beside it.
+    pub async fn start_with_files(
+        dir: &Path,
+        payload: &Path,
+        pub_pem: PathBuf,
+        extra: &[PathBuf],
+    ) -> UpdateServer {
+        UpdateServer::start_full(dir, None, &[(NEW, payload)], pub_pem, extra).await
     }
 
     /// A server that makes deltas (signed with the private key `key_pem`, which also signs
@@ -113,6 +124,7 @@ impl UpdateServer {
             Some(deltas),
             &[(old_version, old_payload), (NEW, new_payload)],
             pub_pem,
+            &[],
         )
         .await;
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -138,6 +150,7 @@ impl UpdateServer {
         deltas: Option<fastpatch_server::deltas::DeltaSettings>,
         payloads: &[(&str, &Path)],
         pub_pem: PathBuf,
+        extra: &[PathBuf],
     ) -> UpdateServer {
         let data_dir = dir.join("server");
         let proxy = RecordingProxy::bind().await.expect("proxy port");
@@ -151,7 +164,8 @@ impl UpdateServer {
         let now = crate::unix_now();
         let mut last = None;
         for (version, payload) in payloads {
-            let package = fastpatch_server::payloads::publish(
+            let files = if *version == NEW { extra } else { &[] };
+            let package = fastpatch_server::payloads::publish_with_files(
                 handle.store(),
                 &data_dir,
                 &fastpatch_server::payloads::Publish {
@@ -162,10 +176,12 @@ impl UpdateServer {
                     file_name: Some("flatcar_production_update.gz"),
                     base_url: None,
                 },
+                files,
                 now,
             )
             .await
-            .expect("publish");
+            .expect("publish")
+            .package;
             handle
                 .store()
                 .set_channel(FLATCAR_APP_ID, "stable", version, now)

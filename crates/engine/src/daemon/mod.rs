@@ -15,6 +15,7 @@ mod checks;
 pub mod cli;
 pub mod config;
 pub mod download;
+pub mod extensions;
 pub mod health;
 pub mod metrics;
 pub mod omaha;
@@ -107,6 +108,17 @@ impl Daemon {
     pub async fn new(cfg: DaemonConfig) -> Result<Daemon> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let facts = Facts::read(&cfg.root, &cfg.boot_id_path).context("reading machine facts")?;
+        // The booted version's system extensions (placed with its update) take their links.
+        match extensions::activate(&cfg.root, &facts.version) {
+            Ok(links) => {
+                for (link, target) in links {
+                    tracing::info!(link = %link.display(), target = %target.display(), "system extension linked for the booted version");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot link the booted version's system extensions")
+            }
+        }
         let durable = crate::persist::load(&cfg.state_file)?;
         let (boot, disk) = boot_control(&cfg)?;
         let staged = passive_staged(&boot).context("reading the slots")?;
@@ -396,6 +408,17 @@ impl Daemon {
                         code: ErrorCode::ERROR,
                     }),
                 },
+                Action::PlaceExtensions(offer) => self.place_extensions(offer),
+                Action::PruneExtensions { keep } => {
+                    match extensions::prune(&self.cfg.root, &keep) {
+                        Ok(removed) => {
+                            for p in removed {
+                                tracing::info!(image = %p.display(), "old system extension removed");
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot remove old system extensions"),
+                    }
+                }
                 Action::StageSlot => {
                     let passive = self.boot.booted().other();
                     match self.boot.stage(passive) {
@@ -538,6 +561,34 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// Fetches and places the enabled system extensions for the offer's version in the
+    /// background; the loop gets `ExtensionsPlaced` or `Failed` (EXTENSION_ERROR).
+    fn place_extensions(&mut self, offer: crate::machine::UpdateOffer) {
+        let keys = fastpatch_payload::keys::load_key_set(&self.cfg.trusted_keys)
+            .map(|k| k.into_iter().map(|(_, key)| key).collect::<Vec<_>>());
+        let (root, http, tx) = (self.cfg.root.clone(), self.http.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let placed = match keys {
+                Ok(keys) => {
+                    extensions::place(&http, &root, &offer.version, &offer.extensions, &keys)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let input = match placed {
+                Ok(_) => Input::ExtensionsPlaced,
+                Err(e) => {
+                    tracing::error!(version = %offer.version, "system extensions not placed, the update stops here: {e}");
+                    Input::Failed {
+                        code: ErrorCode::EXTENSION_ERROR,
+                    }
+                }
+            };
+            let _ = tx.send(Msg::Input(input));
+        });
+    }
+
     /// The booted slot, opened read-only, as the source a delta payload applies to (a full
     /// payload ignores it). None, with a warning, when it cannot be opened.
     fn delta_source(&self) -> Option<Arc<dyn fastpatch_payload::install::InstallSource>> {

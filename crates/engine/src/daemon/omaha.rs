@@ -249,6 +249,22 @@ pub fn interpret_check(app_id: &str, body: &[u8]) -> (Input, Option<u32>) {
         ),
         Ok(CheckOutcome::Update(offer)) => {
             let max = offer.max_failure_count_per_url;
+            // Extra files live under the payload's codebases.
+            let codebases: Vec<&str> = offer
+                .urls
+                .iter()
+                .filter_map(|u| u.strip_suffix(offer.package_name.as_str()))
+                .collect();
+            let extensions = offer
+                .extra_files
+                .iter()
+                .map(|f| crate::machine::ExtensionOffer {
+                    name: f.name.clone(),
+                    size: f.size,
+                    sha256_hex: fastpatch_omaha::encode_hex(&f.sha256),
+                    urls: codebases.iter().map(|c| format!("{c}{}", f.name)).collect(),
+                })
+                .collect();
             (
                 Input::CheckAnswered {
                     reply: CheckReply::Update(UpdateOffer {
@@ -256,6 +272,7 @@ pub fn interpret_check(app_id: &str, body: &[u8]) -> (Input, Option<u32>) {
                         urls: offer.urls,
                         size: offer.size,
                         sha256_b64: fastpatch_omaha::encode_b64(&offer.sha256),
+                        extensions,
                     }),
                     poll_interval: offer.poll_interval,
                 },

@@ -44,6 +44,7 @@ pub fn error_code(code: i64) -> String {
         }
         ec::DOWNLOAD_PAYLOAD_PUBKEY_VERIFICATION_ERROR => "the payload was not signed with a trusted key".to_owned(),
         ec::OMAHA_RESPONSE_INVALID => "the server's answer was not valid for the machine".to_owned(),
+        ec::EXTENSION_ERROR => "a system extension enabled on the machine could not be placed for the new version (not offered, or its download or signature failed); nothing was staged".to_owned(),
         ec::ROLLED_BACK => "rolled back: the new version did not boot healthy, the machine went back to the old one".to_owned(),
         b if (ec::HTTP_RESPONSE_BASE..ec::HTTP_RESPONSE_BASE + 1000).contains(&b) => {
             format!("the download server answered HTTP {}", b - ec::HTTP_RESPONSE_BASE)
