@@ -119,6 +119,24 @@ impl Default for DownloadConfig {
     }
 }
 
+/// System extensions (see [`crate::daemon::extensions`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExtensionsConfig {
+    /// Where the images of Flatcar's extensions (`flatcar-<NAME>-<VERSION>.raw`) live, as
+    /// the machine sees it (under `root`). Must survive reboots: Flatcar's default is on
+    /// ROOT; a machine whose /etc is not persistent points it at /var.
+    pub dir: PathBuf,
+}
+
+impl Default for ExtensionsConfig {
+    fn default() -> Self {
+        ExtensionsConfig {
+            dir: PathBuf::from("/etc/flatcar/sysext"),
+        }
+    }
+}
+
 /// Everything the daemon is told.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -156,6 +174,7 @@ pub struct DaemonConfig {
     pub health: HealthConfig,
     pub limits: Limits,
     pub download: DownloadConfig,
+    pub extensions: ExtensionsConfig,
 }
 
 impl Default for DaemonConfig {
@@ -184,11 +203,17 @@ impl Default for DaemonConfig {
             health: HealthConfig::default(),
             limits: Limits::default(),
             download: DownloadConfig::default(),
+            extensions: ExtensionsConfig::default(),
         }
     }
 }
 
 impl DaemonConfig {
+    /// Where this machine's system extension images live.
+    pub fn extension_layout(&self) -> crate::daemon::extensions::Layout {
+        crate::daemon::extensions::Layout::new(&self.root, &self.extensions.dir)
+    }
+
     pub fn health_timeout(&self) -> Duration {
         Duration::from_secs(self.health.timeout_secs)
     }

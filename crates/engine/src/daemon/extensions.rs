@@ -61,6 +61,43 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExtensionError + '_ {
     }
 }
 
+/// Where a machine keeps its extension images, under `root` (`/` in production).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub root: PathBuf,
+    /// The Flatcar extensions' directory as the machine sees it (default
+    /// `/etc/flatcar/sysext`).
+    pub sysext_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: &Path, sysext_dir: &Path) -> Layout {
+        Layout {
+            root: root.to_owned(),
+            sysext_dir: sysext_dir.to_owned(),
+        }
+    }
+
+    /// Flatcar's directories under `root`.
+    pub fn flatcar(root: &Path) -> Layout {
+        Layout::new(root, &Path::new("/").join(SYSEXT_DIR))
+    }
+
+    /// A machine path under `root`.
+    fn under(&self, machine_path: &Path) -> PathBuf {
+        self.root
+            .join(machine_path.strip_prefix("/").unwrap_or(machine_path))
+    }
+
+    fn image_dirs(&self) -> [PathBuf; 3] {
+        [
+            self.under(&self.sysext_dir),
+            self.root.join(OEM_SYSEXT_DIR),
+            self.root.join(OEM_FALLBACK_DIR),
+        ]
+    }
+}
+
 /// An extension this machine wants with every version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Enabled {
@@ -130,10 +167,11 @@ pub fn enabled(root: &Path) -> Result<Vec<Enabled>, ExtensionError> {
     Ok(out)
 }
 
-/// Where `e`'s image for `version` lives under `root`.
-pub fn image_path(root: &Path, e: &Enabled, version: &str) -> PathBuf {
+/// Where `e`'s image for `version` lives.
+pub fn image_path(layout: &Layout, e: &Enabled, version: &str) -> PathBuf {
+    let root = &layout.root;
     let dir = if !e.oem {
-        root.join(SYSEXT_DIR)
+        layout.under(&layout.sysext_dir)
     } else if root.join(OEM_DIR).is_dir() {
         root.join(OEM_SYSEXT_DIR)
     } else {
@@ -146,15 +184,15 @@ pub fn image_path(root: &Path, e: &Enabled, version: &str) -> PathBuf {
 /// now (already placed ones are skipped).
 pub async fn place(
     client: &reqwest::Client,
-    root: &Path,
+    layout: &Layout,
     version: &str,
     offers: &[ExtensionOffer],
     keys: &[RsaPublicKey],
 ) -> Result<Vec<PathBuf>, ExtensionError> {
     // Every enabled extension must be offered before anything is downloaded.
     let mut wanted = Vec::new();
-    for e in enabled(root)? {
-        let target = image_path(root, &e, version);
+    for e in enabled(&layout.root)? {
+        let target = image_path(layout, &e, version);
         if target.exists() {
             continue;
         }
@@ -173,7 +211,7 @@ pub async fn place(
     }
     let mut placed = Vec::new();
     for (target, name, offer, sha256) in wanted {
-        let dir = target.parent().unwrap_or(root).to_owned();
+        let dir = target.parent().unwrap_or(&layout.root).to_owned();
         let downloads = dir.join(DOWNLOADS);
         std::fs::create_dir_all(&downloads).map_err(io(&downloads))?;
         tracing::info!(extension = %name, %version, size = offer.size, "fetching a system extension");
@@ -246,14 +284,6 @@ fn unpack(payload: &Path, target: &Path, keys: Vec<RsaPublicKey>) -> Result<(), 
     Ok(())
 }
 
-fn image_dirs(root: &Path) -> [PathBuf; 3] {
-    [
-        root.join(SYSEXT_DIR),
-        root.join(OEM_SYSEXT_DIR),
-        root.join(OEM_FALLBACK_DIR),
-    ]
-}
-
 /// `(stem, version)` of an extension image name `flatcar-<NAME>-<VERSION>.raw` or
 /// `oem-<ID>-<VERSION>.raw` (the version is what follows the last `-`).
 pub fn parse_image_name(name: &str) -> Option<(&str, &str)> {
@@ -265,9 +295,9 @@ pub fn parse_image_name(name: &str) -> Option<(&str, &str)> {
     (!version.is_empty() && stem.contains('-')).then_some((stem, version))
 }
 
-fn images(root: &Path) -> Result<Vec<(PathBuf, String, String)>, ExtensionError> {
+fn images(layout: &Layout) -> Result<Vec<(PathBuf, String, String)>, ExtensionError> {
     let mut out = Vec::new();
-    for dir in image_dirs(root) {
+    for dir in layout.image_dirs() {
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -285,9 +315,9 @@ fn images(root: &Path) -> Result<Vec<(PathBuf, String, String)>, ExtensionError>
 }
 
 /// Removes the images of every version but `keep`; returns what it removed.
-pub fn prune(root: &Path, keep: &[String]) -> Result<Vec<PathBuf>, ExtensionError> {
+pub fn prune(layout: &Layout, keep: &[String]) -> Result<Vec<PathBuf>, ExtensionError> {
     let mut removed = Vec::new();
-    for (path, _, version) in images(root)? {
+    for (path, _, version) in images(layout)? {
         if !keep.contains(&version) {
             std::fs::remove_file(&path).map_err(io(&path))?;
             removed.push(path);
@@ -298,12 +328,13 @@ pub fn prune(root: &Path, keep: &[String]) -> Result<Vec<PathBuf>, ExtensionErro
 
 /// Links the images of `version` into `/etc/extensions/<stem>.raw` (absolute targets as the
 /// machine sees them) and removes links to other versions' images; returns the links made.
-pub fn activate(root: &Path, version: &str) -> Result<Vec<(PathBuf, PathBuf)>, ExtensionError> {
+pub fn activate(layout: &Layout, version: &str) -> Result<Vec<(PathBuf, PathBuf)>, ExtensionError> {
+    let root = &layout.root;
     let links = root.join(LINK_DIR);
     std::fs::create_dir_all(&links).map_err(io(&links))?;
     let mut made = Vec::new();
     let mut stems = Vec::new();
-    for (path, stem, v) in images(root)? {
+    for (path, stem, v) in images(layout)? {
         if v != version {
             continue;
         }
@@ -379,7 +410,8 @@ mod tests {
         std::fs::create_dir_all(r.join(LINK_DIR)).unwrap();
         std::os::unix::fs::symlink("/somewhere/else.raw", r.join(LINK_DIR).join("mine.raw"))
             .unwrap();
-        let made = activate(r, "2.0.0").unwrap();
+        let layout = Layout::flatcar(r);
+        let made = activate(&layout, "2.0.0").unwrap();
         let link = r.join(LINK_DIR).join("flatcar-demo.raw");
         assert_eq!(
             made,
@@ -397,9 +429,9 @@ mod tests {
             "an admin's own link stays"
         );
         // A version without the extension: its link goes.
-        activate(r, "9.9.9").unwrap();
+        activate(&layout, "9.9.9").unwrap();
         assert!(link.symlink_metadata().is_err());
-        let removed = prune(r, &["2.0.0".into(), "1.0.0".into()]).unwrap();
+        let removed = prune(&layout, &["2.0.0".into(), "1.0.0".into()]).unwrap();
         assert_eq!(removed, [r.join(SYSEXT_DIR).join("flatcar-demo-3.0.0.raw")]);
         assert!(r.join(SYSEXT_DIR).join("flatcar-demo-1.0.0.raw").exists());
     }

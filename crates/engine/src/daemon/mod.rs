@@ -109,7 +109,7 @@ impl Daemon {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let facts = Facts::read(&cfg.root, &cfg.boot_id_path).context("reading machine facts")?;
         // The booted version's system extensions (placed with its update) take their links.
-        match extensions::activate(&cfg.root, &facts.version) {
+        match extensions::activate(&cfg.extension_layout(), &facts.version) {
             Ok(links) => {
                 for (link, target) in links {
                     tracing::info!(link = %link.display(), target = %target.display(), "system extension linked for the booted version");
@@ -410,7 +410,7 @@ impl Daemon {
                 },
                 Action::PlaceExtensions(offer) => self.place_extensions(offer),
                 Action::PruneExtensions { keep } => {
-                    match extensions::prune(&self.cfg.root, &keep) {
+                    match extensions::prune(&self.cfg.extension_layout(), &keep) {
                         Ok(removed) => {
                             for p in removed {
                                 tracing::info!(image = %p.display(), "old system extension removed");
@@ -566,11 +566,15 @@ impl Daemon {
     fn place_extensions(&mut self, offer: crate::machine::UpdateOffer) {
         let keys = fastpatch_payload::keys::load_key_set(&self.cfg.trusted_keys)
             .map(|k| k.into_iter().map(|(_, key)| key).collect::<Vec<_>>());
-        let (root, http, tx) = (self.cfg.root.clone(), self.http.clone(), self.tx.clone());
+        let (layout, http, tx) = (
+            self.cfg.extension_layout(),
+            self.http.clone(),
+            self.tx.clone(),
+        );
         tokio::spawn(async move {
             let placed = match keys {
                 Ok(keys) => {
-                    extensions::place(&http, &root, &offer.version, &offer.extensions, &keys)
+                    extensions::place(&http, &layout, &offer.version, &offer.extensions, &keys)
                         .await
                         .map_err(|e| e.to_string())
                 }
