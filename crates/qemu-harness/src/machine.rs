@@ -85,6 +85,37 @@ impl<'a> Machine<'a> {
         })
     }
 
+    /// Formats ROOT again with `files` (before the first boot: what the machine already has).
+    pub fn with_root_files(&self, files: &[FsFile]) -> Result<()> {
+        format_root(&self.disk, files)
+    }
+
+    /// A file on ROOT (path inside the file system, e.g. `/lib/x` for the guest's `/var/lib/x`),
+    /// read between boots with `debugfs`; `None` when it does not exist.
+    pub fn root_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        let image =
+            tempfile::NamedTempFile::new().map_err(crate::io_err("creating a temp file"))?;
+        std::fs::write(
+            image.path(),
+            self.partition_bytes(fastpatch_boot_init::ROOT_INDEX)?,
+        )
+        .map_err(crate::io_err("writing ROOT to a temp file"))?;
+        let run = |request: String| {
+            std::process::Command::new("debugfs")
+                .args(["-R", &request])
+                .arg(image.path())
+                .output()
+                .map_err(crate::io_err("running debugfs (Debian package e2fsprogs)"))
+        };
+        let stat = run(format!("stat {path}"))?;
+        if !stat.status.success()
+            || String::from_utf8_lossy(&stat.stderr).contains("File not found")
+        {
+            return Ok(None);
+        }
+        Ok(Some(run(format!("cat {path}"))?.stdout))
+    }
+
     /// Uses an initramfs with `extra` files for the following boots.
     pub fn with_initramfs_files(&mut self, extra: &[FsFile]) -> Result<()> {
         self.initrd = self.lab.initramfs_with(&self.name, extra)?;

@@ -40,6 +40,22 @@ impl SigningKey {
         &self.public_pem
     }
 
+    /// Signs `image` as a full update payload written to `payload` (the OS, or a system
+    /// extension's `.raw` image).
+    pub fn sign(&self, image: &Path, payload: &Path) -> Result<()> {
+        let private = keys::parse_private_key_pem(&self.private_pem)
+            .ok_or_else(|| HarnessError::Invalid("the signing key does not parse".into()))?;
+        generate(
+            image,
+            &[private],
+            payload,
+            &GenerateOptions::default(),
+            &mut |_, _| {},
+        )
+        .map_err(payload_err("generating the payload"))?;
+        Ok(())
+    }
+
     /// Writes the private key (PEM) to `path`, for a server that signs deltas with it.
     pub fn write_private_pem(&self, path: &Path) -> Result<()> {
         std::fs::write(path, &self.private_pem)
@@ -132,16 +148,7 @@ impl OsVersion {
         let image = dir.join(format!("usr-{}.img", self.version));
         self.write_image(&image, size)?;
         let payload = dir.join(format!("update-{}.gz", self.version));
-        let private = keys::parse_private_key_pem(&key.private_pem)
-            .ok_or_else(|| HarnessError::Invalid("the signing key does not parse".into()))?;
-        generate(
-            &image,
-            &[private],
-            &payload,
-            &GenerateOptions::default(),
-            &mut |_, _| {},
-        )
-        .map_err(payload_err("generating the payload"))?;
+        key.sign(&image, &payload)?;
         Ok((image, payload))
     }
 }

@@ -110,10 +110,21 @@ impl HostServer {
     /// Publishes a payload file as `version` of the Flatcar app (amd64) and points `channel`
     /// at it.
     pub fn publish(&self, version: &str, payload: &Path, channel: &str) -> Result<PackageRow> {
+        self.publish_with_files(version, payload, channel, &[])
+    }
+
+    /// [`HostServer::publish`] with extra files (system extensions) listed after the payload.
+    pub fn publish_with_files(
+        &self,
+        version: &str,
+        payload: &Path,
+        channel: &str,
+        extra: &[PathBuf],
+    ) -> Result<PackageRow> {
         let now = self.now();
         let store = self.store();
         self.block_on(async {
-            let pkg = fastpatch_server::payloads::publish(
+            let pkg = fastpatch_server::payloads::publish_with_files(
                 store,
                 &self.data_dir,
                 &fastpatch_server::payloads::Publish {
@@ -124,10 +135,12 @@ impl HostServer {
                     file_name: Some("flatcar_production_update.gz"),
                     base_url: None,
                 },
+                extra,
                 now,
             )
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .package;
             store
                 .set_channel(FLATCAR_APP_ID, channel, version, now)
                 .await

@@ -130,6 +130,32 @@ impl<'a> Testbed<'a> {
         Ok(image)
     }
 
+    /// [`Testbed::release`] with system extensions: each `(name, image)` is signed with the
+    /// release key as `name` (e.g. `flatcar-demo.gz`) and listed after the payload.
+    pub fn release_with_extensions(
+        &self,
+        os: &OsVersion,
+        slot_size: u64,
+        extensions: &[(&str, &[u8])],
+    ) -> Result<PathBuf> {
+        let (image, payload) = os.release(&self.key, slot_size, &self.dir)?;
+        let dir = self.dir.join(format!("extensions-{}", os.version));
+        std::fs::create_dir_all(&dir)
+            .map_err(crate::io_err(format!("creating {}", dir.display())))?;
+        let mut files = Vec::new();
+        for (name, bytes) in extensions {
+            let raw = dir.join(format!("{name}.raw"));
+            std::fs::write(&raw, bytes)
+                .map_err(crate::io_err(format!("writing {}", raw.display())))?;
+            let signed = dir.join(name);
+            self.key.sign(&raw, &signed)?;
+            files.push(signed);
+        }
+        self.server
+            .publish_with_files(&os.version, &payload, GROUP, &files)?;
+        Ok(image)
+    }
+
     /// What the server knows about the machine.
     pub fn instance(&self) -> Result<Option<InstanceRow>> {
         self.server.instance(MACHINE_ID)
