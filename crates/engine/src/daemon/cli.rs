@@ -16,6 +16,10 @@ use crate::status_report::StatusSnapshot;
 pub enum EngineCommand {
     /// Run the update engine daemon (D-Bus com.coreos.update1; SIGTERM stops it).
     Run(ConfigArgs),
+    /// Link the booted version's system extension images into /etc/extensions/ (and remove
+    /// links to other versions' images). Run at boot before systemd-sysext.service
+    /// (fastpatch-extensions.service); `engine run` does it too when it starts.
+    LinkExtensions(ConfigArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -87,6 +91,20 @@ pub fn run_engine(cmd: EngineCommand) -> Result<()> {
             // Do not wait long for an installer thread mid-write; its checkpoint is durable.
             rt.shutdown_timeout(Duration::from_secs(5));
             result
+        }
+        EngineCommand::LinkExtensions(args) => {
+            let cfg = args.load()?;
+            let version =
+                crate::sysinfo::os_version(&cfg.root).context("reading the booted version")?;
+            let links = super::extensions::activate(&cfg.extension_layout(), &version)
+                .context("linking the system extensions")?;
+            for (link, target) in &links {
+                println!("{} -> {}", link.display(), target.display());
+            }
+            if links.is_empty() {
+                println!("no system extension images for {version}");
+            }
+            Ok(())
         }
     }
 }
