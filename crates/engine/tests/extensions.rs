@@ -251,3 +251,86 @@ async fn an_enabled_extension_the_update_does_not_offer_fails_it_with_1001() {
     .unwrap();
     expect_extension_error(&r, &m, &bus).await;
 }
+
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oem_image_that_does_not_fit_on_oem_goes_under_etc() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = PrivateBus::start();
+    let r = release(dir.path(), None).await;
+    let mut m = TestMachine::new(dir.path(), &r.server, Some(&bus.address));
+    let root = m.cfg.root.clone();
+    let oem = root.join("oem");
+    std::fs::create_dir_all(&oem).unwrap();
+    // A small OEM partition: the 1.0.0 image fits, the 100 kB one of 2.0.0 does not.
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48k", "tmpfs"])
+        .arg(&oem)
+        .status()
+        .expect("running mount");
+    assert!(
+        mounted.success(),
+        "mounting a tmpfs needs root (the test suite runs as root)"
+    );
+    let _umount = Mounted(oem.clone());
+    enable(&root);
+
+    let (stop, run) = run_until_stopped(m.cfg.clone()).await;
+    let seen = attempt(&bus, ENDED).await;
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("UPDATE_STATUS_UPDATED_NEED_REBOOT"),
+        "{seen:?}"
+    );
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+    let fallback = root.join("etc/flatcar/oem-sysext/oem-qemu-2.0.0.raw");
+    assert!(
+        std::fs::read(&fallback).ok() == Some(r.oem.clone()),
+        "the OEM image is under /etc"
+    );
+    let left: Vec<String> = walk(&oem);
+    assert_eq!(
+        left,
+        ["sysext/oem-qemu-1.0.0.raw"],
+        "nothing of 2.0.0 is left on /oem"
+    );
+    assert!(
+        std::fs::read(root.join(SYSEXT_DIR).join("flatcar-demo-2.0.0.raw")).ok() == Some(r.demo)
+    );
+
+    // Booted into 2.0.0, its OEM image is linked from there.
+    assert_eq!(m.firmware_choose(), fastpatch_disk::USR_B_INDEX);
+    m.boot(BootedSlot::B, NEW, 2);
+    drop(Daemon::new(m.cfg.clone()).await.unwrap());
+    assert_eq!(
+        link(&root, "oem-qemu").as_deref(),
+        Some(Path::new("/etc/flatcar/oem-sysext/oem-qemu-2.0.0.raw"))
+    );
+}
+
+/// Every file under `dir`, relative, sorted.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}

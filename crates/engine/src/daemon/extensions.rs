@@ -193,7 +193,11 @@ pub async fn place(
     let mut wanted = Vec::new();
     for e in enabled(&layout.root)? {
         let target = image_path(layout, &e, version);
-        if target.exists() {
+        let fallback = layout
+            .root
+            .join(OEM_FALLBACK_DIR)
+            .join(target.file_name().unwrap_or_default());
+        if target.exists() || (e.oem && fallback.exists()) {
             continue;
         }
         let name = e.package();
@@ -211,39 +215,85 @@ pub async fn place(
     }
     let mut placed = Vec::new();
     for (target, name, offer, sha256) in wanted {
-        let dir = target.parent().unwrap_or(&layout.root).to_owned();
-        let downloads = dir.join(DOWNLOADS);
-        std::fs::create_dir_all(&downloads).map_err(io(&downloads))?;
-        tracing::info!(extension = %name, %version, size = offer.size, "fetching a system extension");
-        let want = fastpatch_fetch::Wanted {
-            name: &name,
-            size: offer.size,
-            sha256,
-            sha1: None,
-            urls: &offer.urls,
+        let target = match place_one(client, &target, &name, offer, sha256, version, keys).await {
+            // Flatcar's rule: an OEM image that does not fit on /oem goes under /etc.
+            Err(e) if out_of_space(&e) && target.starts_with(layout.root.join(OEM_SYSEXT_DIR)) => {
+                let dir = target.parent().unwrap_or(&layout.root);
+                let _ = std::fs::remove_dir_all(dir.join(DOWNLOADS));
+                let _ = std::fs::remove_file(target.with_extension("raw.tmp"));
+                let fallback = layout
+                    .root
+                    .join(OEM_FALLBACK_DIR)
+                    .join(target.file_name().unwrap_or_default());
+                tracing::warn!(extension = %name, "/oem is full: the OEM extension goes under /{OEM_FALLBACK_DIR}");
+                place_one(client, &fallback, &name, offer, sha256, version, keys).await?;
+                fallback
+            }
+            Err(e) => return Err(e),
+            Ok(()) => target,
         };
-        let payload =
-            fastpatch_fetch::fetch(client, &downloads, &want, &mut fastpatch_fetch::Quiet)
-                .await
-                .map_err(|error| ExtensionError::Fetch {
-                    name: name.clone(),
-                    error,
-                })?;
-        let (t, k) = (target.clone(), keys.to_vec());
-        tokio::task::spawn_blocking(move || unpack(&payload, &t, k))
-            .await
-            .map_err(|e| io(&target)(std::io::Error::other(e)))?
-            .map_err(|error| match error {
-                UnpackError::Io(e) => e,
-                UnpackError::Payload(error) => ExtensionError::Unpack {
-                    name: name.clone(),
-                    error,
-                },
-            })?;
         tracing::info!(image = %target.display(), "system extension placed");
         placed.push(target);
     }
     Ok(placed)
+}
+
+/// Whether `e` is a full file system (ENOSPC), wherever it happened.
+fn out_of_space(e: &ExtensionError) -> bool {
+    let full = |e: &std::io::Error| e.kind() == std::io::ErrorKind::StorageFull;
+    match e {
+        ExtensionError::Io { error, .. } => full(error),
+        ExtensionError::Fetch {
+            error: fastpatch_fetch::FetchError::Io { error, .. },
+            ..
+        } => full(error),
+        ExtensionError::Unpack { error, .. } => match error {
+            fastpatch_payload::PayloadError::Io { error, .. } => full(error),
+            // The installer's writer reports its I/O errors as text.
+            other => other.to_string().contains("No space left on device"),
+        },
+        _ => false,
+    }
+}
+
+/// Downloads one extension into the directory of `target` and unpacks it there.
+async fn place_one(
+    client: &reqwest::Client,
+    target: &Path,
+    name: &str,
+    offer: &ExtensionOffer,
+    sha256: [u8; 32],
+    version: &str,
+    keys: &[RsaPublicKey],
+) -> Result<(), ExtensionError> {
+    let dir = target.parent().unwrap_or(Path::new("/")).to_owned();
+    let downloads = dir.join(DOWNLOADS);
+    std::fs::create_dir_all(&downloads).map_err(io(&downloads))?;
+    tracing::info!(extension = %name, %version, size = offer.size, "fetching a system extension");
+    let want = fastpatch_fetch::Wanted {
+        name,
+        size: offer.size,
+        sha256,
+        sha1: None,
+        urls: &offer.urls,
+    };
+    let payload = fastpatch_fetch::fetch(client, &downloads, &want, &mut fastpatch_fetch::Quiet)
+        .await
+        .map_err(|error| ExtensionError::Fetch {
+            name: name.to_owned(),
+            error,
+        })?;
+    let (t, k) = (target.to_owned(), keys.to_vec());
+    tokio::task::spawn_blocking(move || unpack(&payload, &t, k))
+        .await
+        .map_err(|e| io(target)(std::io::Error::other(e)))?
+        .map_err(|error| match error {
+            UnpackError::Io(e) => e,
+            UnpackError::Payload(error) => ExtensionError::Unpack {
+                name: name.to_owned(),
+                error,
+            },
+        })
 }
 
 enum UnpackError {
