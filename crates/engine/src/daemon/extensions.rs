@@ -296,6 +296,58 @@ async fn place_one(
         })
 }
 
+/// [`place`] for an update, as the daemon's answer to `PlaceExtensions`: `ExtensionsPlaced`,
+/// or `Failed` with EXTENSION_ERROR (logged with the reason).
+pub async fn place_for_update(
+    client: &reqwest::Client,
+    layout: &Layout,
+    offer: &crate::machine::UpdateOffer,
+    trusted_keys: &[PathBuf],
+) -> crate::machine::Input {
+    let placed = match fastpatch_payload::keys::load_key_set(trusted_keys) {
+        Ok(keys) => {
+            let keys: Vec<RsaPublicKey> = keys.into_iter().map(|(_, k)| k).collect();
+            place(client, layout, &offer.version, &offer.extensions, &keys)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    match placed {
+        Ok(_) => crate::machine::Input::ExtensionsPlaced,
+        Err(e) => {
+            tracing::error!(version = %offer.version, "system extensions not placed, the update stops here: {e}");
+            crate::machine::Input::Failed {
+                code: crate::report::ErrorCode::EXTENSION_ERROR,
+            }
+        }
+    }
+}
+
+/// [`prune`], with what it removed (or why it could not) in the log.
+pub fn prune_logged(layout: &Layout, keep: &[String]) {
+    match prune(layout, keep) {
+        Ok(removed) => {
+            for p in removed {
+                tracing::info!(image = %p.display(), "old system extension removed");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot remove old system extensions"),
+    }
+}
+
+/// [`activate`], with the links made (or why not) in the log.
+pub fn activate_logged(layout: &Layout, version: &str) {
+    match activate(layout, version) {
+        Ok(links) => {
+            for (link, target) in links {
+                tracing::info!(link = %link.display(), target = %target.display(), "system extension linked for the booted version");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot link the booted version's system extensions"),
+    }
+}
+
 enum UnpackError {
     Io(ExtensionError),
     Payload(fastpatch_payload::PayloadError),

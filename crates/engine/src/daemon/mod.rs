@@ -109,16 +109,7 @@ impl Daemon {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let facts = Facts::read(&cfg.root, &cfg.boot_id_path).context("reading machine facts")?;
         // The booted version's system extensions (placed with its update) take their links.
-        match extensions::activate(&cfg.extension_layout(), &facts.version) {
-            Ok(links) => {
-                for (link, target) in links {
-                    tracing::info!(link = %link.display(), target = %target.display(), "system extension linked for the booted version");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot link the booted version's system extensions")
-            }
-        }
+        extensions::activate_logged(&cfg.extension_layout(), &facts.version);
         let durable = crate::persist::load(&cfg.state_file)?;
         let (boot, disk) = boot_control(&cfg)?;
         let staged = passive_staged(&boot).context("reading the slots")?;
@@ -410,14 +401,7 @@ impl Daemon {
                 },
                 Action::PlaceExtensions(offer) => self.place_extensions(offer),
                 Action::PruneExtensions { keep } => {
-                    match extensions::prune(&self.cfg.extension_layout(), &keep) {
-                        Ok(removed) => {
-                            for p in removed {
-                                tracing::info!(image = %p.display(), "old system extension removed");
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot remove old system extensions"),
-                    }
+                    extensions::prune_logged(&self.cfg.extension_layout(), &keep)
                 }
                 Action::StageSlot => {
                     let passive = self.boot.booted().other();
@@ -561,34 +545,17 @@ impl Daemon {
 }
 
 impl Daemon {
-    /// Fetches and places the enabled system extensions for the offer's version in the
-    /// background; the loop gets `ExtensionsPlaced` or `Failed` (EXTENSION_ERROR).
+    /// Places the offer's enabled system extensions in the background; the loop gets
+    /// `ExtensionsPlaced` or `Failed` (EXTENSION_ERROR).
     fn place_extensions(&mut self, offer: crate::machine::UpdateOffer) {
-        let keys = fastpatch_payload::keys::load_key_set(&self.cfg.trusted_keys)
-            .map(|k| k.into_iter().map(|(_, key)| key).collect::<Vec<_>>());
         let (layout, http, tx) = (
             self.cfg.extension_layout(),
             self.http.clone(),
             self.tx.clone(),
         );
+        let keys = self.cfg.trusted_keys.clone();
         tokio::spawn(async move {
-            let placed = match keys {
-                Ok(keys) => {
-                    extensions::place(&http, &layout, &offer.version, &offer.extensions, &keys)
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-                Err(e) => Err(e.to_string()),
-            };
-            let input = match placed {
-                Ok(_) => Input::ExtensionsPlaced,
-                Err(e) => {
-                    tracing::error!(version = %offer.version, "system extensions not placed, the update stops here: {e}");
-                    Input::Failed {
-                        code: ErrorCode::EXTENSION_ERROR,
-                    }
-                }
-            };
+            let input = extensions::place_for_update(&http, &layout, &offer, &keys).await;
             let _ = tx.send(Msg::Input(input));
         });
     }
