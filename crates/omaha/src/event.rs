@@ -56,11 +56,60 @@ pub mod error_code {
         FLAG_DEV_MODE | FLAG_RESUMED | FLAG_TEST_IMAGE | FLAG_TEST_OMAHA_URL;
 }
 
-/// An `errorcode` as sent: a base code with flag bits in the top four bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// An `errorcode` as sent: a base code with flag bits in the top four bits. Persisted by the
+/// engine as the plain number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ErrorCode(pub u32);
 
+/// The context bits update_engine ORs into the error code of a failed attempt
+/// (`GetErrorCodeFlags`): flags never change the base code a server groups failures by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErrorFlags {
+    /// The attempt continued an interrupted download (`1 << 30`).
+    pub resumed: bool,
+    /// The update server is not the production default (`1 << 28`).
+    pub test_omaha_url: bool,
+}
+
 impl ErrorCode {
+    // The numbers are update_engine's (`error_code.h`), see [`error_code`].
+    pub const SUCCESS: ErrorCode = ErrorCode(error_code::SUCCESS);
+    pub const ERROR: ErrorCode = ErrorCode(error_code::ERROR);
+    pub const OMAHA_REQUEST_ERROR: ErrorCode = ErrorCode(error_code::OMAHA_REQUEST_ERROR);
+    pub const POSTINSTALL_RUNNER_ERROR: ErrorCode = ErrorCode(error_code::POSTINSTALL_RUNNER_ERROR);
+    pub const INSTALL_DEVICE_OPEN_ERROR: ErrorCode =
+        ErrorCode(error_code::INSTALL_DEVICE_OPEN_ERROR);
+    pub const DOWNLOAD_TRANSFER_ERROR: ErrorCode = ErrorCode(error_code::DOWNLOAD_TRANSFER_ERROR);
+    pub const PAYLOAD_HASH_MISMATCH: ErrorCode = ErrorCode(error_code::PAYLOAD_HASH_MISMATCH);
+    pub const PAYLOAD_SIZE_MISMATCH: ErrorCode = ErrorCode(error_code::PAYLOAD_SIZE_MISMATCH);
+    pub const DOWNLOAD_PAYLOAD_VERIFICATION_ERROR: ErrorCode =
+        ErrorCode(error_code::DOWNLOAD_PAYLOAD_VERIFICATION_ERROR);
+    pub const DOWNLOAD_NEW_PARTITION_INFO_ERROR: ErrorCode =
+        ErrorCode(error_code::DOWNLOAD_NEW_PARTITION_INFO_ERROR);
+    pub const DOWNLOAD_WRITE_ERROR: ErrorCode = ErrorCode(error_code::DOWNLOAD_WRITE_ERROR);
+    pub const DOWNLOAD_PAYLOAD_PUBKEY_VERIFICATION_ERROR: ErrorCode =
+        ErrorCode(error_code::DOWNLOAD_PAYLOAD_PUBKEY_VERIFICATION_ERROR);
+    pub const OMAHA_RESPONSE_INVALID: ErrorCode = ErrorCode(error_code::OMAHA_RESPONSE_INVALID);
+    /// A delta payload whose source is not the booted slot's image.
+    pub const DOWNLOAD_STATE_INITIALIZATION_ERROR: ErrorCode =
+        ErrorCode(error_code::DOWNLOAD_STATE_INITIALIZATION_ERROR);
+    /// An enabled system extension for the new version could not be placed: nothing staged.
+    pub const EXTENSION_ERROR: ErrorCode = ErrorCode(error_code::EXTENSION_ERROR);
+    /// The machine came back on the old version: the new one never booted good.
+    pub const ROLLED_BACK: ErrorCode = ErrorCode(error_code::ROLLED_BACK);
+
+    /// The code with `flags` set (flag bits already present are kept).
+    pub fn with_flags(self, flags: ErrorFlags) -> ErrorCode {
+        let mut v = self.0;
+        if flags.resumed {
+            v |= error_code::FLAG_RESUMED;
+        }
+        if flags.test_omaha_url {
+            v |= error_code::FLAG_TEST_OMAHA_URL;
+        }
+        ErrorCode(v)
+    }
+
     /// The code without flag bits.
     pub fn base(self) -> u32 {
         self.0 & !error_code::FLAGS_MASK

@@ -20,7 +20,7 @@ mod xml;
 #[doc(hidden)]
 pub use xml::fast_path_agrees;
 
-pub use event::{error_code, event_result, event_type, ErrorCode, EventKind};
+pub use event::{error_code, event_result, event_type, ErrorCode, ErrorFlags, EventKind};
 pub use offer::{
     decode_digest, encode_b64, encode_hex, CheckOutcome, InvalidResponse, OfferedFile, UpdateOffer,
     DEFAULT_MAX_FAILURE_COUNT_PER_URL,

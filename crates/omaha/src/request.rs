@@ -75,10 +75,13 @@ pub struct UpdateCheck {
     pub target_version_prefix: Option<String>,
 }
 
-/// `<event eventtype eventresult errorcode previousversion>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `<event eventtype eventresult errorcode previousversion>`. The engine persists the events
+/// the server has not acknowledged in this form (`result` is the persisted name of
+/// `event_result`, which every engine version reads).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     pub event_type: u32,
+    #[serde(rename = "result")]
     pub event_result: u32,
     pub error_code: Option<ErrorCode>,
     /// Set (possibly empty) on 3/2 "update complete" events.
@@ -114,15 +117,19 @@ impl Event {
         }
     }
     /// 3/0 with an error code (flags included).
-    pub fn error(code: u32) -> Self {
+    pub fn error(code: ErrorCode) -> Self {
         Event {
-            error_code: Some(ErrorCode(code)),
+            error_code: Some(code),
             ..Self::new(event_type::UPDATE_COMPLETE, event_result::ERROR)
         }
     }
-    /// 3/0 errorcode 44: the new version did not boot; the machine is back on the old one.
-    pub fn rolled_back() -> Self {
-        Self::error(crate::event::error_code::ROLLED_BACK)
+    /// 3/0 errorcode 44: `failed_version` did not boot; the machine is back on the old one
+    /// (`previousversion` names the version that failed).
+    pub fn rolled_back(failed_version: impl Into<String>) -> Self {
+        Event {
+            previous_version: Some(failed_version.into()),
+            ..Self::error(ErrorCode::ROLLED_BACK)
+        }
     }
 
     pub fn kind(&self) -> EventKind {

@@ -178,7 +178,7 @@ fn engine_written_request_has_flatcar_attribute_names() {
             update_check: Some(UpdateCheck::default()),
             events: vec![
                 Event::update_complete("3510.2.0"),
-                Event::error(0x8000_000A),
+                Event::error(ErrorCode(0x8000_000A)),
             ],
             ..RequestApp::default()
         }],

@@ -105,7 +105,7 @@ async fn status_changes_update_the_cached_row(b: Backend) {
         "m1",
         "3602.2.0",
         "stable",
-        vec![fastpatch_omaha::Event::rolled_back()],
+        vec![fastpatch_omaha::Event::rolled_back("2.0.0")],
         false,
     )
     .await;

@@ -139,7 +139,7 @@ async fn rollback_halts_group_in_safe_mode(b: Backend) {
     assert_eq!(s.instance_status("m2").await, "on-hold");
     // m1 rolls back (3/0 errorcode 44).
     let resp = s
-        .check("m1", OLD, "stable", vec![Event::rolled_back()], true)
+        .check("m1", OLD, "stable", vec![Event::rolled_back(NEW)], true)
         .await;
     assert_eq!(resp.apps[0].events, [Status::Ok]);
     assert_eq!(offered(&resp), None);

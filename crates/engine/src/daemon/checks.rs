@@ -111,7 +111,9 @@ impl Daemon {
     }
 
     pub(super) fn send_events(&mut self, events: Vec<Event>) {
-        let is_error = events.iter().any(|e| e.result == 0);
+        let is_error = events
+            .iter()
+            .any(|e| e.event_result == fastpatch_omaha::event_result::ERROR);
         let (conf, url) = self.server_url();
         let request = url.and_then(|_| self.request(&conf, &RequestKind::Events, &events));
         let _ = self.reporter.send(ReportJob::Send {

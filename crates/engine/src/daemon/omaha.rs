@@ -65,17 +65,6 @@ pub enum RequestKind {
     Events,
 }
 
-fn to_wire(e: &Event) -> fastpatch_omaha::Event {
-    fastpatch_omaha::Event {
-        event_type: e.event_type,
-        event_result: e.result,
-        error_code: e
-            .error_code
-            .map(|ErrorCode(c)| fastpatch_omaha::ErrorCode(c)),
-        previous_version: e.previous_version.clone(),
-    }
-}
-
 /// Builds the request; `None` when it would be empty (Flatcar #388: never send one).
 /// The payload operations this engine's installer applies, announced in every request so the
 /// server offers a payload it can apply (and stock Flatcar clients one they can).
@@ -129,7 +118,7 @@ pub fn build_request(
             r: None,
         }),
         update_check: update_check.then(UpdateCheck::default),
-        events: events.iter().map(to_wire).collect(),
+        events: events.to_vec(),
         extra: Vec::new(),
     };
     Some(Request {

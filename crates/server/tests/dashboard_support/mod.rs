@@ -111,7 +111,15 @@ pub async fn seed_rollout(s: &TestServer) {
         )
         .await;
     }
-    check(s, "m10", "node-10", "1.0.0", vec![Event::error(10)], false).await;
+    check(
+        s,
+        "m10",
+        "node-10",
+        "1.0.0",
+        vec![Event::error(fastpatch_omaha::ErrorCode(10))],
+        false,
+    )
+    .await;
     sample(s).await;
     // Phase 4: five reboot into 2.0.0.
     s.clock.advance(step());
