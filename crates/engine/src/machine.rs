@@ -13,32 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::report::{ErrorCode, Event};
 use crate::status::UpdateStatus;
 
-/// An update the server offered (already validated by the Omaha client: size > 0, sha256 set).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpdateOffer {
-    pub version: String,
-    /// Full payload URLs (codebase + package name), tried in order.
-    pub urls: Vec<String>,
-    pub size: u64,
-    /// Base64 SHA-256 of the payload (Omaha `action@sha256`).
-    pub sha256_b64: String,
-    /// The extra files offered with it (system extensions): the daemon places the ones
-    /// this machine has enabled before the slot is staged.
-    #[serde(default)]
-    pub extensions: Vec<ExtensionOffer>,
-}
-
-/// A system extension offered with an update (`flatcar-<NAME>.gz`, `oem-<ID>.gz`): a signed
-/// CrAU payload whose image is the extension's `.raw` file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExtensionOffer {
-    pub name: String,
-    pub size: u64,
-    /// Hex SHA-256 of the file (Omaha `hash_sha256`).
-    pub sha256_hex: String,
-    /// Full URLs (each codebase + name), tried in order.
-    pub urls: Vec<String>,
-}
+/// An update the server offered, validated by the omaha crate (size > 0, SHA-256 decoded), with
+/// the extra files (system extensions) the daemon places before staging.
+pub use fastpatch_omaha::UpdateOffer;
 
 /// The server's answer to an update check.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,13 +15,13 @@ fn boot(version: &str, boot_id: &str, staged: bool) -> BootFacts {
 }
 
 fn offer(version: &str) -> UpdateOffer {
-    UpdateOffer {
-        version: version.into(),
-        urls: vec![format!("http://127.0.0.1/{version}/update.gz")],
-        size: 1000,
-        sha256_b64: "c2hh".into(),
-        extensions: Vec::new(),
-    }
+    UpdateOffer::new(
+        version,
+        vec![format!("http://127.0.0.1/{version}/update.gz")],
+        "update.gz",
+        1000,
+        [7; 32],
+    )
 }
 
 fn fresh() -> Engine {

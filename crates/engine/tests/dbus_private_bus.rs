@@ -25,13 +25,7 @@ async fn engine_loop(
             passive_slot_staged: false,
         },
     );
-    let offer = UpdateOffer {
-        version: "2".into(),
-        urls: vec!["http://127.0.0.1/u".into()],
-        size: 400,
-        sha256_b64: "x".into(),
-        extensions: Vec::new(),
-    };
+    let offer = UpdateOffer::new("2", vec!["http://127.0.0.1/u".into()], "u", 400, [1; 32]);
     while let Some(request) = requests.recv().await {
         let script = match request {
             Request::AttemptUpdate => vec![

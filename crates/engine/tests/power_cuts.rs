@@ -372,13 +372,13 @@ impl Shell<'_, '_> {
     }
 
     fn offer(&self) -> UpdateOffer {
-        UpdateOffer {
-            version: NEW.into(),
-            urls: vec!["http://update.invalid/new.payload".into()],
-            size: self.m.fx.payload.len() as u64,
-            sha256_b64: hex(&sha(&self.m.fx.payload)),
-            extensions: Vec::new(),
-        }
+        UpdateOffer::new(
+            NEW,
+            vec!["http://update.invalid/new.payload".into()],
+            "new.payload",
+            self.m.fx.payload.len() as u64,
+            sha(&self.m.fx.payload),
+        )
     }
 
     /// The download: the payload bytes from the installer's resume offset, in 64 KiB pieces.
@@ -387,7 +387,7 @@ impl Shell<'_, '_> {
         let target = FileRange::open(&self.m.disk, state.byte_offset, state.byte_len).unwrap();
         let mut opts = InstallOptions::new(vec![self.m.fx.key.clone()]);
         opts.state_dir = Some(self.m.install_dir.clone());
-        opts.payload_id = Some(self.offer().sha256_b64);
+        opts.payload_id = Some(hex(&self.offer().sha256));
         opts.checkpoint_bytes = 256 << 10;
         let mut installer = Installer::new(Arc::new(CutTarget(target)), opts)
             .map_err(|e| PowerOff(format!("starting the install: {e}")))?;

@@ -39,6 +39,41 @@ pub struct UpdateOffer {
     pub extra_files: Vec<OfferedFile>,
 }
 
+impl UpdateOffer {
+    /// An offer of one payload with update_engine's defaults for everything optional.
+    pub fn new(
+        version: impl Into<String>,
+        urls: Vec<String>,
+        package_name: impl Into<String>,
+        size: u64,
+        sha256: [u8; 32],
+    ) -> UpdateOffer {
+        UpdateOffer {
+            version: version.into(),
+            urls,
+            package_name: package_name.into(),
+            size,
+            sha256,
+            sha1: None,
+            poll_interval: None,
+            max_failure_count_per_url: DEFAULT_MAX_FAILURE_COUNT_PER_URL,
+            is_delta_payload: false,
+            disable_payload_backoff: false,
+            extra_files: Vec::new(),
+        }
+    }
+
+    /// Where an extra file of this offer can be downloaded: each payload URL's codebase
+    /// followed by the file's name.
+    pub fn urls_of(&self, file: &OfferedFile) -> Vec<String> {
+        self.urls
+            .iter()
+            .filter_map(|u| u.strip_suffix(self.package_name.as_str()))
+            .map(|codebase| format!("{codebase}{}", file.name))
+            .collect()
+    }
+}
+
 /// An extra file of an update (a system extension, `oem-<ID>.gz` / `flatcar-<NAME>.gz`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OfferedFile {

@@ -184,7 +184,7 @@ pub fn spawn(
     let (finish_tx, finish_rx) = oneshot::channel::<()>();
     let mut opts = spec.install.clone();
     opts.state_dir = Some(spec.state_dir.clone());
-    opts.payload_id = Some(spec.offer.sha256_b64.clone());
+    opts.payload_id = Some(fastpatch_omaha::encode_b64(&spec.offer.sha256));
     let target = (spec.disk.clone(), spec.slot_offset, spec.slot_len);
     let installer_report = report.clone();
     let resumed = Arc::new(AtomicBool::new(false));
@@ -264,7 +264,8 @@ async fn download(
     on_bytes: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<(), ErrorCode> {
     let size = spec.offer.size;
-    let payload_id = &spec.offer.sha256_b64;
+    // The payload's identity in the saved hash states (base64 of its SHA-256).
+    let payload_id = &fastpatch_omaha::encode_b64(&spec.offer.sha256);
     let mut points = load_points(&spec.state_dir, payload_id);
     // The latest saved hash state at or before the installer's resume offset.
     points.points.retain(|p| p.bytes_hashed() <= resume_at);
@@ -378,8 +379,9 @@ async fn download(
             tokio::time::sleep(spec.retry_delay).await;
         }
     }
-    let got = fastpatch_omaha::encode_b64(&hasher.finalize());
-    if &got != payload_id {
+    let got: [u8; 32] = hasher.finalize();
+    if got != spec.offer.sha256 {
+        let got = fastpatch_omaha::encode_b64(&got);
         tracing::error!(got, want = %payload_id, "payload SHA-256 does not match the Omaha response");
         discard_state(&spec.state_dir);
         return Err(ErrorCode::PAYLOAD_HASH_MISMATCH);

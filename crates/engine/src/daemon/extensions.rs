@@ -18,7 +18,7 @@ use std::sync::Arc;
 use fastpatch_payload::install::{self, FileRange, InstallOptions, InstallTarget};
 use rsa::RsaPublicKey;
 
-use crate::machine::ExtensionOffer;
+use fastpatch_omaha::{OfferedFile, UpdateOffer};
 
 pub const VENDOR_ENABLED: &str = "usr/share/flatcar/enabled-sysext.conf";
 pub const ADMIN_ENABLED: &str = "etc/flatcar/enabled-sysext.conf";
@@ -40,8 +40,6 @@ pub enum ExtensionError {
     },
     #[error("extension {0} is enabled on this machine but the update does not offer it")]
     NotOffered(String),
-    #[error("extension {name}: the offer's hash_sha256 {hash:?} is not a SHA-256")]
-    BadHash { name: String, hash: String },
     #[error("extension {name}: {error}")]
     Fetch {
         name: String,
@@ -185,10 +183,10 @@ pub fn image_path(layout: &Layout, e: &Enabled, version: &str) -> PathBuf {
 pub async fn place(
     client: &reqwest::Client,
     layout: &Layout,
-    version: &str,
-    offers: &[ExtensionOffer],
+    offer: &UpdateOffer,
     keys: &[RsaPublicKey],
 ) -> Result<Vec<PathBuf>, ExtensionError> {
+    let version = offer.version.as_str();
     // Every enabled extension must be offered before anything is downloaded.
     let mut wanted = Vec::new();
     for e in enabled(&layout.root)? {
@@ -201,21 +199,17 @@ pub async fn place(
             continue;
         }
         let name = e.package();
-        let offer = offers
+        let file = offer
+            .extra_files
             .iter()
-            .find(|o| o.name == name)
+            .find(|f| f.name == name)
             .ok_or_else(|| ExtensionError::NotOffered(name.clone()))?;
-        let sha256 = fastpatch_omaha::decode_digest::<32>(&offer.sha256_hex).ok_or_else(|| {
-            ExtensionError::BadHash {
-                name: name.clone(),
-                hash: offer.sha256_hex.clone(),
-            }
-        })?;
-        wanted.push((target, name, offer, sha256));
+        wanted.push((target, file, offer.urls_of(file)));
     }
     let mut placed = Vec::new();
-    for (target, name, offer, sha256) in wanted {
-        let target = match place_one(client, &target, &name, offer, sha256, version, keys).await {
+    for (target, file, urls) in wanted {
+        let name = &file.name;
+        let target = match place_one(client, &target, file, &urls, version, keys).await {
             // Flatcar's rule: an OEM image that does not fit on /oem goes under /etc.
             Err(e) if out_of_space(&e) && target.starts_with(layout.root.join(OEM_SYSEXT_DIR)) => {
                 let dir = target.parent().unwrap_or(&layout.root);
@@ -226,7 +220,7 @@ pub async fn place(
                     .join(OEM_FALLBACK_DIR)
                     .join(target.file_name().unwrap_or_default());
                 tracing::warn!(extension = %name, "/oem is full: the OEM extension goes under /{OEM_FALLBACK_DIR}");
-                place_one(client, &fallback, &name, offer, sha256, version, keys).await?;
+                place_one(client, &fallback, file, &urls, version, keys).await?;
                 fallback
             }
             Err(e) => return Err(e),
@@ -260,22 +254,22 @@ fn out_of_space(e: &ExtensionError) -> bool {
 async fn place_one(
     client: &reqwest::Client,
     target: &Path,
-    name: &str,
-    offer: &ExtensionOffer,
-    sha256: [u8; 32],
+    file: &OfferedFile,
+    urls: &[String],
     version: &str,
     keys: &[RsaPublicKey],
 ) -> Result<(), ExtensionError> {
+    let name = file.name.as_str();
     let dir = target.parent().unwrap_or(Path::new("/")).to_owned();
     let downloads = dir.join(DOWNLOADS);
     std::fs::create_dir_all(&downloads).map_err(io(&downloads))?;
-    tracing::info!(extension = %name, %version, size = offer.size, "fetching a system extension");
+    tracing::info!(extension = %name, %version, size = file.size, "fetching a system extension");
     let want = fastpatch_fetch::Wanted {
         name,
-        size: offer.size,
-        sha256,
-        sha1: None,
-        urls: &offer.urls,
+        size: file.size,
+        sha256: file.sha256,
+        sha1: file.sha1,
+        urls,
     };
     let payload = fastpatch_fetch::fetch(client, &downloads, &want, &mut fastpatch_fetch::Quiet)
         .await
@@ -307,7 +301,7 @@ pub async fn place_for_update(
     let placed = match fastpatch_payload::keys::load_key_set(trusted_keys) {
         Ok(keys) => {
             let keys: Vec<RsaPublicKey> = keys.into_iter().map(|(_, k)| k).collect();
-            place(client, layout, &offer.version, &offer.extensions, &keys)
+            place(client, layout, offer, &keys)
                 .await
                 .map_err(|e| e.to_string())
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use fastpatch_omaha::{CheckOutcome, Os, Ping, Request, RequestApp, Response, UpdateCheck};
 use fastpatch_update_conf::UpdateConf;
 
-use crate::machine::{CheckReply, Input, UpdateOffer};
+use crate::machine::{CheckReply, Input};
 use crate::report::{ErrorCode, Event};
 use crate::sysinfo;
 
@@ -237,33 +237,11 @@ pub fn interpret_check(app_id: &str, body: &[u8]) -> (Input, Option<u32>) {
             None,
         ),
         Ok(CheckOutcome::Update(offer)) => {
-            let max = offer.max_failure_count_per_url;
-            // Extra files live under the payload's codebases.
-            let codebases: Vec<&str> = offer
-                .urls
-                .iter()
-                .filter_map(|u| u.strip_suffix(offer.package_name.as_str()))
-                .collect();
-            let extensions = offer
-                .extra_files
-                .iter()
-                .map(|f| crate::machine::ExtensionOffer {
-                    name: f.name.clone(),
-                    size: f.size,
-                    sha256_hex: fastpatch_omaha::encode_hex(&f.sha256),
-                    urls: codebases.iter().map(|c| format!("{c}{}", f.name)).collect(),
-                })
-                .collect();
+            let (max, poll_interval) = (offer.max_failure_count_per_url, offer.poll_interval);
             (
                 Input::CheckAnswered {
-                    reply: CheckReply::Update(UpdateOffer {
-                        version: offer.version,
-                        urls: offer.urls,
-                        size: offer.size,
-                        sha256_b64: fastpatch_omaha::encode_b64(&offer.sha256),
-                        extensions,
-                    }),
-                    poll_interval: offer.poll_interval,
+                    reply: CheckReply::Update(offer),
+                    poll_interval,
                 },
                 Some(max),
             )
@@ -394,7 +372,10 @@ mod tests {
                 assert_eq!(o.version, "3732.0.0");
                 assert_eq!(o.urls, ["http://h/a/u.gz", "http://h/b/u.gz"]);
                 assert_eq!(o.size, 400);
-                assert_eq!(o.sha256_b64, "stLG3U/o4Ar8TMHFwT/RWB0iNkaWOO6QtLrq6+AHBbA=");
+                assert_eq!(
+                    fastpatch_omaha::encode_b64(&o.sha256),
+                    "stLG3U/o4Ar8TMHFwT/RWB0iNkaWOO6QtLrq6+AHBbA="
+                );
             }
             other => panic!("{other:?}"),
         }
