@@ -1,26 +1,16 @@
-//! fastpatch's node update engine.
-//!
-//! The decisions live in [`machine::Engine::step`]: one state enum ([`UpdateStatus`]), inputs
-//! in, actions out, no I/O. Around it: the check [`schedule`], the [`health`] gate's verdict,
-//! payload [`urls`] rotation, the durable state file ([`persist`]) and the machine facts every
-//! request carries ([`sysinfo`]). The daemon that performs the actions is a thin shell over
-//! these.
+//! fastpatch's node update engine: the daemon that performs what the pure core
+//! (`fastpatch-engine-core`: [`machine::Engine::step`], [`schedule`], [`health`], [`urls`],
+//! [`status_report`]) decides, with real I/O: the durable state file ([`persist`]), the
+//! machine facts every request carries ([`sysinfo`]), D-Bus ([`dbus`]), update_engine_client
+//! ([`client`]) and the daemon itself ([`daemon`]).
+
+pub use fastpatch_engine_core::{health, machine, report, schedule, status, status_report, urls};
 
 pub mod client;
 pub mod daemon;
 pub mod dbus;
-pub mod health;
-pub mod machine;
 pub mod persist;
-pub mod report;
-pub mod schedule;
-pub mod status;
-pub mod status_report;
 pub mod sysinfo;
-pub mod urls;
-
-#[cfg(test)]
-mod machine_tests;
 
 pub use machine::{
     Action, BootFacts, CheckDelay, CheckReply, DurableState, Engine, Input, StagedUpdate,
