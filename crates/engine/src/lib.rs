@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod dbus;
 pub mod persist;
 pub mod sysinfo;
+pub mod tools;
 
 pub use machine::{
     Action, BootFacts, CheckDelay, CheckReply, DurableState, Engine, Input, StagedUpdate,

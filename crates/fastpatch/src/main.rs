@@ -45,17 +45,17 @@ enum Command {
     #[command(subcommand)]
     Engine(fastpatch_engine::daemon::cli::EngineCommand),
     /// update_engine_client: -status, -check_for_update, -update, -reset_status, -watch_for_updates.
-    Client(fastpatch_engine::daemon::cli::ClientArgs),
+    Client(fastpatch_engine::tools::ClientArgs),
     /// The update engine's status (a progress bar on a terminal; --json for scripts).
-    Status(fastpatch_engine::daemon::cli::StatusArgs),
+    Status(fastpatch_engine::tools::StatusArgs),
     /// Make the other slot boot next, if it holds a known-good image.
-    Rollback(fastpatch_engine::daemon::cli::RollbackArgs),
+    Rollback(fastpatch_engine::tools::RollbackArgs),
     // Other areas add their subcommands here: one variant + one match arm each.
 }
 
 fn main() {
     // Installed as (or linked to) update_engine_client: behave exactly like it.
-    if let Some(code) = fastpatch_engine::daemon::cli::dispatch_argv0() {
+    if let Some(code) = fastpatch_engine::tools::dispatch_argv0() {
         std::process::exit(code);
     }
     let cli = Cli::parse();
@@ -79,10 +79,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Keygen(args) => fastpatch_payload::cli::run_keygen(args),
         Command::Engine(cmd) => fastpatch_engine::daemon::cli::run_engine(cmd),
         Command::Client(args) => {
-            std::process::exit(fastpatch_engine::daemon::cli::run_client(&args.flags))
+            std::process::exit(fastpatch_engine::tools::run_client(&args.flags))
         }
-        Command::Status(args) => fastpatch_engine::daemon::cli::run_status(args),
-        Command::Rollback(args) => fastpatch_engine::daemon::cli::run_rollback(args),
+        Command::Status(args) => fastpatch_engine::tools::run_status(args),
+        Command::Rollback(args) => fastpatch_engine::tools::run_rollback(args),
         Command::Fleetlock(cmd) => fastpatch_locksmith::cli::run(cmd),
     }
 }
