@@ -98,6 +98,12 @@ pub enum Action {
     PruneExtensions {
         keep: Vec<String>,
     },
+    /// The attempt is over (staged or failed): stop its download and installer and drop
+    /// their pending reports.
+    DropInstall,
+    /// Run the reboot command once the events queued so far reached the server (or failed
+    /// to): `reboot_after_update`.
+    RebootWhenReported,
     /// Stage the passive slot in the partition table.
     StageSlot,
     /// Undo a staged slot (ResetStatus while an update waits for reboot).
@@ -155,6 +161,9 @@ pub struct Engine {
     /// This boot runs a freshly updated version that is not marked good yet.
     pub awaiting_good_boot: bool,
     pub durable: DurableState,
+    /// Reboot by itself once a staged update's events reached the server (a machine without
+    /// locksmithd). Set by the daemon from its config after [`Engine::start`].
+    pub reboot_after_update: bool,
 }
 
 impl Engine {
@@ -171,6 +180,7 @@ impl Engine {
             server_failures: 0,
             awaiting_good_boot: false,
             durable,
+            reboot_after_update: false,
         };
         let before = e.durable.clone();
         if e.durable.aleph_version.is_none() {
@@ -328,11 +338,17 @@ impl Engine {
                 if let Some(s) = self.durable.staged.as_mut() {
                     s.gpt_staged = true;
                 }
-                vec![
+                let mut actions = vec![
                     Action::Persist,
+                    Action::DropInstall,
                     Action::SendEvents(vec![Event::installed()]),
                     Action::PublishStatus,
-                ]
+                ];
+                if self.reboot_after_update {
+                    // After the 3/1 above: the reboot waits for it to reach the server.
+                    actions.push(Action::RebootWhenReported);
+                }
+                actions
             }
 
             (
@@ -352,6 +368,7 @@ impl Engine {
                 self.offer = None;
                 self.progress = 0.0;
                 actions.extend([
+                    Action::DropInstall,
                     Action::SendEvents(vec![Event::error(code)]),
                     Action::PublishStatus,
                     Action::ScheduleCheck(CheckDelay::Regular),

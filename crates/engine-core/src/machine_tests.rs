@@ -103,6 +103,11 @@ fn staged_engine() -> Engine {
     let a = e.step(Input::Staged);
     assert_eq!(e.status, S::UpdatedNeedReboot);
     assert_eq!(a[0], Action::Persist);
+    assert!(a.contains(&Action::DropInstall), "the attempt is over");
+    assert!(
+        !a.contains(&Action::RebootWhenReported),
+        "locksmithd decides: {a:?}"
+    );
     assert_eq!(events_sent(&a), vec![Event::installed()]);
     let staged = e.durable.staged.clone().unwrap();
     assert_eq!(
@@ -349,6 +354,30 @@ fn same_version_offer_is_no_update_and_busy_checks_are_ignored() {
 }
 
 #[test]
+fn reboot_after_update_reboots_once_the_installed_event_is_out() {
+    let mut e = fresh();
+    e.reboot_after_update = true;
+    e.step(Input::CheckDue { interactive: false });
+    e.step(Input::CheckAnswered {
+        reply: CheckReply::Update(offer("2")),
+        poll_interval: None,
+    });
+    e.step(Input::DownloadFinished);
+    e.step(Input::InstallVerified);
+    e.step(Input::ExtensionsPlaced);
+    let a = e.step(Input::Staged);
+    let send = a
+        .iter()
+        .position(|x| matches!(x, Action::SendEvents(_)))
+        .expect("3/1 is sent");
+    assert_eq!(a.last(), Some(&Action::RebootWhenReported), "{a:?}");
+    assert!(
+        send < a.len() - 1,
+        "the reboot waits for the 3/1 queued before it"
+    );
+}
+
+#[test]
 fn an_extension_that_cannot_be_placed_fails_the_update_before_staging() {
     let mut e = fresh();
     e.step(Input::CheckDue { interactive: false });
@@ -434,6 +463,10 @@ proptest! {
                     prop_assert_eq!(was, S::Finalizing, "staged only after the extensions were placed");
                     prop_assert!(e.durable.staged.is_some(), "stage intent recorded first");
                 }
+            }
+            let installing = |s: S| matches!(s, S::UpdateAvailable | S::Downloading | S::Verifying | S::Finalizing);
+            if installing(was) && !installing(e.status) {
+                prop_assert!(actions.contains(&Action::DropInstall), "an attempt that ends is dropped: {:?}", actions);
             }
             prop_assert!((0.0..=1.0).contains(&e.progress));
             if e.status == S::UpdatedNeedReboot {

@@ -347,6 +347,8 @@ impl Shell<'_, '_> {
                 // No extension is enabled on this machine: nothing to place or prune.
                 Action::PlaceExtensions(_) => Some(Input::ExtensionsPlaced),
                 Action::PruneExtensions { .. } => None,
+                // The installer is taken by FinishInstall; this machine reboots by the test.
+                Action::DropInstall | Action::RebootWhenReported => None,
                 Action::UnstageSlot => panic!("nothing asked to unstage"),
                 Action::Persist => {
                     persist::save(&self.m.state_file, &engine.durable)

@@ -113,7 +113,7 @@ impl Daemon {
         let durable = crate::persist::load(&cfg.state_file)?;
         let (boot, disk) = boot_control(&cfg)?;
         let staged = passive_staged(&boot).context("reading the slots")?;
-        let (engine, start_actions) = Engine::start(
+        let (mut engine, start_actions) = Engine::start(
             durable,
             BootFacts {
                 current_version: facts.version.clone(),
@@ -121,6 +121,7 @@ impl Daemon {
                 passive_slot_staged: staged,
             },
         );
+        engine.reboot_after_update = cfg.reboot_after_update;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(cfg.download.connect_timeout_secs))
             .read_timeout(Duration::from_secs(cfg.download.stall_timeout_secs))
@@ -345,24 +346,7 @@ impl Daemon {
                 // One line per change, for operators and for harnesses watching a serial log.
                 tracing::info!("status {before} -> {after}");
             }
-            if !matches!(
-                self.engine.status,
-                UpdateStatus::UpdateAvailable
-                    | UpdateStatus::Downloading
-                    | UpdateStatus::Verifying
-                    | UpdateStatus::Finalizing
-            ) {
-                // Not installing (any more): drop the attempt and its pending reports.
-                self.install = None;
-                self.install_rx = None;
-            }
             self.perform(actions).await;
-            if after != before
-                && after == UpdateStatus::UpdatedNeedReboot
-                && self.cfg.reboot_after_update
-            {
-                self.reboot_when_reported();
-            }
         }
     }
 
@@ -403,6 +387,11 @@ impl Daemon {
                 Action::PruneExtensions { keep } => {
                     extensions::prune_logged(&self.cfg.extension_layout(), &keep)
                 }
+                Action::DropInstall => {
+                    self.install = None;
+                    self.install_rx = None;
+                }
+                Action::RebootWhenReported => self.reboot_when_reported(),
                 Action::StageSlot => {
                     let passive = self.boot.booted().other();
                     match self.boot.stage(passive) {
