@@ -38,6 +38,9 @@ pub enum CheckDelay {
     Server {
         seconds: u64,
     },
+    /// The health gate of this boot is still running: no install may start before the boot
+    /// is marked good, so a scheduled check waits (an interactive one goes ahead).
+    HealthGate,
     /// Soon, because reports are waiting (3/2 after a good boot, 44 after a rollback): they
     /// ride on this check instead of waiting for the regular schedule.
     Report,
@@ -72,6 +75,10 @@ pub enum Input {
     ResetStatus,
     /// The health gate marked the running boot good.
     BootMarkedGood,
+    /// This boot is not marked good yet: its health gate is running.
+    HealthGateStarted,
+    /// The health gate ended without marking the boot good (it reboots, or reports only).
+    HealthGateEnded,
 }
 
 /// Something the daemon must do.
@@ -164,6 +171,8 @@ pub struct Engine {
     /// Reboot by itself once a staged update's events reached the server (a machine without
     /// locksmithd). Set by the daemon from its config after [`Engine::start`].
     pub reboot_after_update: bool,
+    /// The health gate of this boot is running (scheduled checks wait for it).
+    pub health_gate_running: bool,
 }
 
 impl Engine {
@@ -181,6 +190,7 @@ impl Engine {
             awaiting_good_boot: false,
             durable,
             reboot_after_update: false,
+            health_gate_running: false,
         };
         let before = e.durable.clone();
         if e.durable.aleph_version.is_none() {
@@ -233,6 +243,9 @@ impl Engine {
     pub fn step(&mut self, input: Input) -> Vec<Action> {
         use UpdateStatus as S;
         match (self.status, input) {
+            (S::Idle, Input::CheckDue { interactive: false }) if self.health_gate_running => {
+                vec![Action::ScheduleCheck(CheckDelay::HealthGate)]
+            }
             (S::Idle, Input::CheckDue { interactive }) => {
                 self.status = S::CheckingForUpdate;
                 vec![
@@ -392,7 +405,16 @@ impl Engine {
                 vec![Action::UnstageSlot, Action::Persist, Action::PublishStatus]
             }
 
+            (_, Input::HealthGateStarted) => {
+                self.health_gate_running = true;
+                Vec::new()
+            }
+            (_, Input::HealthGateEnded) => {
+                self.health_gate_running = false;
+                Vec::new()
+            }
             (_, Input::BootMarkedGood) => {
+                self.health_gate_running = false;
                 if !self.awaiting_good_boot {
                     return Vec::new();
                 }

@@ -354,6 +354,35 @@ fn same_version_offer_is_no_update_and_busy_checks_are_ignored() {
 }
 
 #[test]
+fn scheduled_checks_wait_for_the_health_gate_and_interactive_ones_do_not() {
+    let mut e = fresh();
+    assert_eq!(e.step(Input::HealthGateStarted), []);
+    assert_eq!(
+        e.step(Input::CheckDue { interactive: false }),
+        [Action::ScheduleCheck(CheckDelay::HealthGate)]
+    );
+    assert_eq!(e.status, S::Idle);
+    let a = e.step(Input::CheckDue { interactive: true });
+    assert!(matches!(a[0], Action::SendUpdateCheck { .. }), "{a:?}");
+    e.step(Input::CheckAnswered {
+        reply: CheckReply::NoUpdate,
+        poll_interval: None,
+    });
+    // The gate passes: checks go as usual.
+    e.step(Input::BootMarkedGood);
+    let a = e.step(Input::CheckDue { interactive: false });
+    assert!(matches!(a[0], Action::SendUpdateCheck { .. }), "{a:?}");
+    e.step(Input::CheckFailed {
+        server_error: false,
+    });
+    // A gate that fails without marking good (report-only) stops holding checks too.
+    e.step(Input::HealthGateStarted);
+    e.step(Input::HealthGateEnded);
+    let a = e.step(Input::CheckDue { interactive: false });
+    assert!(matches!(a[0], Action::SendUpdateCheck { .. }), "{a:?}");
+}
+
+#[test]
 fn reboot_after_update_reboots_once_the_installed_event_is_out() {
     let mut e = fresh();
     e.reboot_after_update = true;
@@ -442,6 +471,8 @@ fn arb_input() -> impl Strategy<Value = Input> {
         Just(Input::ErrorReported),
         Just(Input::ResetStatus),
         Just(Input::BootMarkedGood),
+        Just(Input::HealthGateStarted),
+        Just(Input::HealthGateEnded),
     ]
 }
 
@@ -451,6 +482,8 @@ proptest! {
         let mut e = fresh();
         for input in inputs {
             let was = e.status;
+            let gate_before = e.health_gate_running;
+            let scheduled = matches!(input, Input::CheckDue { interactive: false });
             let actions = e.step(input);
             for a in &actions {
                 if let Action::SendEvents(ev) = a {
@@ -458,6 +491,9 @@ proptest! {
                 }
                 if was == S::UpdatedNeedReboot {
                     prop_assert!(!matches!(a, Action::StartInstall(_)), "no second install over a staged slot");
+                }
+                if gate_before && scheduled {
+                    prop_assert!(!matches!(a, Action::SendUpdateCheck { .. }), "a scheduled check waits for the health gate");
                 }
                 if matches!(a, Action::StageSlot) {
                     prop_assert_eq!(was, S::Finalizing, "staged only after the extensions were placed");

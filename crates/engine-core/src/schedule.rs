@@ -64,6 +64,9 @@ fn fuzzed(base: Duration, fuzz: Duration, unit: f64) -> Duration {
 }
 
 /// The delay before the next check.
+/// How soon a check deferred by a running health gate looks again.
+pub const HEALTH_GATE_RECHECK: Duration = Duration::from_secs(30);
+
 pub fn next_delay(cfg: &ScheduleConfig, kind: CheckDelay, unit: f64) -> Duration {
     match kind {
         CheckDelay::Initial => fuzzed(cfg.initial, cfg.initial_fuzz, unit),
@@ -75,6 +78,7 @@ pub fn next_delay(cfg: &ScheduleConfig, kind: CheckDelay, unit: f64) -> Duration
             fuzzed(base, cfg.interval_fuzz, unit).min(cfg.backoff_max)
         }
         CheckDelay::Server { seconds } => Duration::from_secs(seconds.max(1)),
+        CheckDelay::HealthGate => HEALTH_GATE_RECHECK,
         // Never later than the first regular check would have been.
         CheckDelay::Report => cfg.report_delay.min(cfg.initial),
     }
@@ -86,6 +90,15 @@ mod tests {
     use proptest::prelude::*;
 
     const MIN: u64 = 60;
+
+    #[test]
+    fn a_check_held_by_the_health_gate_looks_again_in_30_s() {
+        let c = ScheduleConfig::default();
+        assert_eq!(
+            next_delay(&c, CheckDelay::HealthGate, 0.9),
+            Duration::from_secs(30)
+        );
+    }
 
     #[test]
     fn update_engine_defaults() {

@@ -77,7 +77,6 @@ pub struct Daemon {
     last_checked: i64,
     next_check: Option<Instant>,
     max_failures_per_url: u32,
-    gate_pending: bool,
     /// Whether update checks say `delta_okay="true"`: the config's `download.delta`, turned
     /// off by a delta that did not fit the booted slot.
     delta_okay: Arc<std::sync::atomic::AtomicBool>,
@@ -158,7 +157,6 @@ impl Daemon {
             last_checked: 0,
             next_check: None,
             max_failures_per_url: fastpatch_omaha::DEFAULT_MAX_FAILURE_COUNT_PER_URL,
-            gate_pending: false,
             delta_okay: Arc::new(std::sync::atomic::AtomicBool::new(cfg.download.delta)),
             install: None,
             install_rx: None,
@@ -253,7 +251,7 @@ impl Daemon {
             return Ok(());
         }
         tracing::info!(slot = %booted.slot, "first boot of this slot: running the health gate");
-        self.gate_pending = true;
+        self.handle(Input::HealthGateStarted).await;
         let cfg = self.cfg.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
@@ -280,7 +278,12 @@ impl Daemon {
     }
 
     async fn on_gate(&mut self, decision: HealthDecision) {
-        self.gate_pending = false;
+        if !matches!(
+            decision,
+            HealthDecision::MarkGood | HealthDecision::AlreadyGood
+        ) {
+            self.handle(Input::HealthGateEnded).await;
+        }
         match decision {
             HealthDecision::MarkGood | HealthDecision::AlreadyGood => {
                 match self.boot.mark_booted_good() {
@@ -291,6 +294,7 @@ impl Daemon {
                     Err(e) => {
                         self.metrics.failure("health");
                         tracing::error!(error = %e, "cannot mark the boot good");
+                        self.handle(Input::HealthGateEnded).await;
                     }
                 }
             }
@@ -311,11 +315,6 @@ impl Daemon {
     }
 
     async fn check_due(&mut self, interactive: bool) {
-        if self.gate_pending && !interactive {
-            // Nothing may be installed before the boot is marked good; look again soon.
-            self.next_check = Some(Instant::now() + Duration::from_secs(30));
-            return;
-        }
         self.handle(Input::CheckDue { interactive }).await;
     }
 
