@@ -239,23 +239,15 @@ impl Engine {
         (e, actions)
     }
 
-    /// The one place that decides what happens next.
+    /// The one place that decides what happens next: which input counts in which state. Each
+    /// transition is one method below.
     pub fn step(&mut self, input: Input) -> Vec<Action> {
         use UpdateStatus as S;
         match (self.status, input) {
             (S::Idle, Input::CheckDue { interactive: false }) if self.health_gate_running => {
                 vec![Action::ScheduleCheck(CheckDelay::HealthGate)]
             }
-            (S::Idle, Input::CheckDue { interactive }) => {
-                self.status = S::CheckingForUpdate;
-                vec![
-                    Action::SendUpdateCheck {
-                        events: self.durable.pending_events.clone(),
-                        interactive,
-                    },
-                    Action::PublishStatus,
-                ]
-            }
+            (S::Idle, Input::CheckDue { interactive }) => self.start_check(interactive),
             (S::UpdatedNeedReboot, Input::CheckDue { .. }) => vec![Action::SendPing],
             (_, Input::CheckDue { .. }) => Vec::new(), // busy: the running attempt goes on
 
@@ -265,104 +257,23 @@ impl Engine {
                     reply,
                     poll_interval,
                 },
-            ) => {
-                self.server_failures = 0;
-                let mut actions = Vec::new();
-                if !self.durable.pending_events.is_empty() {
-                    self.durable.pending_events.clear();
-                    actions.push(Action::Persist);
-                }
-                let next = poll_interval.map_or(CheckDelay::Regular, |seconds| {
-                    CheckDelay::Server { seconds }
-                });
-                match reply {
-                    CheckReply::Update(offer) if offer.version != self.current_version => {
-                        self.status = S::UpdateAvailable;
-                        self.new_version = offer.version.clone();
-                        self.new_size = offer.size;
-                        self.progress = 0.0;
-                        self.offer = Some(offer.clone());
-                        actions.extend([
-                            Action::SendEvents(vec![Event::download_started()]),
-                            Action::StartInstall(offer),
-                            Action::PublishStatus,
-                            Action::ScheduleCheck(next),
-                        ]);
-                    }
-                    _ => {
-                        self.status = S::Idle;
-                        actions.extend([Action::PublishStatus, Action::ScheduleCheck(next)]);
-                    }
-                }
-                actions
-            }
+            ) => self.check_answered(reply, poll_interval),
             (S::UpdatedNeedReboot, Input::CheckAnswered { poll_interval, .. }) => {
-                self.server_failures = 0;
-                vec![Action::ScheduleCheck(
-                    poll_interval.map_or(CheckDelay::Regular, |seconds| CheckDelay::Server {
-                        seconds,
-                    }),
-                )]
+                self.ping_answered(poll_interval)
             }
             (S::CheckingForUpdate | S::UpdatedNeedReboot, Input::CheckFailed { server_error }) => {
-                if self.status == S::CheckingForUpdate {
-                    self.status = S::Idle;
-                }
-                let delay = if server_error {
-                    self.server_failures = self.server_failures.saturating_add(1);
-                    CheckDelay::Backoff {
-                        failures: self.server_failures,
-                    }
-                } else {
-                    CheckDelay::Regular
-                };
-                vec![Action::PublishStatus, Action::ScheduleCheck(delay)]
+                self.check_failed(server_error)
             }
 
             (S::UpdateAvailable | S::Downloading, Input::DownloadProgress { received }) => {
-                self.status = S::Downloading;
-                self.progress = if self.new_size == 0 {
-                    0.0
-                } else {
-                    (received as f64 / self.new_size as f64).min(1.0)
-                };
-                vec![Action::PublishStatus]
+                self.download_progress(received)
             }
             (S::UpdateAvailable | S::Downloading, Input::DownloadFinished) => {
-                self.status = S::Verifying;
-                self.progress = 1.0;
-                vec![
-                    Action::SendEvents(vec![Event::download_finished()]),
-                    Action::FinishInstall,
-                    Action::PublishStatus,
-                ]
+                self.download_finished()
             }
-            (S::Verifying, Input::InstallVerified) => {
-                self.status = S::Finalizing;
-                match self.offer.clone() {
-                    Some(offer) => vec![Action::PlaceExtensions(offer), Action::PublishStatus],
-                    // No offer to take extensions from (cannot happen): stage as before.
-                    None => self.stage(),
-                }
-            }
+            (S::Verifying, Input::InstallVerified) => self.install_verified(),
             (S::Finalizing, Input::ExtensionsPlaced) => self.stage(),
-            (S::Finalizing, Input::Staged) if self.durable.staged.is_some() => {
-                self.status = S::UpdatedNeedReboot;
-                if let Some(s) = self.durable.staged.as_mut() {
-                    s.gpt_staged = true;
-                }
-                let mut actions = vec![
-                    Action::Persist,
-                    Action::DropInstall,
-                    Action::SendEvents(vec![Event::installed()]),
-                    Action::PublishStatus,
-                ];
-                if self.reboot_after_update {
-                    // After the 3/1 above: the reboot waits for it to reach the server.
-                    actions.push(Action::RebootWhenReported);
-                }
-                actions
-            }
+            (S::Finalizing, Input::Staged) if self.durable.staged.is_some() => self.staged(),
 
             (
                 S::CheckingForUpdate
@@ -371,23 +282,7 @@ impl Engine {
                 | S::Verifying
                 | S::Finalizing,
                 Input::Failed { code },
-            ) => {
-                let mut actions = Vec::new();
-                if self.durable.staged.as_ref().is_some_and(|s| !s.gpt_staged) {
-                    self.durable.staged = None;
-                    actions.push(Action::Persist);
-                }
-                self.status = S::ReportingErrorEvent;
-                self.offer = None;
-                self.progress = 0.0;
-                actions.extend([
-                    Action::DropInstall,
-                    Action::SendEvents(vec![Event::error(code)]),
-                    Action::PublishStatus,
-                    Action::ScheduleCheck(CheckDelay::Regular),
-                ]);
-                actions
-            }
+            ) => self.attempt_failed(code),
             (S::ReportingErrorEvent, Input::ErrorReported) => {
                 self.status = S::Idle;
                 vec![Action::PublishStatus]
@@ -398,12 +293,7 @@ impl Engine {
                 self.clear_attempt();
                 vec![Action::PublishStatus]
             }
-            (S::UpdatedNeedReboot, Input::ResetStatus) => {
-                self.status = S::Idle;
-                self.clear_attempt();
-                self.durable.staged = None;
-                vec![Action::UnstageSlot, Action::Persist, Action::PublishStatus]
-            }
+            (S::UpdatedNeedReboot, Input::ResetStatus) => self.unstage(),
 
             (_, Input::HealthGateStarted) => {
                 self.health_gate_running = true;
@@ -413,32 +303,7 @@ impl Engine {
                 self.health_gate_running = false;
                 Vec::new()
             }
-            (_, Input::BootMarkedGood) => {
-                self.health_gate_running = false;
-                if !self.awaiting_good_boot {
-                    return Vec::new();
-                }
-                self.awaiting_good_boot = false;
-                let Some(staged) = self.durable.staged.take() else {
-                    return vec![Action::Persist];
-                };
-                self.durable
-                    .pending_events
-                    .push(Event::update_complete(&staged.from_version));
-                let mut actions = vec![
-                    Action::Persist,
-                    // The old version's extensions are kept until now; the fallback keeps
-                    // its own.
-                    Action::PruneExtensions {
-                        keep: vec![staged.version.clone(), staged.from_version.clone()],
-                    },
-                ];
-                if self.status == S::Idle {
-                    // Tell the server soon; a check already under way carries it anyway.
-                    actions.push(Action::ScheduleCheck(CheckDelay::Report));
-                }
-                actions
-            }
+            (_, Input::BootMarkedGood) => self.boot_marked_good(),
 
             // Anything else is a stale or out-of-order report: ignore it, loudly.
             (status, input) => {
@@ -446,6 +311,181 @@ impl Engine {
                 Vec::new()
             }
         }
+    }
+
+    /// Idle → checking: the request carries the events the server has not acknowledged.
+    fn start_check(&mut self, interactive: bool) -> Vec<Action> {
+        self.status = UpdateStatus::CheckingForUpdate;
+        vec![
+            Action::SendUpdateCheck {
+                events: self.durable.pending_events.clone(),
+                interactive,
+            },
+            Action::PublishStatus,
+        ]
+    }
+
+    /// The server answered a check: its events are acknowledged; an update starts installing.
+    fn check_answered(&mut self, reply: CheckReply, poll_interval: Option<u64>) -> Vec<Action> {
+        self.server_failures = 0;
+        let mut actions = Vec::new();
+        if !self.durable.pending_events.is_empty() {
+            self.durable.pending_events.clear();
+            actions.push(Action::Persist);
+        }
+        let next = poll_interval.map_or(CheckDelay::Regular, |seconds| CheckDelay::Server {
+            seconds,
+        });
+        match reply {
+            CheckReply::Update(offer) if offer.version != self.current_version => {
+                self.status = UpdateStatus::UpdateAvailable;
+                self.new_version = offer.version.clone();
+                self.new_size = offer.size;
+                self.progress = 0.0;
+                self.offer = Some(offer.clone());
+                actions.extend([
+                    Action::SendEvents(vec![Event::download_started()]),
+                    Action::StartInstall(offer),
+                    Action::PublishStatus,
+                    Action::ScheduleCheck(next),
+                ]);
+            }
+            _ => {
+                self.status = UpdateStatus::Idle;
+                actions.extend([Action::PublishStatus, Action::ScheduleCheck(next)]);
+            }
+        }
+        actions
+    }
+
+    /// A ping while an update waits for its reboot was answered.
+    fn ping_answered(&mut self, poll_interval: Option<u64>) -> Vec<Action> {
+        self.server_failures = 0;
+        vec![Action::ScheduleCheck(
+            poll_interval.map_or(CheckDelay::Regular, |seconds| CheckDelay::Server {
+                seconds,
+            }),
+        )]
+    }
+
+    /// A check or ping failed: server errors back off.
+    fn check_failed(&mut self, server_error: bool) -> Vec<Action> {
+        if self.status == UpdateStatus::CheckingForUpdate {
+            self.status = UpdateStatus::Idle;
+        }
+        let delay = if server_error {
+            self.server_failures = self.server_failures.saturating_add(1);
+            CheckDelay::Backoff {
+                failures: self.server_failures,
+            }
+        } else {
+            CheckDelay::Regular
+        };
+        vec![Action::PublishStatus, Action::ScheduleCheck(delay)]
+    }
+
+    fn download_progress(&mut self, received: u64) -> Vec<Action> {
+        self.status = UpdateStatus::Downloading;
+        self.progress = if self.new_size == 0 {
+            0.0
+        } else {
+            (received as f64 / self.new_size as f64).min(1.0)
+        };
+        vec![Action::PublishStatus]
+    }
+
+    /// Every byte arrived: the installer verifies the slot.
+    fn download_finished(&mut self) -> Vec<Action> {
+        self.status = UpdateStatus::Verifying;
+        self.progress = 1.0;
+        vec![
+            Action::SendEvents(vec![Event::download_finished()]),
+            Action::FinishInstall,
+            Action::PublishStatus,
+        ]
+    }
+
+    /// The slot verified: the enabled system extensions are placed before anything is staged.
+    fn install_verified(&mut self) -> Vec<Action> {
+        self.status = UpdateStatus::Finalizing;
+        match self.offer.clone() {
+            Some(offer) => vec![Action::PlaceExtensions(offer), Action::PublishStatus],
+            // No offer to take extensions from (cannot happen): stage as before.
+            None => self.stage(),
+        }
+    }
+
+    /// The table says staged: the update waits for its reboot.
+    fn staged(&mut self) -> Vec<Action> {
+        self.status = UpdateStatus::UpdatedNeedReboot;
+        if let Some(s) = self.durable.staged.as_mut() {
+            s.gpt_staged = true;
+        }
+        let mut actions = vec![
+            Action::Persist,
+            Action::DropInstall,
+            Action::SendEvents(vec![Event::installed()]),
+            Action::PublishStatus,
+        ];
+        if self.reboot_after_update {
+            // After the 3/1 above: the reboot waits for it to reach the server.
+            actions.push(Action::RebootWhenReported);
+        }
+        actions
+    }
+
+    /// The attempt failed: an unfinished stage intent is dropped, the error is reported.
+    fn attempt_failed(&mut self, code: ErrorCode) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.durable.staged.as_ref().is_some_and(|s| !s.gpt_staged) {
+            self.durable.staged = None;
+            actions.push(Action::Persist);
+        }
+        self.status = UpdateStatus::ReportingErrorEvent;
+        self.offer = None;
+        self.progress = 0.0;
+        actions.extend([
+            Action::DropInstall,
+            Action::SendEvents(vec![Event::error(code)]),
+            Action::PublishStatus,
+            Action::ScheduleCheck(CheckDelay::Regular),
+        ]);
+        actions
+    }
+
+    /// ResetStatus while an update waits for its reboot: the booted slot goes back on top.
+    fn unstage(&mut self) -> Vec<Action> {
+        self.status = UpdateStatus::Idle;
+        self.clear_attempt();
+        self.durable.staged = None;
+        vec![Action::UnstageSlot, Action::Persist, Action::PublishStatus]
+    }
+
+    /// The health gate passed: after an update, 3/2 goes out soon and old extensions go.
+    fn boot_marked_good(&mut self) -> Vec<Action> {
+        self.health_gate_running = false;
+        if !self.awaiting_good_boot {
+            return Vec::new();
+        }
+        self.awaiting_good_boot = false;
+        let Some(staged) = self.durable.staged.take() else {
+            return vec![Action::Persist];
+        };
+        self.durable
+            .pending_events
+            .push(Event::update_complete(&staged.from_version));
+        let mut actions = vec![
+            Action::Persist,
+            // The old version's extensions are kept until now; the fallback keeps its own.
+            Action::PruneExtensions {
+                keep: vec![staged.version.clone(), staged.from_version.clone()],
+            },
+        ];
+        if self.status == UpdateStatus::Idle {
+            // Tell the server soon; a check already under way carries it anyway.
+            actions.push(Action::ScheduleCheck(CheckDelay::Report));
+        }
+        actions
     }
 
     /// Stages the new slot: the intent is remembered before the table is touched, so a
