@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::store::{Group, InstanceFilter, Store};
+use crate::store::{InstanceFilter, Store};
 
 mod catalog;
+mod fleet;
 mod parse;
 mod serve;
 mod sync;
@@ -235,102 +236,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Some(Command::Publish(a)) => catalog::publish(db, &app, now, a).await,
         Some(Command::Register(a)) => catalog::register(db, &app, now, a).await,
         Some(Command::Packages) => catalog::packages(db, &app).await,
-        Some(Command::Promote { from, to }) => {
-            let store = open(db).await?;
-            let v = store.promote(&app, &from, &to, now).await?;
-            println!("channel {to} now offers {v} (from {from})");
-            Ok(())
-        }
-        Some(Command::Channel(cmd)) => {
-            let store = open(db).await?;
-            match cmd {
-                ChannelCmd::List => {
-                    for c in store.channels(&app).await? {
-                        println!("{:<12} {}", c.name, c.version.as_deref().unwrap_or("-"));
-                    }
-                }
-                ChannelCmd::Set { name, version } => {
-                    store.set_channel(&app, &name, &version, now).await?;
-                    println!("channel {name} now offers {version}");
-                }
-                ChannelCmd::History { name } => {
-                    for (v, at) in store.channel_history(&app, &name, 50).await? {
-                        println!(
-                            "{} {v}",
-                            chrono::DateTime::from_timestamp(at, 0)
-                                .unwrap_or_default()
-                                .to_rfc3339()
-                        );
-                    }
-                }
-            }
-            Ok(())
-        }
-        Some(Command::Group(cmd)) => {
-            let store = open(db).await?;
-            match cmd {
-                GroupCmd::List => {
-                    for g in store.groups(&app).await? {
-                        print_group(&g);
-                    }
-                }
-                GroupCmd::Show { name } => {
-                    let g = store
-                        .group(&app, &name)
-                        .await?
-                        .with_context(|| format!("no group {name}"))?;
-                    print_group(&g);
-                    for (s, n) in store.status_counts(&app, &name).await? {
-                        println!("  {s:<12} {n}");
-                    }
-                }
-                GroupCmd::Set(set) => {
-                    let mut g = match store.group(&app, &set.name).await? {
-                        Some(g) => g,
-                        None => {
-                            Group::new(&app, &set.name, set.channel.as_deref().unwrap_or(&set.name))
-                        }
-                    };
-                    set.apply(&mut g)?;
-                    store.upsert_group(&g).await?;
-                    print_group(
-                        &store
-                            .group(&app, &set.name)
-                            .await?
-                            .context("group vanished")?,
-                    );
-                }
-                GroupCmd::Halt { name, reason } => {
-                    store
-                        .set_halted(
-                            &app,
-                            &name,
-                            true,
-                            Some(reason.as_deref().unwrap_or("halted by an operator")),
-                            now,
-                        )
-                        .await?;
-                    println!("group {name} halted");
-                }
-                GroupCmd::Resume { name } => {
-                    store.set_halted(&app, &name, false, None, now).await?;
-                    println!("group {name} resumed");
-                }
-            }
-            Ok(())
-        }
-        Some(Command::Floor(cmd)) => {
-            let store = open(db).await?;
-            match cmd {
-                FloorCmd::List => {}
-                FloorCmd::Add { version } => store.set_floor(&app, &version, true).await?,
-                FloorCmd::Remove { version } => store.set_floor(&app, &version, false).await?,
-            }
-            for f in store.floors(&app).await? {
-                println!("{f}");
-            }
-            Ok(())
-        }
+        Some(Command::Promote { from, to }) => fleet::promote(db, &app, now, &from, &to).await,
+        Some(Command::Channel(cmd)) => fleet::channel(db, &app, now, cmd).await,
+        Some(Command::Group(cmd)) => fleet::group(db, &app, now, cmd).await,
+        Some(Command::Floor(cmd)) => fleet::floor(db, &app, cmd).await,
         Some(Command::Delta(cmd)) => catalog::delta(db, &app, now, cmd).await,
         Some(Command::Sync(a)) => sync::sync(db, &app, a).await,
         Some(Command::SeedInstances {
@@ -338,14 +247,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             group,
             version,
             prefix,
-        }) => {
-            let store = open(db).await?;
-            let n = store
-                .seed_instances(&app, &group, &prefix, count, &version, now)
-                .await?;
-            println!("registered {n} instances in group {group}");
-            Ok(())
-        }
+        }) => fleet::seed_instances(db, &app, now, count, &group, &version, &prefix).await,
         Some(Command::Instances {
             group,
             status,
@@ -355,34 +257,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             after,
             limit,
         }) => {
-            let store = open(db).await?;
-            let rows = store
-                .list_instances(
-                    &InstanceFilter {
-                        app_id: Some(app),
-                        group,
-                        status,
-                        version,
-                        silent_for_secs: silent_days.map(|d| d * 86400),
-                        search,
-                        after,
-                        limit: Some(limit),
-                    },
-                    now,
-                )
-                .await?;
-            for r in &rows {
-                println!(
-                    "{:<34} {:<10} {:<12} {:<12} {:<8} {}",
-                    r.machine_id,
-                    r.group_name,
-                    r.version,
-                    r.status,
-                    r.arch,
-                    r.alias.as_deref().unwrap_or("")
-                );
-            }
-            Ok(())
+            let filter = InstanceFilter {
+                app_id: Some(app),
+                group,
+                status,
+                version,
+                silent_for_secs: silent_days.map(|d| d * 86400),
+                search,
+                after,
+                limit: Some(limit),
+            };
+            fleet::instances(db, &filter, now).await
         }
     }
 }
