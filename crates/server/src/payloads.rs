@@ -153,45 +153,13 @@ pub async fn publish_with_files(
         }
         let _ = std::fs::remove_dir_all(&files_dir);
     };
-    let mut files = Vec::with_capacity(extra.len());
-    for path in extra {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let hashed = match crate::store::check_file_name(&name) {
-            Ok(()) => {
-                let src = path.clone();
-                let dest = hosted.then(|| files_dir.join(&name));
-                tokio::task::spawn_blocking(move || {
-                    if let Some(parent) = dest.as_deref().and_then(Path::parent) {
-                        std::fs::create_dir_all(parent).map_err(PublishError::Write)?;
-                    }
-                    hash_and_copy(&src, dest.as_deref())
-                })
-                .await
-                .unwrap_or_else(|e| Err(PublishError::Write(std::io::Error::other(e))))
-            }
-            Err(e) => Err(PublishError::Store(e)),
-        };
-        let (size, sha1, sha256) = match hashed {
-            Ok(h) => h,
-            Err(e) => {
-                cleanup(false);
-                return Err(e);
-            }
-        };
-        if size == 0 {
+    let files = match hash_extra_files(extra, hosted.then_some(files_dir.as_path())).await {
+        Ok(f) => f,
+        Err(e) => {
             cleanup(false);
-            return Err(PublishError::Empty);
+            return Err(e);
         }
-        files.push(PackageFile {
-            name,
-            size: size as i64,
-            sha1_b64: fastpatch_omaha::encode_b64(&sha1),
-            sha256_b64: fastpatch_omaha::encode_b64(&sha256),
-        });
-    }
+    };
     // The same image in other operations (a Flatcar-compatible payload of a zstd one, or
     // the reverse): a second payload of the published package, which keeps its extra files.
     let existing = store
@@ -199,25 +167,8 @@ pub async fn publish_with_files(
         .await;
     if let Ok(Some(existing)) = existing.as_ref() {
         if hosted && crate::variants::is_other_encoding(existing, &row) {
-            let same_files = if files.is_empty() {
-                Ok(true)
-            } else {
-                store.package_files(&existing.id).await.map(|f| f == files)
-            };
-            let result = match same_files {
-                Err(e) => Err(e.into()),
-                Ok(true) => crate::variants::publish(store, data_dir, existing, &row, &tmp)
-                    .await
-                    .map(|v| Published {
-                        package: existing.clone(),
-                        variant: Some(v),
-                    }),
-                Ok(false) => Err(StoreError::Invalid(format!(
-                    "version {} ({}) is published with other extra files; a second payload of it keeps those",
-                    row.version, row.arch
-                ))
-                .into()),
-            };
+            let result =
+                publish_second_payload(store, data_dir, existing, &row, &files, &tmp).await;
             cleanup(false);
             return result;
         }
@@ -255,6 +206,66 @@ pub async fn publish_with_files(
             Err(e.into())
         }
     }
+}
+
+/// `row` writes `existing`'s image with other operations: host it as a second payload of the
+/// package, which keeps its extra files (the same ones, or none given).
+async fn publish_second_payload(
+    store: &Store,
+    data_dir: &Path,
+    existing: &PackageRow,
+    row: &PackageRow,
+    files: &[PackageFile],
+    incoming: &Path,
+) -> Result<Published, PublishError> {
+    if !files.is_empty() && store.package_files(&existing.id).await? != files {
+        return Err(StoreError::Invalid(format!(
+            "version {} ({}) is published with other extra files; a second payload of it keeps those",
+            row.version, row.arch
+        ))
+        .into());
+    }
+    let variant = crate::variants::publish(store, data_dir, existing, row, incoming).await?;
+    Ok(Published {
+        package: existing.clone(),
+        variant: Some(variant),
+    })
+}
+
+/// Hashes each extra file (copying it into `copy_to` when the package is hosted here); the
+/// rows to register, in the order given.
+async fn hash_extra_files(
+    extra: &[PathBuf],
+    copy_to: Option<&Path>,
+) -> Result<Vec<PackageFile>, PublishError> {
+    let mut files = Vec::with_capacity(extra.len());
+    for path in extra {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        crate::store::check_file_name(&name)?;
+        let src = path.clone();
+        let dest = copy_to.map(|d| d.join(&name));
+        let (size, sha1, sha256) = tokio::task::spawn_blocking(move || {
+            if let Some(parent) = dest.as_deref().and_then(Path::parent) {
+                std::fs::create_dir_all(parent).map_err(PublishError::Write)?;
+            }
+            hash_and_copy(&src, dest.as_deref())
+        })
+        .await
+        .unwrap_or_else(|e| Err(PublishError::Write(std::io::Error::other(e))))?;
+        if size == 0 {
+            return Err(PublishError::Empty);
+        }
+        files.push(PackageFile {
+            name,
+            size: size as i64,
+            sha1_b64: fastpatch_omaha::encode_b64(&sha1),
+            sha256_b64: fastpatch_omaha::encode_b64(&sha256),
+        });
+    }
+    Ok(files)
 }
 
 /// A delta payload made elsewhere (`fastpatch payload generate --source`), to host and offer
