@@ -461,29 +461,24 @@ impl Syncer<'_> {
             let ops = crate::variants::inspect(payload)
                 .await?
                 .map(|i| i.ops.to_string());
+            let mut extra_files = Vec::with_capacity(files.len());
+            for (f, path) in files.iter().zip(extra) {
+                extra_files.push(ExtraFile {
+                    name: f.name.clone(),
+                    size: f.size,
+                    sha1: sha1_b64(f.sha1, path).await?,
+                    sha256: fastpatch_omaha::encode_b64(&f.sha256),
+                });
+            }
             let ext = ExternalPackage {
                 version: offer.version.clone(),
                 arch: Some(arch.to_owned()),
                 url: codebases.first().cloned().unwrap_or_default(),
                 file_name: Some(offer.package_name.clone()),
                 size: offer.size,
-                sha1: offer
-                    .sha1
-                    .map(|s| fastpatch_omaha::encode_b64(&s))
-                    .unwrap_or_else(|| fastpatch_omaha::encode_b64(&[0u8; 20])),
+                sha1: sha1_b64(offer.sha1, payload).await?,
                 sha256: fastpatch_omaha::encode_b64(&offer.sha256),
-                extra_files: files
-                    .iter()
-                    .map(|f| ExtraFile {
-                        name: f.name.clone(),
-                        size: f.size,
-                        sha1: f
-                            .sha1
-                            .map(|s| fastpatch_omaha::encode_b64(&s))
-                            .unwrap_or_else(|| fastpatch_omaha::encode_b64(&[0u8; 20])),
-                        sha256: fastpatch_omaha::encode_b64(&f.sha256),
-                    })
-                    .collect(),
+                extra_files,
                 payload_ops: ops,
             };
             self.store.register_external(self.app, &ext, now).await?;
@@ -550,6 +545,20 @@ impl Syncer<'_> {
             warn!(error = %e, "could not write a sync activity entry");
         }
     }
+}
+
+/// The SHA-1 (base64) the upstream announced, or, when it gave none, that of the verified
+/// file downloaded here (a registered package needs one).
+async fn sha1_b64(announced: Option<[u8; 20]>, file: &Path) -> Result<String, SyncError> {
+    if let Some(s) = announced {
+        return Ok(fastpatch_omaha::encode_b64(&s));
+    }
+    let p = file.to_owned();
+    let (_, sha1, _) =
+        tokio::task::spawn_blocking(move || crate::payloads::hash_and_copy(&p, None))
+            .await
+            .map_err(|e| SyncError::io(file, std::io::Error::other(e)))??;
+    Ok(fastpatch_omaha::encode_b64(&sha1))
 }
 
 async fn verify_signature(path: &Path, keys: &[RsaPublicKey]) -> Result<(), String> {
