@@ -33,6 +33,10 @@ enum Command {
     /// Create test disk images with the Flatcar partition layout.
     #[command(subcommand)]
     Disk(disk::DiskCommand),
+    /// Build a release of a fastpatch OS from a root filesystem (sealed USR image, payload,
+    /// bootable disk), and verify one.
+    #[command(subcommand)]
+    Image(fastpatch_image::cli::ImageCommand),
     /// Signed update payloads: generate, inspect, verify, install.
     #[command(subcommand)]
     Payload(fastpatch_payload::cli::PayloadCommand),
@@ -75,6 +79,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Cgpt(args) => cgpt::run(args),
         Command::Disk(cmd) => disk::run(cmd),
+        Command::Image(cmd) => fastpatch_image::cli::run(cmd),
         Command::Payload(cmd) => fastpatch_payload::cli::run(cmd),
         Command::Keygen(args) => fastpatch_payload::cli::run_keygen(args),
         Command::Engine(cmd) => fastpatch_engine::daemon::cli::run_engine(cmd),

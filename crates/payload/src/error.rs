@@ -72,6 +72,9 @@ pub enum PayloadError {
     Key { path: PathBuf, reason: String },
     #[error("signing failed: {0}")]
     Sign(String),
+    /// A USR image's verity seal is missing or malformed (see `seal`).
+    #[error("verity seal: {0}")]
+    Seal(String),
     #[error("written slot does not match new_partition_info: {0}")]
     PartitionMismatch(String),
     #[error("read-back of the slot differs from what was written at byte {0}")]

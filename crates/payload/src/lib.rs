@@ -33,6 +33,7 @@ pub mod keys;
 pub mod proto;
 pub mod ratelimit;
 pub mod resign;
+pub mod seal;
 mod sha;
 pub mod signing;
 pub mod stream;
