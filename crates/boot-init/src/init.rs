@@ -15,7 +15,9 @@ use fastpatch_boot_init::{
 };
 use fastpatch_disk::{partition_path, Disk, OpenMode, Partition};
 
+use crate::slot_boot;
 use crate::sys::{self, ModuleLoad};
+use fastpatch_boot_init::slot::SlotStage;
 
 /// Runs the init and the OS; returns how the machine should end.
 pub fn run() -> GuestExit {
@@ -58,6 +60,10 @@ fn boot(started: Instant) -> Result<GuestExit, Failure> {
         cfg.disk,
         started.elapsed().as_millis()
     );
+    if let Some(stage) = SlotStage::from_cmdline(&cmdline) {
+        // The slot's own initramfs, started by the chooser's kexec: returns only on failure.
+        slot_boot::run_slot_stage(&cfg, &stage)?;
+    }
     if cfg.net {
         // The network is for the OS; a machine without it still boots and reports.
         if let Err(e) = bring_up_network() {
@@ -65,6 +71,9 @@ fn boot(started: Instant) -> Result<GuestExit, Failure> {
         }
     }
     let (chosen, repaired) = choose_slot(Path::new(&cfg.disk))?;
+    if cfg.kexec {
+        return Err(boot_slot_kernel(&cfg, chosen).into());
+    }
     let dev = partition_path(Path::new(&cfg.disk), chosen.index);
     if repaired {
         // The kernel read the table while it was damaged (with a broken primary it may have
@@ -95,6 +104,36 @@ fn boot(started: Instant) -> Result<GuestExit, Failure> {
         None => false,
     };
     Ok(handover(&cfg, &chosen, root_mounted)?)
+}
+
+/// Boots the chosen slot's own kernel once its seal verifies; a slot whose seal does not is
+/// taken out of the boot order and the chooser runs again. Returns only on failure.
+fn boot_slot_kernel(cfg: &BootConfig, mut chosen: Partition) -> anyhow::Error {
+    let disk = Path::new(&cfg.disk);
+    for _ in 0..2 {
+        let dev = partition_path(disk, chosen.index);
+        if let Err(e) = wait_for(&dev, cfg.disk_timeout) {
+            return e;
+        }
+        match slot_boot::verified_seal(&dev) {
+            Ok(seal) => {
+                return match slot_boot::kexec_slot(&dev, &chosen, &seal) {
+                    Ok(()) => anyhow::anyhow!("kexec returned"),
+                    Err(e) => e,
+                }
+            }
+            Err(why) => {
+                if let Err(e) = slot_boot::refuse_slot(disk, &chosen, &why) {
+                    return e;
+                }
+            }
+        }
+        chosen = match choose_slot(disk) {
+            Ok((next, _)) => next,
+            Err(failure) => return failure.error,
+        };
+    }
+    anyhow::anyhow!("no USR slot with a verified seal")
 }
 
 fn mount_root(cfg: &BootConfig, index: u32) -> Result<()> {

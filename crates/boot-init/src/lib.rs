@@ -26,6 +26,8 @@
 
 use std::time::Duration;
 
+pub mod slot;
+
 use fastpatch_disk::{Partition, SlotAttrs, USR_A_INDEX, USR_B_INDEX};
 
 /// Where the chosen USR slot is mounted, read-only.
@@ -128,6 +130,10 @@ pub struct BootConfig {
     pub engine: Option<String>,
     /// The engine's log filter.
     pub log: String,
+    /// Boot the chosen slot's own kernel (`fastpatch.kexec=1`; see [`slot`]).
+    pub kexec: bool,
+    /// What the slot stage executes in the new root (`fastpatch.init=`).
+    pub init: String,
 }
 
 impl Default for BootConfig {
@@ -143,6 +149,8 @@ impl Default for BootConfig {
             root: Some(ROOT_INDEX),
             engine: None,
             log: "info".to_string(),
+            kexec: false,
+            init: slot::DEFAULT_INIT.to_string(),
         }
     }
 }
@@ -195,6 +203,9 @@ impl BootConfig {
                 "log" => return Err(invalid("expected a log filter")),
                 "os_arg" => cfg.os_args.push(value.to_string()),
                 "net" => cfg.net = parse_bool(word, value)?,
+                "kexec" => cfg.kexec = parse_bool(word, value)?,
+                "init" if value.starts_with('/') => cfg.init = value.to_string(),
+                "init" => return Err(invalid("expected an absolute path")),
                 "probe" if value.starts_with("http://") => cfg.probe = Some(value.to_string()),
                 "probe" => return Err(invalid("expected an http:// URL")),
                 "mark_good" => cfg.mark_good = parse_bool(word, value)?,

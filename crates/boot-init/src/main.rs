@@ -9,6 +9,7 @@
 
 mod init;
 mod os;
+mod slot_boot;
 mod sys;
 
 use fastpatch_boot_init::{GuestExit, HEALTH_MODE_ARGV0, OS_MODE_ARGV0};

@@ -267,3 +267,70 @@ pub fn add_default_route(gateway: [u8; 4]) -> io::Result<()> {
     };
     sock.ioctl(SIOCADDRT, &mut rt)
 }
+
+/// Loads `kernel` and `initrd` for a kexec with `cmdline` (kexec_file_load(2)).
+pub fn kexec_file_load(kernel: &File, initrd: &File, cmdline: &str) -> io::Result<()> {
+    let line = cstr(cmdline)?;
+    let len = line.as_bytes_with_nul().len();
+    // SAFETY: both fds are open; the command line is NUL-terminated and `len` counts the NUL.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_kexec_file_load,
+            kernel.as_raw_fd(),
+            initrd.as_raw_fd(),
+            len,
+            line.as_ptr(),
+            0 as libc::c_ulong,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Starts the loaded kexec kernel; returns only on failure.
+pub fn reboot_kexec() -> io::Error {
+    // SAFETY: sync and reboot take no pointers; reboot only returns on failure.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::LINUX_REBOOT_CMD_KEXEC);
+    }
+    io::Error::last_os_error()
+}
+
+/// A device-mapper ioctl on /dev/mapper/control with a prepared `struct dm_ioctl` buffer.
+pub fn dm_ioctl(request: u64, buf: &mut [u8]) -> io::Result<()> {
+    let control = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/mapper/control")?;
+    // SAFETY: the buffer is at least as long as the data_size it declares.
+    check(unsafe { libc::ioctl(control.as_raw_fd(), request as _, buf.as_mut_ptr()) })
+}
+
+/// Moves the mount at `from` to `to` (mount --move).
+pub fn move_mount(from: &str, to: &str) -> io::Result<()> {
+    let (from, to) = (cstr(from)?, cstr(to)?);
+    // SAFETY: valid NUL-terminated strings; MS_MOVE takes no data.
+    check(unsafe {
+        libc::mount(
+            from.as_ptr(),
+            to.as_ptr(),
+            std::ptr::null(),
+            libc::MS_MOVE,
+            std::ptr::null(),
+        )
+    })
+}
+
+/// Makes `new_root` (a mount point) the root: moves it onto `/` and chroots into it.
+pub fn switch_root(new_root: &str) -> io::Result<()> {
+    std::env::set_current_dir(new_root)?;
+    move_mount(".", "/")?;
+    let dot = cstr(".")?;
+    // SAFETY: a valid NUL-terminated path.
+    check(unsafe { libc::chroot(dot.as_ptr()) })?;
+    std::env::set_current_dir("/")
+}

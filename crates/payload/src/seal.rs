@@ -55,20 +55,26 @@ impl SealBody {
         self.data_bytes / VERITY_BLOCK
     }
 
-    /// The kernel's dm-verity table line for a device whose data and hash tree are both on
-    /// `device` (version 1 format, 4096-byte blocks, no verity superblock), covering the data
-    /// in 512-byte sectors.
-    pub fn dm_table(&self, device: &str) -> String {
-        format!(
-            "0 {sectors} verity 1 {device} {device} {blk} {blk} {blocks} {hash_start} {alg} {root} {salt}",
-            sectors = self.data_bytes / 512,
+    /// The dm-verity target for a device whose data and hash tree are both on `device`
+    /// (version 1 format, 4096-byte blocks, no verity superblock): its length in 512-byte
+    /// sectors and its parameters.
+    pub fn dm_target(&self, device: &str) -> (u64, String) {
+        let params = format!(
+            "1 {device} {device} {blk} {blk} {blocks} {hash_start} {alg} {root} {salt}",
             blk = VERITY_BLOCK,
             blocks = self.data_blocks(),
             hash_start = self.hash_offset / VERITY_BLOCK,
             alg = self.hash_algorithm,
             root = self.root_hash,
             salt = self.salt,
-        )
+        );
+        (self.data_bytes / 512, params)
+    }
+
+    /// The kernel's dm-verity table line (`dmsetup table` form) for [`SealBody::dm_target`].
+    pub fn dm_table(&self, device: &str) -> String {
+        let (sectors, params) = self.dm_target(device);
+        format!("0 {sectors} verity {params}")
     }
 
     fn check(&self) -> Result<()> {

@@ -57,6 +57,18 @@ impl Assets {
     }
 }
 
+impl Assets {
+    /// The Debian bookworm root filesystem tarball (systemd, D-Bus, udev, the Debian kernel),
+    /// made once by `scripts/debian-rootfs` with mmdebstrap and cached beside the kernel.
+    pub fn debian_rootfs(&self) -> Result<PathBuf> {
+        run_command(
+            Command::new(repo_root().join("scripts/debian-rootfs"))
+                .env("FASTPATCH_QEMU_ASSETS", &self.dir),
+        )?;
+        Ok(self.dir.join("debian-rootfs.tar"))
+    }
+}
+
 /// The target triple of the static init.
 const INIT_TARGET: &str = "x86_64-unknown-linux-gnu";
 

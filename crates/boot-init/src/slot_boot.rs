@@ -1,0 +1,221 @@
+//! Booting the chosen slot's own kernel with /usr under dm-verity (the I/O of
+//! [`fastpatch_boot_init::slot`]): stage 1 kexecs the slot's kernel once its seal verifies;
+//! stage 2 maps /usr through dm-verity and switch_roots into systemd.
+
+use std::fs::{self, File};
+use std::os::unix::fs::{lchown, symlink, MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use fastpatch_boot_init::slot::{self, SlotStage, DM_NAME};
+use fastpatch_boot_init::{result_line, slot_name, BootConfig, ROOT_INDEX};
+use fastpatch_disk::{partition_path, Disk, OpenMode, Partition, SlotAttrs};
+use fastpatch_payload::seal::{self, Seal};
+
+use crate::sys;
+
+/// The release keys the chooser trusts, in its initramfs (PEM files).
+pub const CHOOSER_KEYS: &str = "/lib/fastpatch/keys";
+/// Where stage 1 mounts the verified /usr to read the slot's kernel.
+const STAGE1_USR: &str = "/usr";
+/// Where stage 2 assembles the new root.
+const NEW_ROOT: &str = "/sysroot";
+
+/// Reads the seal of partition `dev` and checks it with the chooser's keys.
+pub fn verified_seal(dev: &Path) -> Result<Seal> {
+    let keys = fastpatch_payload::keys::load_public_keys(&[CHOOSER_KEYS])
+        .with_context(|| format!("loading the release keys in {CHOOSER_KEYS}"))?;
+    let mut f = File::open(dev).with_context(|| format!("opening {}", dev.display()))?;
+    let seal = seal::read_seal(&mut f)?;
+    seal.verify(&keys)?;
+    Ok(seal)
+}
+
+/// Gives a slot whose seal does not verify priority 0, so the chooser falls back.
+pub fn refuse_slot(disk_path: &Path, chosen: &Partition, why: &anyhow::Error) -> Result<()> {
+    eprintln!(
+        "fastpatch-init: USR-{} is not booted: {why:#}",
+        slot_name(chosen.index)
+    );
+    eprintln!(
+        "{}",
+        result_line("seal-refused", &[("slot", &slot_name(chosen.index))])
+    );
+    let mut disk = Disk::open(disk_path, OpenMode::ReadWrite)?;
+    let attrs = SlotAttrs {
+        priority: 0,
+        tries: 0,
+        ..chosen.attrs
+    };
+    disk.set_attrs(chosen.index, attrs).with_context(|| {
+        format!(
+            "taking USR-{} out of the boot order",
+            slot_name(chosen.index)
+        )
+    })
+}
+
+/// Maps `dev` through dm-verity as described by `seal` and returns the verified device.
+fn map_verity(dev: &Path, seal: &Seal) -> Result<String> {
+    let (sectors, params) = seal.body.dm_target(&dev.to_string_lossy());
+    let mut create = slot::dm_create(DM_NAME, &slot::verity_uuid(&seal.body.root_hash))
+        .map_err(anyhow::Error::msg)?;
+    sys::dm_ioctl(slot::DM_DEV_CREATE, &mut create).context("creating the dm device")?;
+    let (_, minor) = slot::dm_dev(&create);
+    let mut table =
+        slot::dm_table_load(DM_NAME, sectors, "verity", &params).map_err(anyhow::Error::msg)?;
+    sys::dm_ioctl(slot::DM_TABLE_LOAD, &mut table).context("loading the verity table")?;
+    let mut resume = slot::dm_ioctl(DM_NAME, 0).map_err(anyhow::Error::msg)?;
+    sys::dm_ioctl(slot::DM_DEV_SUSPEND, &mut resume).context("activating the verity device")?;
+    let mapped = format!("/dev/dm-{minor}");
+    eprintln!(
+        "fastpatch-init: /usr is {mapped}: dm-verity over {} (root hash {})",
+        dev.display(),
+        seal.body.root_hash
+    );
+    Ok(mapped)
+}
+
+fn mount_usr(mapped: &str, target: &str) -> Result<()> {
+    fs::create_dir_all(target).with_context(|| format!("creating {target}"))?;
+    sys::mount(mapped, target, "ext4", libc::MS_RDONLY, None)
+        .with_context(|| format!("mounting {mapped} read-only on {target}"))
+}
+
+/// Stage 1: boots the chosen slot's own kernel. Returns only on failure.
+pub fn kexec_slot(dev: &Path, chosen: &Partition, seal: &Seal) -> Result<()> {
+    let mapped = map_verity(dev, seal)?;
+    mount_usr(&mapped, STAGE1_USR)?;
+    let open = |rel: &str| {
+        let p = Path::new(STAGE1_USR).join(rel);
+        File::open(&p).with_context(|| format!("opening {}", p.display()))
+    };
+    let kernel = open("boot/vmlinuz")?;
+    let initrd = open("boot/initramfs.img")?;
+    let current = fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
+    let cmdline = slot::slot_cmdline(
+        &current,
+        &chosen.unique_guid.to_string(),
+        &seal.body.root_hash,
+    );
+    sys::kexec_file_load(&kernel, &initrd, &cmdline).context("kexec_file_load")?;
+    eprintln!(
+        "{}",
+        result_line(
+            "kexec",
+            &[
+                ("slot", &slot_name(chosen.index)),
+                ("version", &seal.body.version)
+            ]
+        )
+    );
+    Err(sys::reboot_kexec()).context("starting the slot's kernel")
+}
+
+/// Stage 2: the slot's own initramfs. Maps /usr, mounts ROOT with /usr in it, populates a
+/// first boot, and executes the init of the new root. Returns only on failure.
+pub fn run_slot_stage(cfg: &BootConfig, stage: &SlotStage) -> Result<()> {
+    let disk_path = Path::new(&cfg.disk);
+    let disk = Disk::open(disk_path, OpenMode::ReadOnly)
+        .with_context(|| format!("reading the GPT of {}", cfg.disk))?;
+    let Some(part) = disk
+        .partitions()
+        .into_iter()
+        .find(|p| p.unique_guid.to_string() == stage.partuuid)
+    else {
+        bail!(
+            "no partition with PARTUUID {} on {}",
+            stage.partuuid,
+            cfg.disk
+        );
+    };
+    let dev = partition_path(disk_path, part.index);
+    let mut f = File::open(&dev).with_context(|| format!("opening {}", dev.display()))?;
+    let seal = seal::read_seal(&mut f)?;
+    if seal.body.root_hash != stage.root_hash {
+        bail!(
+            "the seal of {} names root hash {}, the chooser verified {}",
+            dev.display(),
+            seal.body.root_hash,
+            stage.root_hash
+        );
+    }
+    let mapped = map_verity(&dev, &seal)?;
+    let root_dev = partition_path(disk_path, cfg.root.unwrap_or(ROOT_INDEX));
+    fs::create_dir_all(NEW_ROOT).context("creating /sysroot")?;
+    sys::mount(&root_dev.to_string_lossy(), NEW_ROOT, "ext4", 0, None)
+        .with_context(|| format!("mounting ROOT {} on {NEW_ROOT}", root_dev.display()))?;
+    mount_usr(&mapped, &format!("{NEW_ROOT}/usr"))?;
+    populate_root(Path::new(NEW_ROOT))?;
+    eprintln!(
+        "{}",
+        result_line(
+            "slot-stage",
+            &[
+                ("slot", &slot_name(part.index)),
+                ("version", &seal.body.version),
+                ("usr", &mapped)
+            ]
+        )
+    );
+    for api in ["/proc", "/sys", "/dev", "/run"] {
+        let target = format!("{NEW_ROOT}{api}");
+        fs::create_dir_all(&target).with_context(|| format!("creating {target}"))?;
+        sys::move_mount(api, &target).with_context(|| format!("moving {api} to {target}"))?;
+    }
+    sys::switch_root(NEW_ROOT).context("switching to the new root")?;
+    let err = std::process::Command::new(&cfg.init).exec();
+    Err(err).with_context(|| format!("executing {}", cfg.init))
+}
+
+/// A first boot's ROOT: the merged-/usr links, and /etc and /var from the factory copies when
+/// they are missing (later versions' additions arrive through tmpfiles.d).
+fn populate_root(root: &Path) -> Result<()> {
+    for name in ["bin", "sbin", "lib", "lib64"] {
+        let link = root.join(name);
+        if fs::symlink_metadata(&link).is_err() && root.join("usr").join(name).exists() {
+            symlink(format!("usr/{name}"), &link)
+                .with_context(|| format!("linking {}", link.display()))?;
+        }
+    }
+    for dir in ["etc", "var"] {
+        let factory = root.join("usr/share/factory").join(dir);
+        let target = root.join(dir);
+        if !target.exists() && factory.is_dir() {
+            copy_tree(&factory, &target)
+                .with_context(|| format!("populating /{dir} from the factory copy"))?;
+            eprintln!("fastpatch-init: first boot: /{dir} populated from /usr/share/factory/{dir}");
+        }
+    }
+    for dir in ["proc", "sys", "dev", "run", "tmp"] {
+        fs::create_dir_all(root.join(dir)).with_context(|| format!("creating /{dir}"))?;
+    }
+    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777))
+        .context("setting /tmp's mode")?;
+    Ok(())
+}
+
+/// Copies a directory tree with modes, owners and symbolic links (owner first: a chown clears
+/// set-id bits, so the mode is set after it).
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    let meta = fs::symlink_metadata(from)?;
+    if meta.file_type().is_symlink() {
+        symlink(fs::read_link(from)?, to)?;
+        return lchown(to, Some(meta.uid()), Some(meta.gid()));
+    }
+    if meta.is_dir() {
+        fs::create_dir(to)?;
+        for entry in fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+    } else if meta.is_file() {
+        fs::copy(from, to)?;
+    } else {
+        // Device nodes and sockets have no place in a factory copy.
+        return Ok(());
+    }
+    lchown(to, Some(meta.uid()), Some(meta.gid()))?;
+    fs::set_permissions(to, meta.permissions())
+}
