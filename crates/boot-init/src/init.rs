@@ -64,8 +64,8 @@ fn boot(started: Instant) -> Result<GuestExit, Failure> {
         // The slot's own initramfs, started by the chooser's kexec: returns only on failure.
         slot_boot::run_slot_stage(&cfg, &stage)?;
     }
-    if cfg.net {
-        // The network is for the OS; a machine without it still boots and reports.
+    if cfg.net && !cfg.kexec {
+        // The network is for the OS (a kexec'd slot kernel starts afresh); a machine without it still boots and reports.
         if let Err(e) = bring_up_network() {
             tracing::warn!("network setup failed: {e:#}");
         }

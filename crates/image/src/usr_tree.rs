@@ -126,8 +126,14 @@ pub fn add_boot(usr: &Path, kernel: &Path, initramfs: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The D-Bus system policy that lets the engine own `com.coreos.update1` (`dist/dbus`).
+const DBUS_POLICY: (&str, &str) = (
+    "share/dbus-1/system.d/com.coreos.update1.conf",
+    include_str!("../../../dist/dbus/com.coreos.update1.conf"),
+);
+
 /// Installs the fastpatch binary (also as `update_engine_client`), its units enabled as
-/// shipped, and the release's public key where the engine trusts it.
+/// shipped, its D-Bus policy, and the release's public key where the engine trusts it.
 pub fn add_fastpatch(usr: &Path, binary: &Path, public_pem: &str) -> Result<()> {
     let data = std::fs::read(binary).map_err(io_err(format!("reading {}", binary.display())))?;
     write_file(&usr.join("bin/fastpatch"), &data, 0o755)?;
@@ -143,6 +149,7 @@ pub fn add_fastpatch(usr: &Path, binary: &Path, public_pem: &str) -> Result<()> 
             &usr.join(format!("lib/systemd/system/{target}.wants/{name}")),
         )?;
     }
+    write_file(&usr.join(DBUS_POLICY.0), DBUS_POLICY.1.as_bytes(), 0o644)?;
     let key = fastpatch_boot_init::ENGINE_TRUSTED_KEY.trim_start_matches("/usr/");
     write_file(&usr.join(key), public_pem.as_bytes(), 0o644)
 }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use fastpatch_disk::{Disk, OpenMode, SlotAttrs, USR_A_INDEX, USR_B_INDEX};
 use fastpatch_image::BuildOptions;
-use fastpatch_qemu_harness::{boot, BootOutcome, BootSpec, FsFile, Lab, SigningKey};
+use fastpatch_qemu_harness::{
+    boot, BootOutcome, BootSpec, FsFile, Lab, SigningKey, Testbed, GROUP, TEST_ENGINE_LAYER,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -29,13 +31,16 @@ st=$(dmsetup status usr 2>/dev/null | awk '{print $3 "-" $4}')
 etc=$(test -s /etc/os-release && echo populated || echo empty)
 echo "FASTPATCH-RESULT systemd version=$v usr=$src verity=$st pid1=$(cat /proc/1/comm) kernel=$(uname -r) etc=$etc" > /dev/console
 veritysetup status usr > /dev/console 2>&1
-systemctl poweroff --no-block
+op=$(update_engine_client -status 2>/dev/null | sed -n 's/^CURRENT_OP=//p')
+fp=$(fastpatch status --json 2>/dev/null | sed -n 's/.*"current_operation": *"\([A-Za-z]*\)".*/\1/p')
+echo "FASTPATCH-RESULT client op=${op:-none} status=${fp:-none}" > /dev/console
+[ -e /etc/fastpatch-test-stay ] || systemctl poweroff --no-block
 "#;
 
-const REPORT_UNIT: &str = "[Unit]\nDescription=fastpatch test: report the boot\nAfter=basic.target\n\n[Service]\nType=oneshot\nExecStart=/usr/lib/fastpatch-test/report\n\n[Install]\nWantedBy=multi-user.target\n";
+const REPORT_UNIT: &str = "[Unit]\nDescription=fastpatch test: report the boot\nAfter=basic.target fastpatch-engine.service\n\n[Service]\nType=oneshot\nExecStart=/usr/lib/fastpatch-test/report\n\n[Install]\nWantedBy=multi-user.target\n";
 
-/// The Debian tree with the report unit, unpacked under `dir`.
-fn debian_tree(dir: &Path) -> PathBuf {
+/// The Debian tree with the report unit and `etc` files, unpacked under `dir`.
+fn debian_tree(dir: &Path, etc: &[FsFile]) -> PathBuf {
     let tar = lab()
         .assets
         .debian_rootfs()
@@ -63,7 +68,60 @@ fn debian_tree(dir: &Path) -> PathBuf {
         wants.join("fastpatch-test-report.service"),
     )
     .unwrap();
+    for file in etc {
+        let path = tree.join(file.path.trim_start_matches('/'));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, &file.data).unwrap();
+        std::fs::set_permissions(
+            &path,
+            std::os::unix::fs::PermissionsExt::from_mode(file.mode),
+        )
+        .unwrap();
+    }
     tree
+}
+
+/// Builds `version` of the tree into `dir/<version>` with the lab's static binaries.
+fn build(tree: &Path, version: &str, key: &Path, dir: &Path) -> fastpatch_image::Release {
+    let mut opts = BuildOptions::new(tree.to_path_buf(), version.into(), dir.join(version));
+    opts.keys = vec![key.to_path_buf()];
+    opts.init = lab().init.clone();
+    opts.fastpatch_binary = lab().engine().unwrap().to_path_buf();
+    let started = Instant::now();
+    let release =
+        fastpatch_image::build(&opts, &mut |s| eprintln!("image {version}: {s}")).unwrap();
+    eprintln!(
+        "built {version} in {:.1} s: USR image {} MiB",
+        started.elapsed().as_secs_f64(),
+        release.usr_image_bytes / MIB
+    );
+    release
+}
+
+/// A boot of `disk` through the chooser initramfs that trusts `key`, kexec mode.
+fn spec(name: &str, disk: &Path, key: &SigningKey) -> BootSpec {
+    let lab = lab();
+    let chooser = lab
+        .initramfs_with(
+            &format!("{name}-chooser"),
+            &[FsFile::new(
+                "lib/fastpatch/keys/release.pem",
+                key.public_pem(),
+                0o644,
+            )],
+        )
+        .unwrap();
+    let mut s = BootSpec::new(
+        &lab.assets.kernel,
+        &chooser,
+        disk,
+        &lab.log_dir.join(format!("{name}.log")),
+    )
+    .arg("fastpatch.kexec=1")
+    .timeout(Duration::from_secs(600));
+    s.memory_mib = 1024;
+    s
 }
 
 fn result<'a>(o: &'a BootOutcome, stage: &str, key: &str) -> &'a str {
@@ -82,44 +140,15 @@ fn attrs(disk: &Path, index: u32) -> SlotAttrs {
 
 #[test]
 fn a_debian_release_boots_its_own_kernel_with_verified_usr_into_systemd() {
-    let lab = lab();
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let tree = debian_tree(dir.path());
+    let tree = debian_tree(dir.path(), &[]);
     let key = SigningKey::generate().unwrap();
-    key.write_private_pem(&dir.path().join("release.pem"))
-        .unwrap();
-    let mut opts = BuildOptions::new(tree, "1.0.0".into(), dir.path().join("release"));
-    opts.keys = vec![dir.path().join("release.pem")];
-    opts.init = lab.init.clone();
-    opts.fastpatch_binary = lab.engine().unwrap().to_path_buf();
-    let started = Instant::now();
-    let release = fastpatch_image::build(&opts, &mut |s| eprintln!("image: {s}")).unwrap();
-    eprintln!(
-        "built 1.0.0 in {:.1} s: USR image {} MiB",
-        started.elapsed().as_secs_f64(),
-        release.usr_image_bytes / MIB
-    );
-    let disk = dir.path().join("release/disk.img");
-    let chooser = lab
-        .initramfs_with(
-            "real-os-chooser",
-            &[FsFile::new(
-                "lib/fastpatch/keys/release.pem",
-                key.public_pem(),
-                0o644,
-            )],
-        )
-        .unwrap();
+    let pem = dir.path().join("release.pem");
+    key.write_private_pem(&pem).unwrap();
+    let release = build(&tree, "1.0.0", &pem, dir.path());
+    let disk = dir.path().join("1.0.0/disk.img");
     let spec = |name: &str| {
-        let mut s = BootSpec::new(
-            &lab.assets.kernel,
-            &chooser,
-            &disk,
-            &lab.log_dir.join(format!("{name}.log")),
-        )
-        .arg("fastpatch.kexec=1")
-        .timeout(Duration::from_secs(600));
-        s.memory_mib = 1024;
+        let mut s = spec(name, &disk, &key);
         s.net = false;
         s
     };
@@ -161,7 +190,7 @@ fn a_debian_release_boots_its_own_kernel_with_verified_usr_into_systemd() {
     assert!(o.rebooted() || o.status == Some(0), "{}", o.describe());
 
     // 2. USR-B staged with a seal that does not verify: the chooser refuses it and boots A.
-    let image = dir.path().join("release/usr.img");
+    let image = dir.path().join("1.0.0/usr.img");
     let mut bytes = std::fs::read(&image).unwrap();
     let at = release.usr_fs_bytes as usize + 16;
     let pos = bytes[at..at + 600]
@@ -191,4 +220,164 @@ fn a_debian_release_boots_its_own_kernel_with_verified_usr_into_systemd() {
     );
     assert_eq!(attrs(&disk, USR_B_INDEX).priority, 0);
     assert!(attrs(&disk, USR_A_INDEX).successful);
+}
+
+/// systemd-networkd with DHCP on QEMU's user network (the host is 10.0.2.2).
+fn network_files() -> Vec<FsFile> {
+    // A drop-in that pulls networkd in from multi-user.target (FsFile cannot be a link).
+    vec![
+        FsFile::new(
+            "etc/systemd/network/10-qemu.network",
+            "[Match]\nName=en*\n\n[Network]\nDHCP=ipv4\n",
+            0o644,
+        ),
+        FsFile::new(
+            "etc/systemd/system/multi-user.target.d/10-network.conf",
+            "[Unit]\nWants=systemd-networkd.service systemd-networkd-wait-online.service\n",
+            0o644,
+        ),
+        FsFile::new("etc/fastpatch-test-stay", "", 0o644),
+    ]
+}
+
+/// The server, the release key (private PEM written under `dir`) and a Debian tree configured
+/// as a member of its group: machine-id, update.conf, CA bundle, networkd, and an engine layer
+/// that checks soon and reboots as soon as an update is staged (no locksmithd here).
+fn fleet_member(dir: &Path) -> (Testbed<'static>, PathBuf, PathBuf) {
+    let tb = Testbed::new(lab(), dir).unwrap();
+    let layer = format!("reboot_after_update = true\n{TEST_ENGINE_LAYER}");
+    let mut etc = tb.etc_files(&layer).unwrap();
+    etc.extend(network_files());
+    let tree = debian_tree(dir, &etc);
+    let pem = dir.join("release.pem");
+    tb.key.write_private_pem(&pem).unwrap();
+    (tb, tree, pem)
+}
+
+#[test]
+fn an_update_under_systemd_boots_the_new_slots_kernel_and_is_marked_good() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (tb, tree, pem) = fleet_member(dir.path());
+    let v1 = build(&tree, "1.0.0", &pem, dir.path());
+    let v2 = build(&tree, "2.0.0", &pem, dir.path());
+    assert_ne!(v1.root_hash, v2.root_hash);
+    tb.server
+        .publish("2.0.0", &dir.path().join("2.0.0/update.payload"), GROUP)
+        .unwrap();
+    let disk = dir.path().join("1.0.0/disk.img");
+
+    // Boot 1: 1.0.0 under systemd; the engine (D-Bus on) installs 2.0.0 onto USR-B, stages it
+    // and reboots through systemctl.
+    let o = boot(&spec("real-os-update-1", &disk, &tb.key)).unwrap();
+    eprintln!(
+        "boot 1 (install and reboot): {:.1} s",
+        o.elapsed.as_secs_f64()
+    );
+    assert!(o.rebooted(), "{}", o.describe());
+    assert_eq!(result(&o, "systemd", "version"), "1.0.0");
+    let b = attrs(&disk, USR_B_INDEX);
+    assert!(
+        !b.successful && b.tries == 1,
+        "B staged: {b:?}\n{}",
+        o.describe()
+    );
+
+    // Boot 2: the chooser spends B's try and kexecs B's own kernel; the engine passes its
+    // health gate, marks B good, and the server records complete.
+    let o =
+        fastpatch_qemu_harness::boot_until(&spec("real-os-update-2", &disk, &tb.key), &mut || {
+            tb.status().unwrap() == "complete"
+        })
+        .unwrap();
+    eprintln!(
+        "boot 2 (new slot, marked good): {:.1} s",
+        o.elapsed.as_secs_f64()
+    );
+    assert!(o.stopped, "{}", o.describe());
+    assert_eq!(result(&o, "chooser", "slot"), "B");
+    assert_eq!(result(&o, "kexec", "slot"), "B");
+    assert_eq!(result(&o, "slot-stage", "version"), "2.0.0");
+    let b = attrs(&disk, USR_B_INDEX);
+    assert!(b.successful, "B marked good: {b:?}");
+    let inst = tb.instance().unwrap().unwrap();
+    assert_eq!(
+        (inst.version.as_str(), inst.status.as_str()),
+        ("2.0.0", "complete")
+    );
+}
+
+/// Version 3.0.0 of the tree: a unit its health gate requires fails on it.
+fn make_bad(tree: &Path) {
+    let units = tree.join("usr/lib/systemd/system");
+    std::fs::write(
+        units.join("fastpatch-test-required.service"),
+        "[Unit]\nDescription=fastpatch test: a service 3.0.0 breaks\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/false\n\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        "../fastpatch-test-required.service",
+        units.join("multi-user.target.wants/fastpatch-test-required.service"),
+    )
+    .unwrap();
+    let vendor = tree.join("usr/lib/fastpatch/engine.d");
+    std::fs::create_dir_all(&vendor).unwrap();
+    std::fs::write(
+        vendor.join("60-health.toml"),
+        "[health]\nunits = [\"fastpatch-test-required.service\"]\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_bad_update_under_systemd_falls_back_by_itself_and_halts_the_group() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (tb, tree, pem) = fleet_member(dir.path());
+    build(&tree, "1.0.0", &pem, dir.path());
+    make_bad(&tree);
+    build(&tree, "3.0.0", &pem, dir.path());
+    tb.server
+        .publish("3.0.0", &dir.path().join("3.0.0/update.payload"), GROUP)
+        .unwrap();
+    let disk = dir.path().join("1.0.0/disk.img");
+
+    // Boot 1: 1.0.0 installs 3.0.0 onto USR-B and reboots.
+    let o = boot(&spec("real-os-bad-1", &disk, &tb.key)).unwrap();
+    assert!(o.rebooted(), "{}", o.describe());
+    let a_good = attrs(&disk, USR_A_INDEX);
+
+    // Boot 2: 3.0.0's own kernel and systemd come up, the required unit fails, the health
+    // gate fails at its timeout, and the engine reboots without marking B good.
+    let o = boot(&spec("real-os-bad-2", &disk, &tb.key)).unwrap();
+    eprintln!(
+        "boot 2 (3.0.0, gate fails): {:.1} s",
+        o.elapsed.as_secs_f64()
+    );
+    assert!(o.rebooted(), "{}", o.describe());
+    assert_eq!(result(&o, "chooser", "slot"), "B");
+    assert_eq!(result(&o, "systemd", "version"), "3.0.0");
+    let b = attrs(&disk, USR_B_INDEX);
+    assert_eq!(
+        (b.tries, b.successful),
+        (0, false),
+        "B not marked good: {b:?}"
+    );
+    assert_eq!(attrs(&disk, USR_A_INDEX), a_good);
+
+    // Boot 3: the chooser falls back to A; 1.0.0's engine reports the rollback (3/0,
+    // errorcode 44) and safe mode halts the group.
+    let halted = || tb.server.group(GROUP).unwrap().is_some_and(|g| g.halted);
+    let o = fastpatch_qemu_harness::boot_until(&spec("real-os-bad-3", &disk, &tb.key), &mut || {
+        tb.instance()
+            .unwrap()
+            .is_some_and(|i| i.last_error_code == Some(44))
+            && halted()
+    })
+    .unwrap();
+    assert!(o.stopped, "{}", o.describe());
+    assert_eq!(result(&o, "chooser", "slot"), "A");
+    assert_eq!(result(&o, "kexec", "version"), "1.0.0");
+    assert_eq!(tb.events().unwrap(), ["13/1", "14/1", "3/1", "3/0:44"]);
+    let (a, b) = (attrs(&disk, USR_A_INDEX), attrs(&disk, USR_B_INDEX));
+    assert!(a.successful && a.priority > 0, "A is the good slot: {a:?}");
+    assert_eq!((b.tries, b.successful), (0, false), "B stays spent: {b:?}");
 }

@@ -87,6 +87,11 @@ fn a_tree_becomes_a_sealed_signed_bootable_release() {
         "/lib/systemd/system/multi-user.target.wants/fastpatch-engine.service"
     )
     .contains("../fastpatch-engine.service"));
+    let policy = debugfs_cat(&image, "/share/dbus-1/system.d/com.coreos.update1.conf");
+    assert_eq!(
+        policy,
+        include_bytes!("../../../../dist/dbus/com.coreos.update1.conf")
+    );
     assert_eq!(
         debugfs_cat(&image, "/share/factory/etc/hostname"),
         b"fastpatch\n"
