@@ -15,7 +15,7 @@ use fastpatch_boot_init::{
 };
 use fastpatch_disk::{partition_path, Disk, OpenMode, Partition};
 
-use crate::slot_boot;
+use crate::slot_boot::{self, SealProblem};
 use crate::sys::{self, ModuleLoad};
 use fastpatch_boot_init::slot::SlotStage;
 
@@ -65,14 +65,15 @@ fn boot(started: Instant) -> Result<GuestExit, Failure> {
         slot_boot::run_slot_stage(&cfg, &stage)?;
     }
     if cfg.net && !cfg.kexec {
-        // The network is for the OS (a kexec'd slot kernel starts afresh); a machine without it still boots and reports.
+        // The network is for the OS (a kexec'd slot kernel starts afresh); a machine without
+        // it still boots and reports.
         if let Err(e) = bring_up_network() {
             tracing::warn!("network setup failed: {e:#}");
         }
     }
     let (chosen, repaired) = choose_slot(Path::new(&cfg.disk))?;
     if cfg.kexec {
-        return Err(boot_slot_kernel(&cfg, chosen).into());
+        return Err(boot_slot_kernel(&cfg, chosen));
     }
     let dev = partition_path(Path::new(&cfg.disk), chosen.index);
     if repaired {
@@ -106,34 +107,40 @@ fn boot(started: Instant) -> Result<GuestExit, Failure> {
     Ok(handover(&cfg, &chosen, root_mounted)?)
 }
 
-/// Boots the chosen slot's own kernel once its seal verifies; a slot whose seal does not is
-/// taken out of the boot order and the chooser runs again. Returns only on failure.
-fn boot_slot_kernel(cfg: &BootConfig, mut chosen: Partition) -> anyhow::Error {
+/// Boots the chosen slot's own kernel once its seal verifies; a slot whose seal is invalid is
+/// taken out of the boot order and the chooser runs again. Returns only on failure; a missing
+/// key or an unreadable slot fails the boot without changing the boot order.
+fn boot_slot_kernel(cfg: &BootConfig, mut chosen: Partition) -> Failure {
     let disk = Path::new(&cfg.disk);
+    let keys = match slot_boot::chooser_keys() {
+        Ok(keys) => keys,
+        Err(e) => return e.into(),
+    };
     for _ in 0..2 {
         let dev = partition_path(disk, chosen.index);
         if let Err(e) = wait_for(&dev, cfg.disk_timeout) {
-            return e;
+            return e.into();
         }
-        match slot_boot::verified_seal(&dev) {
+        match slot_boot::verified_seal(&dev, &keys) {
             Ok(seal) => {
                 return match slot_boot::kexec_slot(&dev, &chosen, &seal) {
-                    Ok(()) => anyhow::anyhow!("kexec returned"),
-                    Err(e) => e,
+                    Ok(()) => anyhow::anyhow!("kexec returned").into(),
+                    Err(e) => e.into(),
                 }
             }
-            Err(why) => {
+            Err(SealProblem::Unreadable(e)) => return e.into(),
+            Err(SealProblem::Invalid(why)) => {
                 if let Err(e) = slot_boot::refuse_slot(disk, &chosen, &why) {
-                    return e;
+                    return e.into();
                 }
             }
         }
         chosen = match choose_slot(disk) {
             Ok((next, _)) => next,
-            Err(failure) => return failure.error,
+            Err(failure) => return failure,
         };
     }
-    anyhow::anyhow!("no USR slot with a verified seal")
+    anyhow::anyhow!("no USR slot with a verified seal").into()
 }
 
 fn mount_root(cfg: &BootConfig, index: u32) -> Result<()> {

@@ -12,6 +12,8 @@ use fastpatch_boot_init::slot::{self, SlotStage, DM_NAME};
 use fastpatch_boot_init::{result_line, slot_name, BootConfig, ROOT_INDEX};
 use fastpatch_disk::{partition_path, Disk, OpenMode, Partition, SlotAttrs};
 use fastpatch_payload::seal::{self, Seal};
+use fastpatch_payload::PayloadError;
+use rsa::RsaPublicKey;
 
 use crate::sys;
 
@@ -22,14 +24,36 @@ const STAGE1_USR: &str = "/usr";
 /// Where stage 2 assembles the new root.
 const NEW_ROOT: &str = "/sysroot";
 
-/// Reads the seal of partition `dev` and checks it with the chooser's keys.
-pub fn verified_seal(dev: &Path) -> Result<Seal> {
-    let keys = fastpatch_payload::keys::load_public_keys(&[CHOOSER_KEYS])
-        .with_context(|| format!("loading the release keys in {CHOOSER_KEYS}"))?;
-    let mut f = File::open(dev).with_context(|| format!("opening {}", dev.display()))?;
-    let seal = seal::read_seal(&mut f)?;
-    seal.verify(&keys)?;
-    Ok(seal)
+/// The release keys of the chooser. Without them nothing is refused (or booted): a chooser
+/// that cannot check seals must not take slots out of the boot order.
+pub fn chooser_keys() -> Result<Vec<RsaPublicKey>> {
+    fastpatch_payload::keys::load_public_keys(&[CHOOSER_KEYS])
+        .with_context(|| format!("loading the release keys in {CHOOSER_KEYS}"))
+}
+
+/// Why a slot's seal was not accepted.
+pub enum SealProblem {
+    /// The seal is missing, malformed or not signed by a trusted key: refuse the slot.
+    Invalid(anyhow::Error),
+    /// The slot could not be read: the boot fails, the slot is left as it is.
+    Unreadable(anyhow::Error),
+}
+
+/// Reads the seal of partition `dev` and checks it with `keys`.
+pub fn verified_seal(dev: &Path, keys: &[RsaPublicKey]) -> Result<Seal, SealProblem> {
+    let read = || -> Result<Seal, PayloadError> {
+        let mut f = File::open(dev).map_err(|error| PayloadError::Io {
+            context: format!("opening {}", dev.display()),
+            error,
+        })?;
+        let seal = seal::read_seal(&mut f)?;
+        seal.verify(keys)?;
+        Ok(seal)
+    };
+    read().map_err(|e| match e {
+        PayloadError::Io { .. } => SealProblem::Unreadable(e.into()),
+        other => SealProblem::Invalid(other.into()),
+    })
 }
 
 /// Gives a slot whose seal does not verify priority 0, so the chooser falls back.

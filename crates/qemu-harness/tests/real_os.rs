@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use fastpatch_boot_init::GuestExit;
 use fastpatch_disk::{Disk, OpenMode, SlotAttrs, USR_A_INDEX, USR_B_INDEX};
 use fastpatch_image::BuildOptions;
 use fastpatch_qemu_harness::{
@@ -220,6 +221,27 @@ fn a_debian_release_boots_its_own_kernel_with_verified_usr_into_systemd() {
     );
     assert_eq!(attrs(&disk, USR_B_INDEX).priority, 0);
     assert!(attrs(&disk, USR_A_INDEX).successful);
+
+    // 3. A chooser without release keys cannot check a seal: the boot fails and no slot is
+    //    taken out of the boot order (a broken initramfs must not make a disk unbootable).
+    let a_before = attrs(&disk, USR_A_INDEX);
+    let mut keyless = BootSpec::new(
+        &lab().assets.kernel,
+        &lab().initramfs,
+        &disk,
+        &lab().log_dir.join("real-os-no-keys.log"),
+    )
+    .arg("fastpatch.kexec=1")
+    .timeout(Duration::from_secs(300));
+    keyless.net = false;
+    let o = boot(&keyless).unwrap();
+    assert_eq!(o.exit(), Some(GuestExit::InitFailed), "{}", o.describe());
+    assert!(
+        o.log.contains("loading the release keys"),
+        "{}",
+        o.describe()
+    );
+    assert_eq!(attrs(&disk, USR_A_INDEX), a_before);
 }
 
 /// systemd-networkd with DHCP on QEMU's user network (the host is 10.0.2.2).
