@@ -48,10 +48,7 @@ impl EtcdServer {
 
     /// Starts etcd with `--unsafe-no-fsync`: loses data on a crash; for measuring only.
     pub fn start_without_fsync() -> Result<Self, String> {
-        let mut s = Self::unstarted(None)?;
-        s.no_fsync = true;
-        s.restart()?;
-        Ok(s)
+        Self::start_on_free_ports(None, true)
     }
 
     /// The data directory (on the filesystem whose fsync etcd waits for).
@@ -72,9 +69,26 @@ impl EtcdServer {
     }
 
     fn start_with(tls: Option<(PathBuf, PathBuf)>) -> Result<Self, String> {
-        let mut s = Self::unstarted(tls)?;
-        s.restart()?;
-        Ok(s)
+        Self::start_on_free_ports(tls, false)
+    }
+
+    /// A first start: a free port can be taken by another process between our probe and etcd's
+    /// bind (parallel tests), so a start that fails with "address already in use" is tried again
+    /// on new ports; any other failure is returned at once.
+    fn start_on_free_ports(
+        tls: Option<(PathBuf, PathBuf)>,
+        no_fsync: bool,
+    ) -> Result<Self, String> {
+        let mut attempt = 0;
+        loop {
+            let mut s = Self::unstarted(tls.clone())?;
+            s.no_fsync = no_fsync;
+            match s.restart() {
+                Ok(()) => return Ok(s),
+                Err(e) if e.contains("address already in use") && attempt < 5 => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The client URL, `http://127.0.0.1:<port>`.
