@@ -42,6 +42,14 @@ enum Command {
     Payload(fastpatch_payload::cli::PayloadCommand),
     /// Create an RSA-2048 key pair for signing payloads.
     Keygen(fastpatch_payload::cli::KeygenArgs),
+    /// The reboot coordination daemon (also run as `locksmithd`, e.g. a link to this binary).
+    Locksmithd(fastpatch_locksmith::cli::LocksmithdArgs),
+    /// Manage the etcd reboot semaphore (also run as `locksmithctl`): status, set-max, lock,
+    /// unlock; `fastpatch locksmithctl help` for its own usage.
+    Locksmithctl {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// FleetLock reboot-lock server on the etcd reboot semaphore.
     #[command(subcommand)]
     Fleetlock(fastpatch_locksmith::cli::FleetlockCommand),
@@ -62,12 +70,20 @@ fn main() {
     if let Some(code) = fastpatch_engine::tools::dispatch_argv0() {
         std::process::exit(code);
     }
+    // Installed as (or linked to) locksmithd or locksmithctl: behave exactly like them.
+    if let Some(code) = fastpatch_locksmith::cli::dispatch_argv0() {
+        std::process::exit(code);
+    }
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Engine(_) => "info",
-        _ => "warn",
+        Command::Engine(_) => Some("info"),
+        // They set up their own logging, as when run under their own names.
+        Command::Locksmithd(_) | Command::Locksmithctl { .. } => None,
+        _ => Some("warn"),
     };
-    init_logging(cli.log.as_deref().unwrap_or(default_filter));
+    if let Some(default_filter) = default_filter {
+        init_logging(cli.log.as_deref().unwrap_or(default_filter));
+    }
     if let Err(err) = run(cli) {
         // One line per cause: what failed, then why.
         eprintln!("error: {err:#}");
@@ -89,6 +105,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Status(args) => fastpatch_engine::tools::run_status(args),
         Command::Rollback(args) => fastpatch_engine::tools::run_rollback(args),
         Command::Fleetlock(cmd) => fastpatch_locksmith::cli::run(cmd),
+        Command::Locksmithd(args) => fastpatch_locksmith::cli::run_locksmithd(args),
+        Command::Locksmithctl { args } => {
+            std::process::exit(fastpatch_locksmith::cli::run_locksmithctl(&args))
+        }
     }
 }
 

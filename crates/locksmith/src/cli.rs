@@ -73,3 +73,86 @@ pub fn run(cmd: FleetlockCommand) -> anyhow::Result<()> {
             .context("serving FleetLock")
     })
 }
+
+/// `locksmithd` arguments (the daemon reads the rest from update.conf and `LOCKSMITHD_*`).
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "locksmithd",
+    version,
+    about = "Reboot coordination daemon (locksmith compatible): reboots the machine when the \
+             update engine has staged an update, per REBOOT_STRATEGY in update.conf"
+)]
+pub struct LocksmithdArgs {
+    /// Root directory for update.conf, coordinator.conf, machine-id, utmp (tests run unprivileged).
+    #[arg(long, env = "LOCKSMITHD_ROOT", default_value = "/")]
+    pub root: PathBuf,
+    /// Log filter.
+    #[arg(long, env = "LOCKSMITHD_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Logging to stderr with `filter` (`fallback` when it does not parse); colour only on a
+/// terminal, so a journal, a file or a pipe gets plain text.
+pub fn init_logging(filter: &str, fallback: &str) {
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(filter)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(fallback)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .try_init();
+}
+
+/// Runs locksmithd until it fails.
+pub fn run_locksmithd(args: LocksmithdArgs) -> anyhow::Result<()> {
+    use crate::config::{DaemonConfig, Settings};
+    use crate::dbus::{connect, DbusEngine};
+    init_logging(&args.log, "info");
+    let settings = Settings::load(&args.root, std::env::vars()).context("reading update.conf")?;
+    let cfg = DaemonConfig::from_settings(&args.root, &settings).context("configuration")?;
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let conn = connect(cfg.dbus_address.as_deref())
+            .await
+            .context("connecting to D-Bus")?;
+        crate::daemon::run(cfg, DbusEngine { conn })
+            .await
+            .context("locksmithd")
+    })
+}
+
+/// Runs locksmithctl with `args` (without argv0); returns its exit code.
+pub fn run_locksmithctl(args: &[String]) -> i32 {
+    let filter = std::env::var("LOCKSMITHCTL_LOG").unwrap_or_else(|_| "error".into());
+    init_logging(&filter, "error");
+    crate::ctl::run(args, &mut std::io::stdout(), &mut std::io::stderr())
+}
+
+/// A binary started as `locksmithd` or `locksmithctl` (e.g. the fastpatch binary linked under
+/// those names in an OS image) behaves exactly like that program: its exit code, or `None`
+/// for any other name.
+pub fn dispatch_argv0() -> Option<i32> {
+    let mut args = std::env::args();
+    let argv0 = args.next()?;
+    let name = std::path::Path::new(&argv0)
+        .file_name()?
+        .to_str()?
+        .to_owned();
+    match name.as_str() {
+        "locksmithd" => {
+            use clap::Parser;
+            let parsed = LocksmithdArgs::parse();
+            Some(match run_locksmithd(parsed) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            })
+        }
+        "locksmithctl" => Some(run_locksmithctl(&args.collect::<Vec<_>>())),
+        _ => None,
+    }
+}

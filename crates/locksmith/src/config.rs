@@ -96,7 +96,8 @@ pub struct DaemonConfig {
     pub lock_retry: Duration,
     pub machine_id_file: PathBuf,
     pub dbus_address: Option<String>,
-    /// Command whose success means "the booted slot is marked good"; `None`: good at start.
+    /// Command whose success means "this boot is good" (`BOOT_GOOD_COMMAND`; on a systemd
+    /// machine by default [`BOOT_COMPLETE_COMMAND`]); `None`: good at start.
     pub boot_good_command: Option<String>,
 }
 
@@ -172,9 +173,21 @@ impl DaemonConfig {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| root.join("etc/machine-id")),
             dbus_address: s.get("DBUS_ADDRESS"),
-            boot_good_command: s.get("BOOT_GOOD_COMMAND"),
+            boot_good_command: s
+                .get("BOOT_GOOD_COMMAND")
+                .or_else(|| systemd_booted(root).then(|| BOOT_COMPLETE_COMMAND.to_string())),
         })
     }
+}
+
+/// On a systemd machine a boot is good once `boot-complete.target` is reached (the update's
+/// health checks run before it: fastpatch-health-check.service), so a reboot slot is released
+/// only after the new boot passed them.
+pub const BOOT_COMPLETE_COMMAND: &str = "systemctl is-active --quiet boot-complete.target";
+
+/// Whether systemd runs the machine under `root` (sd_booted(3): `/run/systemd/system`).
+fn systemd_booted(root: &Path) -> bool {
+    root.join("run/systemd/system").is_dir()
 }
 
 /// The machine's zone from `<root>/etc/localtime` (a link into zoneinfo), else UTC.
@@ -192,6 +205,22 @@ pub fn local_zone(root: &Path) -> chrono_tz::Tz {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_boot_is_good_at_boot_complete_on_systemd_and_at_start_without_it() {
+        let root = tempfile::tempdir().unwrap();
+        let load = |env: Vec<(String, String)>| {
+            let s = Settings::load(root.path(), env).unwrap();
+            DaemonConfig::from_settings(root.path(), &s)
+                .unwrap()
+                .boot_good_command
+        };
+        assert_eq!(load(vec![]), None);
+        std::fs::create_dir_all(root.path().join("run/systemd/system")).unwrap();
+        assert_eq!(load(vec![]).as_deref(), Some(BOOT_COMPLETE_COMMAND));
+        let own = vec![("LOCKSMITHD_BOOT_GOOD_COMMAND".into(), "true".into())];
+        assert_eq!(load(own).as_deref(), Some("true"));
+    }
 
     #[test]
     fn files_and_env() {

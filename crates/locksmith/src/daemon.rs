@@ -285,7 +285,13 @@ async fn perform(
             let told = if cfg.broadcast {
                 let delay = chrono::Duration::from_std(cfg.reboot_delay).unwrap_or_default();
                 let msg = crate::reboot::broadcast_message(chrono::Local::now(), delay);
-                crate::reboot::broadcast(&cfg.root, &msg)
+                let told = crate::reboot::broadcast(&cfg.root, &msg);
+                info!(
+                    terminals = told,
+                    delay_secs = cfg.reboot_delay.as_secs(),
+                    "told logged-in users the machine reboots (waiting the delay only if someone was told)"
+                );
+                told
             } else {
                 0
             };
