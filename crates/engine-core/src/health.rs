@@ -35,6 +35,19 @@ pub enum HealthDecision {
 pub struct HealthObservation {
     /// Names of the checks that did not pass, with why.
     pub failing: Vec<String>,
+    /// The failures are final (the boot's own health checks already gave up, e.g. the unit
+    /// that runs them before `boot-complete.target` failed): decide now, do not wait.
+    pub settled: bool,
+}
+
+impl HealthObservation {
+    /// Checks that may still pass on a later round.
+    pub fn pending(failing: Vec<String>) -> HealthObservation {
+        HealthObservation {
+            failing,
+            settled: false,
+        }
+    }
 }
 
 /// Decides for the booted slot. `booted_successful` is the slot's GPT flag: a slot that was
@@ -53,14 +66,17 @@ pub fn decide(
     if observation.failing.is_empty() {
         return HealthDecision::MarkGood;
     }
-    if elapsed < timeout {
+    let reason = if observation.settled {
+        format!("health checks failed: {}", observation.failing.join("; "))
+    } else if elapsed < timeout {
         return HealthDecision::Wait;
-    }
-    let reason = format!(
-        "health checks still failing after {}s: {}",
-        elapsed.as_secs(),
-        observation.failing.join("; ")
-    );
+    } else {
+        format!(
+            "health checks still failing after {}s: {}",
+            elapsed.as_secs(),
+            observation.failing.join("; ")
+        )
+    };
     match on_unhealthy {
         OnUnhealthy::Reboot => HealthDecision::Reboot { reason },
         OnUnhealthy::ReportOnly => HealthDecision::ReportOnly { reason },
@@ -73,6 +89,7 @@ mod tests {
 
     fn obs(failing: &[&str]) -> HealthObservation {
         HealthObservation {
+            settled: false,
             failing: failing.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -115,5 +132,38 @@ mod tests {
             decide(false, &obs(&["check"]), at(601), t, OnUnhealthy::ReportOnly),
             HealthDecision::ReportOnly { .. }
         ));
+    }
+
+    #[test]
+    fn a_settled_failure_is_decided_at_once_and_a_pass_still_wins() {
+        let t = Duration::from_secs(600);
+        let settled = HealthObservation {
+            failing: vec!["fastpatch-health-check.service failed".into()],
+            settled: true,
+        };
+        match decide(false, &settled, Duration::ZERO, t, OnUnhealthy::Reboot) {
+            HealthDecision::Reboot { reason } => assert_eq!(
+                reason,
+                "health checks failed: fastpatch-health-check.service failed"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decide(false, &settled, Duration::ZERO, t, OnUnhealthy::ReportOnly),
+            HealthDecision::ReportOnly { .. }
+        ));
+        assert_eq!(
+            decide(true, &settled, Duration::ZERO, t, OnUnhealthy::Reboot),
+            HealthDecision::AlreadyGood
+        );
+        let passed = HealthObservation {
+            failing: vec![],
+            settled: true,
+        };
+        assert_eq!(
+            decide(false, &passed, Duration::ZERO, t, OnUnhealthy::Reboot),
+            HealthDecision::MarkGood
+        );
+        assert!(!HealthObservation::pending(vec!["x".into()]).settled);
     }
 }

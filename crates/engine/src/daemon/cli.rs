@@ -16,6 +16,12 @@ pub enum EngineCommand {
     /// links to other versions' images). Run at boot before systemd-sysext.service
     /// (fastpatch-extensions.service); `engine run` does it too when it starts.
     LinkExtensions(ConfigArgs),
+    /// Run the health checks of the engine config's [health] section (units active, commands
+    /// exiting 0) in rounds until they pass (exit 0) or its timeout_secs pass (exit 1). Run by
+    /// fastpatch-health-check.service before boot-complete.target: the engine marks a first
+    /// boot after an update good once that target is reached. A slot already marked good
+    /// passes at once.
+    HealthCheck(ConfigArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -58,6 +64,10 @@ pub fn run_engine(cmd: EngineCommand) -> Result<()> {
             rt.shutdown_timeout(Duration::from_secs(5));
             result
         }
+        EngineCommand::HealthCheck(args) => {
+            let cfg = args.load()?;
+            runtime()?.block_on(health_check(&cfg))
+        }
         EngineCommand::LinkExtensions(args) => {
             let cfg = args.load()?;
             let version =
@@ -71,6 +81,49 @@ pub fn run_engine(cmd: EngineCommand) -> Result<()> {
                 println!("no system extension images for {version}");
             }
             Ok(())
+        }
+    }
+}
+
+/// `fastpatch engine health-check`: the gate's checks, judged by the same pure decision.
+async fn health_check(cfg: &DaemonConfig) -> Result<()> {
+    use crate::health::{decide, HealthDecision, OnUnhealthy};
+    use fastpatch_boot_control::BootControl;
+    let (boot, _) = super::boot_control(cfg).context("finding the booted slot")?;
+    let booted = boot
+        .slot_state(boot.booted())
+        .context("reading the booted slot's attributes")?;
+    let started = std::time::Instant::now();
+    loop {
+        let obs = super::health::observe(&cfg.health).await;
+        let d = decide(
+            booted.attrs.successful,
+            &obs,
+            started.elapsed(),
+            cfg.health_timeout(),
+            OnUnhealthy::ReportOnly,
+        );
+        match d {
+            HealthDecision::AlreadyGood => {
+                println!("slot {} is marked good: nothing to judge", booted.slot);
+                return Ok(());
+            }
+            HealthDecision::MarkGood => {
+                println!(
+                    "health checks passed on the first boot of slot {} ({} units, {} commands)",
+                    booted.slot,
+                    cfg.health.units.len(),
+                    cfg.health.commands.len()
+                );
+                return Ok(());
+            }
+            HealthDecision::Wait => {
+                println!("waiting: {}", obs.failing.join("; "));
+                tokio::time::sleep(Duration::from_secs(cfg.health.interval_secs.max(1))).await;
+            }
+            HealthDecision::Reboot { reason } | HealthDecision::ReportOnly { reason } => {
+                anyhow::bail!("{reason}")
+            }
         }
     }
 }

@@ -59,6 +59,12 @@ pub struct HealthConfig {
     /// A single check taking longer than this counts as failing.
     pub check_timeout_secs: u64,
     pub on_unhealthy: OnUnhealthy,
+    /// Judge a first boot by systemd's `boot-complete.target`: the checks above run in
+    /// `fastpatch-health-check.service` (`fastpatch engine health-check`), ordered before the
+    /// target; the engine marks the slot good once the target is reached and gives up at once
+    /// when that unit fails. Unset: on when systemd runs the machine (`/run/systemd/system`),
+    /// else the engine runs the checks itself.
+    pub boot_complete: Option<bool>,
 }
 
 impl Default for HealthConfig {
@@ -70,6 +76,7 @@ impl Default for HealthConfig {
             interval_secs: 10,
             check_timeout_secs: 60,
             on_unhealthy: OnUnhealthy::Reboot,
+            boot_complete: None,
         }
     }
 }
@@ -212,6 +219,13 @@ impl DaemonConfig {
     /// Where this machine's system extension images live.
     pub fn extension_layout(&self) -> crate::daemon::extensions::Layout {
         crate::daemon::extensions::Layout::new(&self.root, &self.extensions.dir)
+    }
+
+    /// Whether the gate waits for `boot-complete.target` (see [`HealthConfig::boot_complete`]).
+    pub fn gate_on_boot_complete(&self) -> bool {
+        self.health
+            .boot_complete
+            .unwrap_or_else(|| self.root.join("run/systemd/system").is_dir())
     }
 
     pub fn health_timeout(&self) -> Duration {

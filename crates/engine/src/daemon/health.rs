@@ -27,7 +27,44 @@ pub async fn observe(cfg: &HealthConfig) -> HealthObservation {
             failing.push(format!("check {:?} failed ({why})", argv.join(" ")));
         }
     }
-    HealthObservation { failing }
+    HealthObservation::pending(failing)
+}
+
+/// The unit that runs the checks of [`observe`] before `boot-complete.target`
+/// (`dist/systemd/fastpatch-health-check.service`, `fastpatch engine health-check`).
+pub const CHECK_UNIT: &str = "fastpatch-health-check.service";
+/// systemd's synchronization point for "this boot is good" (systemd.special(7)).
+pub const BOOT_COMPLETE: &str = "boot-complete.target";
+
+/// One round of the gate on a systemd machine: passed when `boot-complete.target` is active;
+/// failed for good when [`CHECK_UNIT`] failed (the target then never starts); otherwise
+/// still waiting for the boot to get there.
+pub async fn observe_boot_complete(cfg: &HealthConfig) -> HealthObservation {
+    let timeout = Duration::from_secs(cfg.check_timeout_secs.max(1));
+    let systemctl = |verb: &str, unit: &str| {
+        ["systemctl", verb, "--quiet", unit]
+            .map(String::from)
+            .to_vec()
+    };
+    if run(&systemctl("is-active", BOOT_COMPLETE), timeout)
+        .await
+        .is_ok()
+    {
+        return HealthObservation::pending(Vec::new());
+    }
+    // `systemctl is-failed` exits 0 when the unit failed.
+    if run(&systemctl("is-failed", CHECK_UNIT), timeout)
+        .await
+        .is_ok()
+    {
+        return HealthObservation {
+            failing: vec![format!(
+                "{CHECK_UNIT} failed, so {BOOT_COMPLETE} was not reached (journalctl -u {CHECK_UNIT})"
+            )],
+            settled: true,
+        };
+    }
+    HealthObservation::pending(vec![format!("{BOOT_COMPLETE} not reached yet")])
 }
 
 /// Runs `argv`; Ok when it exits 0 within `timeout`.

@@ -250,19 +250,35 @@ impl Daemon {
             self.handle(Input::BootMarkedGood).await;
             return Ok(());
         }
-        tracing::info!(slot = %booted.slot, "first boot of this slot: running the health gate");
+        let on_target = self.cfg.gate_on_boot_complete();
+        if on_target {
+            tracing::info!(slot = %booted.slot, "first boot of this slot: waiting for {} ({} runs the health checks)", health::BOOT_COMPLETE, health::CHECK_UNIT);
+        } else {
+            tracing::info!(slot = %booted.slot, "first boot of this slot: running the health gate");
+        }
         self.handle(Input::HealthGateStarted).await;
         let cfg = self.cfg.clone();
         let tx = self.tx.clone();
+        // On a systemd machine the checks have their own deadline in the check unit; the
+        // engine's is a backstop for a boot that never gets to them.
+        let timeout = if on_target {
+            cfg.health_timeout() + Duration::from_secs(300)
+        } else {
+            cfg.health_timeout()
+        };
         tokio::spawn(async move {
             let started = Instant::now();
             loop {
-                let obs = health::observe(&cfg.health).await;
+                let obs = if on_target {
+                    health::observe_boot_complete(&cfg.health).await
+                } else {
+                    health::observe(&cfg.health).await
+                };
                 let d = gate::decide(
                     false,
                     &obs,
                     started.elapsed(),
-                    cfg.health_timeout(),
+                    timeout,
                     cfg.health.on_unhealthy,
                 );
                 if d == HealthDecision::Wait {
