@@ -15,7 +15,7 @@ use fastpatch_boot_init::{
 };
 use fastpatch_disk::{partition_path, Disk, OpenMode, Partition};
 
-use crate::slot_boot::{self, SealProblem};
+use crate::slot_boot::{self, SlotProblem};
 use crate::sys::{self, ModuleLoad};
 use fastpatch_boot_init::slot::SlotStage;
 
@@ -121,15 +121,12 @@ fn boot_slot_kernel(cfg: &BootConfig, mut chosen: Partition) -> Failure {
         if let Err(e) = wait_for(&dev, cfg.disk_timeout) {
             return e.into();
         }
-        match slot_boot::verified_seal(&dev, &keys) {
-            Ok(seal) => {
-                return match slot_boot::kexec_slot(&dev, &chosen, &seal) {
-                    Ok(()) => anyhow::anyhow!("kexec returned").into(),
-                    Err(e) => e.into(),
-                }
-            }
-            Err(SealProblem::Unreadable(e)) => return e.into(),
-            Err(SealProblem::Invalid(why)) => {
+        let booted = slot_boot::verified_seal(&dev, &keys)
+            .and_then(|seal| slot_boot::kexec_slot(&dev, &chosen, &seal));
+        match booted {
+            Ok(()) => return anyhow::anyhow!("kexec returned").into(),
+            Err(SlotProblem::Unreadable(e)) => return e.into(),
+            Err(SlotProblem::Invalid(why)) => {
                 if let Err(e) = slot_boot::refuse_slot(disk, &chosen, &why) {
                     return e.into();
                 }

@@ -47,9 +47,15 @@ impl SlotStage {
     }
 }
 
+/// The release's own kernel command line words, relative to USR's root (`/usr/boot/cmdline`;
+/// written by `fastpatch image build --cmdline`).
+pub const RELEASE_CMDLINE: &str = "boot/cmdline";
+
 /// The command line for the slot's kernel: the chooser's own words, minus those that only the
-/// chooser acts on or that the loader added, plus the slot's partition and root hash.
-pub fn slot_cmdline(current: &str, partuuid: &str, root_hash: &str) -> String {
+/// chooser acts on or that the loader added, plus the release's own words (`/usr/boot/cmdline`,
+/// read through dm-verity, so as trusted as the kernel), plus the slot's partition and root
+/// hash.
+pub fn slot_cmdline(current: &str, release: &str, partuuid: &str, root_hash: &str) -> String {
     let mut words: Vec<String> = current
         .split_whitespace()
         .filter(|w| {
@@ -58,6 +64,11 @@ pub fn slot_cmdline(current: &str, partuuid: &str, root_hash: &str) -> String {
                 || w.starts_with("BOOT_IMAGE=")
                 || w.starts_with("initrd="))
         })
+        .chain(
+            release
+                .split_whitespace()
+                .filter(|w| !w.starts_with("verity.usr")),
+        )
         .map(str::to_string)
         .collect();
     words.push(format!("{USR_KEY}{partuuid}"));
@@ -78,6 +89,7 @@ pub const DM_BUFFER_LEN: usize = 16 * 1024;
 pub const DM_READONLY: u32 = 1;
 /// The ioctl numbers: `_IOWR(0xfd, nr, struct dm_ioctl)`.
 pub const DM_DEV_CREATE: u64 = dm_iowr(3);
+pub const DM_DEV_REMOVE: u64 = dm_iowr(4);
 pub const DM_DEV_SUSPEND: u64 = dm_iowr(6);
 pub const DM_TABLE_LOAD: u64 = dm_iowr(9);
 
@@ -165,9 +177,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_release_adds_its_words_but_not_the_slot_ones() {
+        assert_eq!(
+            slot_cmdline(
+                "console=ttyS0 fastpatch.kexec=1",
+                " quiet\nfastpatch.release=2 verity.usrhash=evil\n",
+                "0a-b",
+                "cafe"
+            ),
+            "console=ttyS0 quiet fastpatch.release=2 verity.usr=PARTUUID=0a-b verity.usrhash=cafe"
+        );
+    }
+
+    #[test]
     fn the_slot_cmdline_replaces_the_chooser_words() {
         let line = slot_cmdline(
             "BOOT_IMAGE=/x console=ttyS0 fastpatch.kexec=1 verity.usrhash=old fastpatch.disk=/dev/vda",
+            "",
             "0a-b",
             "cafe",
         );
@@ -192,6 +218,7 @@ mod tests {
     fn ioctl_numbers_and_layout_match_the_kernel_header() {
         // From <linux/dm-ioctl.h> on x86_64: DM_DEV_CREATE = 0xc138fd03, DM_TABLE_LOAD = 0xc138fd09.
         assert_eq!(DM_DEV_CREATE, 0xc138_fd03);
+        assert_eq!(DM_DEV_REMOVE, 0xc138_fd04);
         assert_eq!(DM_DEV_SUSPEND, 0xc138_fd06);
         assert_eq!(DM_TABLE_LOAD, 0xc138_fd09);
         let buf = dm_table_load("usr", 16, "verity", "1 a b").unwrap();

@@ -31,16 +31,23 @@ pub fn chooser_keys() -> Result<Vec<RsaPublicKey>> {
         .with_context(|| format!("loading the release keys in {CHOOSER_KEYS}"))
 }
 
-/// Why a slot's seal was not accepted.
-pub enum SealProblem {
-    /// The seal is missing, malformed or not signed by a trusted key: refuse the slot.
+/// Why a slot was not booted.
+pub enum SlotProblem {
+    /// The seal is missing, malformed or not signed by a trusted key, or a slot on its first
+    /// boot has a block that does not match its dm-verity hash: refuse the slot.
     Invalid(anyhow::Error),
-    /// The slot could not be read: the boot fails, the slot is left as it is.
+    /// The slot could not be read or started: the boot fails, the slot is left as it is.
     Unreadable(anyhow::Error),
 }
 
+impl From<anyhow::Error> for SlotProblem {
+    fn from(e: anyhow::Error) -> SlotProblem {
+        SlotProblem::Unreadable(e)
+    }
+}
+
 /// Reads the seal of partition `dev` and checks it with `keys`.
-pub fn verified_seal(dev: &Path, keys: &[RsaPublicKey]) -> Result<Seal, SealProblem> {
+pub fn verified_seal(dev: &Path, keys: &[RsaPublicKey]) -> Result<Seal, SlotProblem> {
     let read = || -> Result<Seal, PayloadError> {
         let mut f = File::open(dev).map_err(|error| PayloadError::Io {
             context: format!("opening {}", dev.display()),
@@ -51,8 +58,8 @@ pub fn verified_seal(dev: &Path, keys: &[RsaPublicKey]) -> Result<Seal, SealProb
         Ok(seal)
     };
     read().map_err(|e| match e {
-        PayloadError::Io { .. } => SealProblem::Unreadable(e.into()),
-        other => SealProblem::Invalid(other.into()),
+        PayloadError::Io { .. } => SlotProblem::Unreadable(e.into()),
+        other => SlotProblem::Invalid(other.into()),
     })
 }
 
@@ -107,10 +114,62 @@ fn mount_usr(mapped: &str, target: &str) -> Result<()> {
         .with_context(|| format!("mounting {mapped} read-only on {target}"))
 }
 
-/// Stage 1: boots the chosen slot's own kernel. Returns only on failure.
-pub fn kexec_slot(dev: &Path, chosen: &Partition, seal: &Seal) -> Result<()> {
+/// Removes the verity device again (a refused slot's), so that the next choice can map its own.
+fn unmap_verity() -> Result<()> {
+    let mut remove = slot::dm_ioctl(DM_NAME, 0).map_err(anyhow::Error::msg)?;
+    sys::dm_ioctl(slot::DM_DEV_REMOVE, &mut remove).context("removing the verity device")
+}
+
+/// Reads a slot on its first boot whole through dm-verity before anything of it runs: a block
+/// that does not match its hash fails the read (the kernel answers EIO), so a slot changed
+/// after it was installed is refused here instead of failing somewhere in its boot.
+fn read_whole(mapped: &str, seal: &Seal) -> Result<()> {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    let mut f = File::open(mapped).with_context(|| format!("opening {mapped}"))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => at += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => bail!(
+                "/usr does not read back through dm-verity at byte {at} of {}: {e} (a block does not match its hash)",
+                seal.body.data_bytes
+            ),
+        }
+    }
+    if at != seal.body.data_bytes {
+        bail!(
+            "/usr through dm-verity is {at} bytes, its seal says {}",
+            seal.body.data_bytes
+        );
+    }
+    eprintln!(
+        "fastpatch-init: first boot of this slot: all {} MiB of /usr verified in {:.1} s",
+        at >> 20,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Stage 1: boots the chosen slot's own kernel. Returns only on failure: a slot on its first
+/// boot that does not read back whole is [`SlotProblem::Invalid`] (its verity device removed
+/// again); anything else is [`SlotProblem::Unreadable`].
+pub fn kexec_slot(dev: &Path, chosen: &Partition, seal: &Seal) -> Result<(), SlotProblem> {
     let mapped = map_verity(dev, seal)?;
-    mount_usr(&mapped, STAGE1_USR)?;
+    if !chosen.attrs.successful {
+        if let Err(why) = read_whole(&mapped, seal) {
+            unmap_verity()?;
+            return Err(SlotProblem::Invalid(why));
+        }
+    }
+    Ok(kexec_mapped(&mapped, chosen, seal)?)
+}
+
+fn kexec_mapped(mapped: &str, chosen: &Partition, seal: &Seal) -> Result<()> {
+    mount_usr(mapped, STAGE1_USR)?;
     let open = |rel: &str| {
         let p = Path::new(STAGE1_USR).join(rel);
         File::open(&p).with_context(|| format!("opening {}", p.display()))
@@ -118,8 +177,15 @@ pub fn kexec_slot(dev: &Path, chosen: &Partition, seal: &Seal) -> Result<()> {
     let kernel = open("boot/vmlinuz")?;
     let initrd = open("boot/initramfs.img")?;
     let current = fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
+    let release = Path::new(STAGE1_USR).join(slot::RELEASE_CMDLINE);
+    let release = match fs::read_to_string(&release) {
+        Ok(words) => words,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", release.display())),
+    };
     let cmdline = slot::slot_cmdline(
         &current,
+        &release,
         &chosen.unique_guid.to_string(),
         &seal.body.root_hash,
     );

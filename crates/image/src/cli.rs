@@ -44,6 +44,10 @@ pub struct BuildArgs {
     /// The kernel to use when the tree has several (a directory name in /usr/lib/modules).
     #[arg(long)]
     pub kernel_version: Option<String>,
+    /// Words this release adds to its kernel's command line (e.g. `quiet` or a console), stored
+    /// in /usr/boot/cmdline and so verified with /usr; the boot chain adds the slot's own.
+    #[arg(long, value_name = "WORDS")]
+    pub cmdline: Option<String>,
     /// Size of each USR slot; the sealed image must fit.
     #[arg(long, default_value = "1G", value_parser = parse_bytes)]
     pub slot_size: u64,
@@ -98,6 +102,7 @@ fn run_build(a: BuildArgs) -> Result<()> {
         None => std::env::current_exe().context("cannot find this program's path")?,
     };
     opts.kernel_version = a.kernel_version;
+    opts.cmdline = a.cmdline;
     opts.slot_size = a.slot_size;
     opts.disk_size = a.disk_size;
     opts.force = a.force;

@@ -56,6 +56,8 @@ pub struct BuildOptions {
     pub fastpatch_binary: PathBuf,
     /// The kernel to use when the tree has several.
     pub kernel_version: Option<String>,
+    /// Words this release adds to its kernel's command line (`/usr/boot/cmdline`).
+    pub cmdline: Option<String>,
     /// The size of each USR partition; the sealed image must fit.
     pub slot_size: u64,
     /// The size of the disk image (sparse).
@@ -73,6 +75,7 @@ impl BuildOptions {
             init: PathBuf::new(),
             fastpatch_binary: PathBuf::new(),
             kernel_version: None,
+            cmdline: None,
             slot_size: 1024 * MIB,
             disk_size: 3 * 1024 * MIB,
             force: false,
@@ -101,6 +104,7 @@ pub struct Release {
 /// Builds a release into `opts.out_dir`, reporting each step to `progress`.
 pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Release> {
     usr_tree::check_version(&opts.version)?;
+    usr_tree::check_cmdline(opts.cmdline.as_deref())?;
     let keys = load_keys(&opts.keys)?;
     let public_pem = fastpatch_payload::keys::public_key_pem(&keys[0].to_public_key())?;
     check_out_dir(&opts.out_dir, opts.force)?;
@@ -131,7 +135,12 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Rele
     progress("staging /usr");
     let usr = usr_tree::stage(&tree, &work)?;
     usr_tree::set_os_release(&usr, &opts.version)?;
-    usr_tree::add_boot(&usr, &kernel.image, &initramfs_path)?;
+    usr_tree::add_boot(
+        &usr,
+        &kernel.image,
+        &initramfs_path,
+        opts.cmdline.as_deref(),
+    )?;
     usr_tree::add_fastpatch(&usr, &opts.fastpatch_binary, &public_pem)?;
     let factory_rules = usr_tree::add_factory(&tree, &usr)?;
 

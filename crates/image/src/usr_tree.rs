@@ -21,18 +21,36 @@ pub const FACTORY_DIR: &str = "share/factory";
 /// The tmpfiles.d rules that populate ROOT from the factory copies.
 pub const FACTORY_TMPFILES: &str = "lib/tmpfiles.d/fastpatch-factory.conf";
 
-/// The units fastpatch ships (`dist/systemd`), with the target each is enabled for.
-const UNITS: [(&str, &str, &str); 2] = [
+/// The shipped units (`dist/systemd`) and the `.wants`/`.requires` directory that enables each.
+const UNITS: [(&str, &str, &str); 4] = [
     (
         "fastpatch-engine.service",
         include_str!("../../../dist/systemd/fastpatch-engine.service"),
-        "multi-user.target",
+        "multi-user.target.wants",
+    ),
+    (
+        "fastpatch-health-check.service",
+        include_str!("../../../dist/systemd/fastpatch-health-check.service"),
+        "boot-complete.target.requires",
+    ),
+    (
+        "locksmithd.service",
+        include_str!("../../../dist/systemd/locksmithd.service"),
+        "multi-user.target.wants",
     ),
     (
         "fastpatch-extensions.service",
         include_str!("../../../dist/systemd/fastpatch-extensions.service"),
-        "sysinit.target",
+        "sysinit.target.wants",
     ),
+];
+
+/// Names the fastpatch binary also answers to (it dispatches on argv0), relative to /usr, with
+/// the link target: Flatcar's paths for its tools.
+const ALIASES: [(&str, &str); 3] = [
+    ("bin/update_engine_client", "fastpatch"),
+    ("bin/locksmithctl", "fastpatch"),
+    ("lib/locksmith/locksmithd", "../../bin/fastpatch"),
 ];
 
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<()> {
@@ -117,11 +135,38 @@ pub fn set_os_release(usr: &Path, version: &str) -> Result<()> {
     )
 }
 
-/// Puts the slot's kernel and initramfs under `/usr/boot`.
-pub fn add_boot(usr: &Path, kernel: &Path, initramfs: &Path) -> Result<()> {
+/// A release's own command line words may not name the verified /usr: the boot chain adds the
+/// slot's partition and the root hash its seal signs.
+pub fn check_cmdline(cmdline: Option<&str>) -> Result<()> {
+    match cmdline {
+        Some(words)
+            if words
+                .split_whitespace()
+                .any(|w| w.starts_with("verity.usr")) =>
+        {
+            Err(ImageError::Invalid(format!(
+                "--cmdline {words:?}: verity.usr words are the boot chain's own"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Puts the slot's kernel and initramfs under `/usr/boot`, and the release's own kernel command
+/// line words, if any.
+pub fn add_boot(usr: &Path, kernel: &Path, initramfs: &Path, cmdline: Option<&str>) -> Result<()> {
     for (from, rel) in [(kernel, KERNEL_IN_USR), (initramfs, INITRAMFS_IN_USR)] {
         let data = std::fs::read(from).map_err(io_err(format!("reading {}", from.display())))?;
         write_file(&usr.join(rel), &data, 0o644)?;
+    }
+    check_cmdline(cmdline)?;
+    if let Some(words) = cmdline {
+        let rel = fastpatch_boot_init::slot::RELEASE_CMDLINE;
+        write_file(
+            &usr.join(rel),
+            format!("{}\n", words.trim()).as_bytes(),
+            0o644,
+        )?;
     }
     Ok(())
 }
@@ -132,13 +177,16 @@ const DBUS_POLICY: (&str, &str) = (
     include_str!("../../../dist/dbus/com.coreos.update1.conf"),
 );
 
-/// Installs the fastpatch binary (also as `update_engine_client`), its units enabled as
+/// Installs the fastpatch binary (also as `update_engine_client`, `locksmithctl` and
+/// locksmithd), its units enabled as
 /// shipped, its D-Bus policy, and the release's public key where the engine trusts it.
 pub fn add_fastpatch(usr: &Path, binary: &Path, public_pem: &str) -> Result<()> {
     let data = std::fs::read(binary).map_err(io_err(format!("reading {}", binary.display())))?;
     write_file(&usr.join("bin/fastpatch"), &data, 0o755)?;
-    link("fastpatch", &usr.join("bin/update_engine_client"))?;
-    for (name, text, target) in UNITS {
+    for (path, target) in ALIASES {
+        link(target, &usr.join(path))?;
+    }
+    for (name, text, enabled_by) in UNITS {
         write_file(
             &usr.join("lib/systemd/system").join(name),
             text.as_bytes(),
@@ -146,7 +194,7 @@ pub fn add_fastpatch(usr: &Path, binary: &Path, public_pem: &str) -> Result<()> 
         )?;
         link(
             &format!("../{name}"),
-            &usr.join(format!("lib/systemd/system/{target}.wants/{name}")),
+            &usr.join(format!("lib/systemd/system/{enabled_by}/{name}")),
         )?;
     }
     write_file(&usr.join(DBUS_POLICY.0), DBUS_POLICY.1.as_bytes(), 0o644)?;

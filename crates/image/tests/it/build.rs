@@ -16,8 +16,9 @@ fn sha256_hex(data: &[u8]) -> String {
 fn a_tree_becomes_a_sealed_signed_bootable_release() {
     let fx = Fixture::new();
     let mut steps = Vec::new();
-    let release =
-        fastpatch_image::build(&fx.options("1.0.0"), &mut |s| steps.push(s.to_string())).unwrap();
+    let mut opts = fx.options("1.0.0");
+    opts.cmdline = Some(" quiet fastpatch.release=1 ".into());
+    let release = fastpatch_image::build(&opts, &mut |s| steps.push(s.to_string())).unwrap();
     assert!(steps.iter().any(|s| s.contains("sealing")), "{steps:?}");
     let out = fx.path("out");
     let image = out.join("usr.img");
@@ -60,6 +61,10 @@ fn a_tree_becomes_a_sealed_signed_bootable_release() {
         "{os_release}"
     );
     assert_eq!(debugfs_cat(&image, "/boot/vmlinuz"), kernel_bytes());
+    assert_eq!(
+        debugfs_cat(&image, "/boot/cmdline"),
+        b"quiet fastpatch.release=1\n"
+    );
     assert_eq!(debugfs_cat(&image, "/bin/fastpatch"), b"\x7fELF fastpatch");
     assert!(
         debugfs_stat(&image, "/bin/update_engine_client").contains("Fast link dest: \"fastpatch\"")
@@ -87,6 +92,24 @@ fn a_tree_becomes_a_sealed_signed_bootable_release() {
         "/lib/systemd/system/multi-user.target.wants/fastpatch-engine.service"
     )
     .contains("../fastpatch-engine.service"));
+    // locksmithd and the health gate, enabled as shipped; locksmith's tools at Flatcar's paths.
+    assert!(debugfs_stat(
+        &image,
+        "/lib/systemd/system/boot-complete.target.requires/fastpatch-health-check.service"
+    )
+    .contains("../fastpatch-health-check.service"));
+    assert_eq!(
+        debugfs_cat(&image, "/lib/systemd/system/locksmithd.service"),
+        include_bytes!("../../../../dist/systemd/locksmithd.service")
+    );
+    assert!(debugfs_stat(
+        &image,
+        "/lib/systemd/system/multi-user.target.wants/locksmithd.service"
+    )
+    .contains("../locksmithd.service"));
+    assert!(debugfs_stat(&image, "/bin/locksmithctl").contains("Fast link dest: \"fastpatch\""));
+    assert!(debugfs_stat(&image, "/lib/locksmith/locksmithd")
+        .contains("Fast link dest: \"../../bin/fastpatch\""));
     let policy = debugfs_cat(&image, "/share/dbus-1/system.d/com.coreos.update1.conf");
     assert_eq!(
         policy,

@@ -138,3 +138,12 @@ fn an_existing_output_is_kept_unless_forced() {
     assert!(!fx.path("out/keep").exists());
     assert!(fx.path("out/usr.img").is_file());
 }
+
+#[test]
+fn a_command_line_that_names_the_verity_device() {
+    let err = refused(|_, opts| opts.cmdline = Some("quiet verity.usrhash=00".into()));
+    assert!(
+        err.contains("verity.usr words are the boot chain's own"),
+        "{err}"
+    );
+}
