@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 use fastpatch_boot_init::GuestExit;
 use fastpatch_disk::{Disk, OpenMode, SlotAttrs, USR_A_INDEX, USR_B_INDEX};
 use fastpatch_image::BuildOptions;
+use fastpatch_locksmith::testsupport::EtcdServer;
 use fastpatch_qemu_harness::{
-    boot, BootOutcome, BootSpec, FsFile, Lab, SigningKey, Testbed, GROUP, TEST_ENGINE_LAYER,
+    boot, BootOutcome, BootSpec, FsFile, Lab, SigningKey, Testbed, GROUP, MACHINE_ID,
+    TEST_ENGINE_LAYER,
 };
 
 const MIB: u64 = 1 << 20;
@@ -35,8 +37,35 @@ veritysetup status usr > /dev/console 2>&1
 op=$(update_engine_client -status 2>/dev/null | sed -n 's/^CURRENT_OP=//p')
 fp=$(fastpatch status --json 2>/dev/null | sed -n 's/.*"current_operation": *"\([A-Za-z]*\)".*/\1/p')
 echo "FASTPATCH-RESULT client op=${op:-none} status=${fp:-none}" > /dev/console
+marker=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^fastpatch\.release=//p')
+echo "FASTPATCH-RESULT cmdline release=${marker:-none}" > /dev/console
+ep=$(sed -n 's/^LOCKSMITHD_ENDPOINT=//p' /etc/flatcar/update.conf)
+if [ -n "$ep" ]; then
+  locksmithctl --endpoint "$ep" status 2>&1 | awk '/^Available:/ {a=$2} /^Max:/ {m=$2}
+    f && NF {h = h (h ? "," : "") $1} /^MACHINE ID/ {f=1}
+    END {printf "FASTPATCH-RESULT locksmithctl available=%s max=%s holders=%s\n", a, m, (h ? h : "none")}' > /dev/console
+fi
 [ -e /etc/fastpatch-test-stay ] || systemctl poweroff --no-block
 "#;
+
+/// Runs only once `boot-complete.target` is reached (the health checks passed), pulled in by
+/// the check unit so that no target orders itself after it.
+const GATE_REPORT_UNIT: &str = "[Unit]\nDescription=fastpatch test: report the boot complete\nRequires=boot-complete.target\nAfter=boot-complete.target\n\n[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo \"FASTPATCH-RESULT gate boot-complete=$$(systemctl is-active boot-complete.target) check=$$(systemctl is-active fastpatch-health-check.service)\" > /dev/console'\n";
+
+/// The shipped units' output on the serial console as well as the journal (a drop-in, the unit
+/// files stay as shipped).
+fn console_drop_ins() -> Vec<FsFile> {
+    ["fastpatch-engine", "fastpatch-health-check", "locksmithd"]
+        .iter()
+        .map(|unit| {
+            FsFile::new(
+                format!("etc/systemd/system/{unit}.service.d/10-console.conf"),
+                "[Service]\nStandardOutput=journal+console\nStandardError=journal+console\n",
+                0o644,
+            )
+        })
+        .collect()
+}
 
 const REPORT_UNIT: &str = "[Unit]\nDescription=fastpatch test: report the boot\nAfter=basic.target fastpatch-engine.service\n\n[Service]\nType=oneshot\nExecStart=/usr/lib/fastpatch-test/report\n\n[Install]\nWantedBy=multi-user.target\n";
 
@@ -62,14 +91,19 @@ fn debian_tree(dir: &Path, etc: &[FsFile]) -> PathBuf {
     std::fs::set_permissions(&report, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let units = tree.join("usr/lib/systemd/system");
     std::fs::write(units.join("fastpatch-test-report.service"), REPORT_UNIT).unwrap();
-    let wants = units.join("multi-user.target.wants");
-    std::fs::create_dir_all(&wants).unwrap();
-    std::os::unix::fs::symlink(
-        "../fastpatch-test-report.service",
-        wants.join("fastpatch-test-report.service"),
-    )
-    .unwrap();
-    for file in etc {
+    std::fs::write(units.join("fastpatch-test-gate.service"), GATE_REPORT_UNIT).unwrap();
+    for (wanted_by, unit) in [
+        ("multi-user.target.wants", "fastpatch-test-report.service"),
+        (
+            "fastpatch-health-check.service.wants",
+            "fastpatch-test-gate.service",
+        ),
+    ] {
+        let wants = units.join(wanted_by);
+        std::fs::create_dir_all(&wants).unwrap();
+        std::os::unix::fs::symlink(format!("../{unit}"), wants.join(unit)).unwrap();
+    }
+    for file in etc.iter().chain(&console_drop_ins()) {
         let path = tree.join(file.path.trim_start_matches('/'));
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let _ = std::fs::remove_file(&path);
@@ -89,6 +123,8 @@ fn build(tree: &Path, version: &str, key: &Path, dir: &Path) -> fastpatch_image:
     opts.keys = vec![key.to_path_buf()];
     opts.init = lab().init.clone();
     opts.fastpatch_binary = lab().engine().unwrap().to_path_buf();
+    // A marker on the release's own kernel command line: the guest reports which it booted.
+    opts.cmdline = Some(format!("fastpatch.release={version}"));
     let started = Instant::now();
     let release =
         fastpatch_image::build(&opts, &mut |s| eprintln!("image {version}: {s}")).unwrap();
@@ -188,7 +224,7 @@ fn a_debian_release_boots_its_own_kernel_with_verified_usr_into_systemd() {
     assert_eq!(status("type:"), "VERITY");
     assert_eq!(status("root hash:"), release.root_hash);
     assert_eq!(status("status:"), "verified");
-    assert!(o.rebooted() || o.status == Some(0), "{}", o.describe());
+    assert!(o.rebooted(), "{}", o.describe());
 
     // 2. USR-B staged with a seal that does not verify: the chooser refuses it and boots A.
     let image = dir.path().join("1.0.0/usr.img");
@@ -222,7 +258,31 @@ fn a_debian_release_boots_its_own_kernel_with_verified_usr_into_systemd() {
     assert_eq!(attrs(&disk, USR_B_INDEX).priority, 0);
     assert!(attrs(&disk, USR_A_INDEX).successful);
 
-    // 3. A chooser without release keys cannot check a seal: the boot fails and no slot is
+    // 3. USR-B holds the correctly sealed image with one data block changed after it was
+    //    written (a disk fault, or tampering after staging): on B's first boot the chooser
+    //    reads it whole through dm-verity, the changed block fails, B is refused, A boots.
+    let mut bytes = std::fs::read(&image).unwrap();
+    bytes[(release.usr_fs_bytes / 2) as usize] ^= 0xff;
+    let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    f.seek(SeekFrom::Start(b_at)).unwrap();
+    f.write_all(&bytes).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let mut d = Disk::open(&disk, OpenMode::ReadWrite).unwrap();
+    d.stage(USR_B_INDEX).unwrap();
+    drop(d);
+    let o = boot(&spec("real-os-changed-block")).unwrap();
+    assert!(
+        o.log.contains("does not read back through dm-verity"),
+        "{}",
+        o.describe()
+    );
+    assert_eq!(result(&o, "seal-refused", "slot"), "B");
+    assert_eq!(result(&o, "systemd", "version"), "1.0.0");
+    assert_eq!(attrs(&disk, USR_B_INDEX).priority, 0);
+    assert!(attrs(&disk, USR_A_INDEX).successful);
+
+    // 4. A chooser without release keys cannot check a seal: the boot fails and no slot is
     //    taken out of the boot order (a broken initramfs must not make a disk unbootable).
     let a_before = attrs(&disk, USR_A_INDEX);
     let mut keyless = BootSpec::new(
@@ -263,12 +323,23 @@ fn network_files() -> Vec<FsFile> {
 }
 
 /// The server, the release key (private PEM written under `dir`) and a Debian tree configured
-/// as a member of its group: machine-id, update.conf, CA bundle, networkd, and an engine layer
-/// that checks soon and reboots as soon as an update is staged (no locksmithd here).
-fn fleet_member(dir: &Path) -> (Testbed<'static>, PathBuf, PathBuf) {
+/// as a member of its group: machine-id, update.conf (its reboots coordinated by locksmithd
+/// through `etcd`'s reboot semaphore, max 1), CA bundle, networkd, and an engine layer that
+/// checks soon.
+fn fleet_member(dir: &Path, etcd: &EtcdServer) -> (Testbed<'static>, PathBuf, PathBuf) {
     let tb = Testbed::new(lab(), dir).unwrap();
-    let layer = format!("reboot_after_update = true\n{TEST_ENGINE_LAYER}");
-    let mut etc = tb.etc_files(&layer).unwrap();
+    let mut etc = tb.etc_files(TEST_ENGINE_LAYER).unwrap();
+    for file in etc.iter_mut() {
+        if file.path.ends_with("flatcar/update.conf") {
+            let guest_etcd = format!("http://10.0.2.2:{}", etcd.client_port);
+            file.data.extend(
+                format!(
+                    "REBOOT_STRATEGY=etcd-lock\nLOCKSMITHD_ENDPOINT={guest_etcd}\nLOCKSMITHD_LOCK_RETRY=5s\n"
+                )
+                .as_bytes(),
+            );
+        }
+    }
     etc.extend(network_files());
     let tree = debian_tree(dir, &etc);
     let pem = dir.join("release.pem");
@@ -276,10 +347,33 @@ fn fleet_member(dir: &Path) -> (Testbed<'static>, PathBuf, PathBuf) {
     (tb, tree, pem)
 }
 
+/// The reboot semaphore's holders, as `fastpatch locksmithctl status` on the host prints them.
+fn lock_holders(etcd: &EtcdServer) -> Vec<String> {
+    let out = Command::new(lab().engine().unwrap())
+        .args(["locksmithctl", "--endpoint", &etcd.endpoint(), "status"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "locksmithctl status: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.split("MACHINE ID\n")
+        .nth(1)
+        .map(|ids| ids.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+fn etcd() -> EtcdServer {
+    EtcdServer::start().unwrap_or_else(|e| panic!("{e}"))
+}
+
 #[test]
 fn an_update_under_systemd_boots_the_new_slots_kernel_and_is_marked_good() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let (tb, tree, pem) = fleet_member(dir.path());
+    let etcd = etcd();
+    let (tb, tree, pem) = fleet_member(dir.path(), &etcd);
     let v1 = build(&tree, "1.0.0", &pem, dir.path());
     let v2 = build(&tree, "2.0.0", &pem, dir.path());
     assert_ne!(v1.root_hash, v2.root_hash);
@@ -288,8 +382,9 @@ fn an_update_under_systemd_boots_the_new_slots_kernel_and_is_marked_good() {
         .unwrap();
     let disk = dir.path().join("1.0.0/disk.img");
 
-    // Boot 1: 1.0.0 under systemd; the engine (D-Bus on) installs 2.0.0 onto USR-B, stages it
-    // and reboots through systemctl.
+    // Boot 1: 1.0.0 under systemd; the engine (D-Bus on) installs 2.0.0 onto USR-B and stages
+    // it; locksmithd sees UPDATED_NEED_REBOOT over D-Bus, takes the etcd reboot slot and
+    // reboots through logind.
     let o = boot(&spec("real-os-update-1", &disk, &tb.key)).unwrap();
     eprintln!(
         "boot 1 (install and reboot): {:.1} s",
@@ -297,6 +392,10 @@ fn an_update_under_systemd_boots_the_new_slots_kernel_and_is_marked_good() {
     );
     assert!(o.rebooted(), "{}", o.describe());
     assert_eq!(result(&o, "systemd", "version"), "1.0.0");
+    assert_eq!(result(&o, "cmdline", "release"), "1.0.0");
+    assert_eq!(result(&o, "locksmithctl", "available"), "1");
+    assert!(o.log.contains("reboot lock taken"), "{}", o.describe());
+    assert_eq!(lock_holders(&etcd), [MACHINE_ID]);
     let b = attrs(&disk, USR_B_INDEX);
     assert!(
         !b.successful && b.tries == 1,
@@ -304,11 +403,12 @@ fn an_update_under_systemd_boots_the_new_slots_kernel_and_is_marked_good() {
         o.describe()
     );
 
-    // Boot 2: the chooser spends B's try and kexecs B's own kernel; the engine passes its
-    // health gate, marks B good, and the server records complete.
+    // Boot 2: the chooser spends B's try and kexecs B's own kernel with B's command line;
+    // the health checks pass before boot-complete.target, the engine marks B good, the server
+    // records complete, and locksmithd releases the slot only then.
     let o =
         fastpatch_qemu_harness::boot_until(&spec("real-os-update-2", &disk, &tb.key), &mut || {
-            tb.status().unwrap() == "complete"
+            tb.status().unwrap() == "complete" && lock_holders(&etcd).is_empty()
         })
         .unwrap();
     eprintln!(
@@ -319,6 +419,27 @@ fn an_update_under_systemd_boots_the_new_slots_kernel_and_is_marked_good() {
     assert_eq!(result(&o, "chooser", "slot"), "B");
     assert_eq!(result(&o, "kexec", "slot"), "B");
     assert_eq!(result(&o, "slot-stage", "version"), "2.0.0");
+    assert_eq!(
+        result(&o, "cmdline", "release"),
+        "2.0.0",
+        "{}",
+        o.describe()
+    );
+    // Inside the guest, before the gate: this machine still holds the reboot slot.
+    assert_eq!(result(&o, "locksmithctl", "available"), "0");
+    assert_eq!(result(&o, "locksmithctl", "holders"), MACHINE_ID);
+    assert_eq!(
+        result(&o, "gate", "boot-complete"),
+        "active",
+        "{}",
+        o.describe()
+    );
+    assert!(
+        o.log
+            .contains("health checks passed on the first boot of slot USR-B"),
+        "{}",
+        o.describe()
+    );
     let b = attrs(&disk, USR_B_INDEX);
     assert!(b.successful, "B marked good: {b:?}");
     let inst = tb.instance().unwrap().unwrap();
@@ -353,7 +474,8 @@ fn make_bad(tree: &Path) {
 #[test]
 fn a_bad_update_under_systemd_falls_back_by_itself_and_halts_the_group() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let (tb, tree, pem) = fleet_member(dir.path());
+    let etcd = etcd();
+    let (tb, tree, pem) = fleet_member(dir.path(), &etcd);
     build(&tree, "1.0.0", &pem, dir.path());
     make_bad(&tree);
     build(&tree, "3.0.0", &pem, dir.path());
@@ -367,8 +489,11 @@ fn a_bad_update_under_systemd_falls_back_by_itself_and_halts_the_group() {
     assert!(o.rebooted(), "{}", o.describe());
     let a_good = attrs(&disk, USR_A_INDEX);
 
+    assert_eq!(lock_holders(&etcd), [MACHINE_ID]);
+
     // Boot 2: 3.0.0's own kernel and systemd come up, the required unit fails, the health
-    // gate fails at its timeout, and the engine reboots without marking B good.
+    // checks give up at their timeout, boot-complete.target is never reached, and the engine
+    // reboots at once without marking B good; the slot stays held.
     let o = boot(&spec("real-os-bad-2", &disk, &tb.key)).unwrap();
     eprintln!(
         "boot 2 (3.0.0, gate fails): {:.1} s",
@@ -377,6 +502,13 @@ fn a_bad_update_under_systemd_falls_back_by_itself_and_halts_the_group() {
     assert!(o.rebooted(), "{}", o.describe());
     assert_eq!(result(&o, "chooser", "slot"), "B");
     assert_eq!(result(&o, "systemd", "version"), "3.0.0");
+    assert!(o.result("gate").is_none(), "{}", o.describe());
+    assert!(
+        o.log.contains("fastpatch-health-check.service failed"),
+        "{}",
+        o.describe()
+    );
+    assert_eq!(lock_holders(&etcd), [MACHINE_ID]);
     let b = attrs(&disk, USR_B_INDEX);
     assert_eq!(
         (b.tries, b.successful),
@@ -386,13 +518,15 @@ fn a_bad_update_under_systemd_falls_back_by_itself_and_halts_the_group() {
     assert_eq!(attrs(&disk, USR_A_INDEX), a_good);
 
     // Boot 3: the chooser falls back to A; 1.0.0's engine reports the rollback (3/0,
-    // errorcode 44) and safe mode halts the group.
+    // errorcode 44), safe mode halts the group, and locksmithd frees the slot once the good
+    // slot's boot is complete.
     let halted = || tb.server.group(GROUP).unwrap().is_some_and(|g| g.halted);
     let o = fastpatch_qemu_harness::boot_until(&spec("real-os-bad-3", &disk, &tb.key), &mut || {
         tb.instance()
             .unwrap()
             .is_some_and(|i| i.last_error_code == Some(44))
             && halted()
+            && lock_holders(&etcd).is_empty()
     })
     .unwrap();
     assert!(o.stopped, "{}", o.describe());
