@@ -265,7 +265,10 @@ async fn perform(
             let r = match backend {
                 Backend::None => Ok(()),
                 Backend::Etcd { coord, .. } => match coord.unlock(id).await {
-                    Ok(()) => Ok(()),
+                    Ok(()) => {
+                        info!("reboot lock released: this boot is good");
+                        Ok(())
+                    }
                     Err(crate::store::CoordError::Semaphore(
                         crate::semaphore::SemaphoreError::NotHolder,
                     )) => Ok(()),
