@@ -22,12 +22,13 @@ pub fn test_layout() -> LayoutSpec {
     }
 }
 
-/// The layout of the update scenarios: USR slots of 32 MiB, room for a version's USR image
-/// with the static `fastpatch` binary (~21 MB) in it; ROOT of ~33 MiB.
+/// The layout of the update scenarios: USR slots of 48 MiB, room for a version's USR image
+/// with the static `fastpatch` binary (~27 MB, with locksmithd and locksmithctl) in it; ROOT of
+/// ~33 MiB.
 pub fn engine_layout() -> LayoutSpec {
     LayoutSpec {
-        total_size: 104 * MIB,
-        usr_size: 32 * MIB,
+        total_size: 136 * MIB,
+        usr_size: 48 * MIB,
         ..test_layout()
     }
 }
