@@ -167,6 +167,23 @@ fn result<'a>(o: &'a BootOutcome, stage: &str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {stage} {key} in the guest's results\n{}", o.describe()))
 }
 
+/// Writes `image` into USR-B (durably) and stages B for the next boot, as an install would.
+fn stage_b(disk: &Path, image: &[u8]) {
+    let (b_at, _) = Disk::open(disk, OpenMode::ReadOnly)
+        .unwrap()
+        .partition_byte_range(USR_B_INDEX)
+        .unwrap();
+    let mut f = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+    f.seek(SeekFrom::Start(b_at)).unwrap();
+    f.write_all(image).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    Disk::open(disk, OpenMode::ReadWrite)
+        .unwrap()
+        .stage(USR_B_INDEX)
+        .unwrap();
+}
+
 fn attrs(disk: &Path, index: u32) -> SlotAttrs {
     Disk::open(disk, OpenMode::ReadOnly)
         .unwrap()
@@ -235,17 +252,7 @@ fn a_debian_release_boots_its_own_kernel_with_verified_usr_into_systemd() {
         .position(|w| w == b"\"1.0.0\"")
         .unwrap();
     bytes[at + pos + 1] = b'9';
-    let d = Disk::open(&disk, OpenMode::ReadOnly).unwrap();
-    let (b_at, _) = d.partition_byte_range(USR_B_INDEX).unwrap();
-    drop(d);
-    let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
-    f.seek(SeekFrom::Start(b_at)).unwrap();
-    f.write_all(&bytes).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
-    let mut d = Disk::open(&disk, OpenMode::ReadWrite).unwrap();
-    d.stage(USR_B_INDEX).unwrap();
-    drop(d);
+    stage_b(&disk, &bytes);
     let o = boot(&spec("real-os-bad-seal")).unwrap();
     assert!(o.log.contains("USR-B is not booted"), "{}", o.describe());
     assert_eq!(result(&o, "seal-refused", "slot"), "B");
@@ -263,14 +270,7 @@ fn a_debian_release_boots_its_own_kernel_with_verified_usr_into_systemd() {
     //    reads it whole through dm-verity, the changed block fails, B is refused, A boots.
     let mut bytes = std::fs::read(&image).unwrap();
     bytes[(release.usr_fs_bytes / 2) as usize] ^= 0xff;
-    let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
-    f.seek(SeekFrom::Start(b_at)).unwrap();
-    f.write_all(&bytes).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
-    let mut d = Disk::open(&disk, OpenMode::ReadWrite).unwrap();
-    d.stage(USR_B_INDEX).unwrap();
-    drop(d);
+    stage_b(&disk, &bytes);
     let o = boot(&spec("real-os-changed-block")).unwrap();
     assert!(
         o.log.contains("does not read back through dm-verity"),
