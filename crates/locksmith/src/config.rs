@@ -99,7 +99,14 @@ pub struct DaemonConfig {
     /// Command whose success means "this boot is good" (`BOOT_GOOD_COMMAND`; on a systemd
     /// machine by default [`BOOT_COMPLETE_COMMAND`]); `None`: good at start.
     pub boot_good_command: Option<String>,
+    /// Prometheus metrics are served on this Unix socket (`METRICS_SOCKET`, default
+    /// [`METRICS_SOCKET`] under the root; `none`: not served).
+    pub metrics_socket: Option<PathBuf>,
 }
+
+/// Where locksmithd serves its metrics by default (under the root; the unit's
+/// `RuntimeDirectory=locksmith`). The engine's are at `/run/fastpatch/engine-metrics.sock`.
+pub const METRICS_SOCKET: &str = "run/locksmith/metrics.sock";
 
 fn duration(s: &Settings, key: &str, default: Duration) -> Result<Duration, ConfigError> {
     match s.get(key) {
@@ -176,6 +183,11 @@ impl DaemonConfig {
             boot_good_command: s
                 .get("BOOT_GOOD_COMMAND")
                 .or_else(|| systemd_booted(root).then(|| BOOT_COMPLETE_COMMAND.to_string())),
+            metrics_socket: match s.get("METRICS_SOCKET").as_deref() {
+                None => Some(root.join(METRICS_SOCKET)),
+                Some("none") => None,
+                Some(p) => Some(PathBuf::from(p)),
+            },
         })
     }
 }
@@ -275,6 +287,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.strategy, Strategy::BestEffort);
         assert!(c.window.is_none());
+        assert_eq!(
+            c.metrics_socket,
+            Some(empty.path().join(METRICS_SOCKET)),
+            "metrics are served by default"
+        );
         // Bad values are errors.
         let bad = |k: &str, v: &str| {
             let s = Settings::load(

@@ -3,6 +3,7 @@
 //! [`crate::strategy::step`].
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -13,6 +14,7 @@ use crate::dbus::UpdateStatusSource;
 use crate::etcd::{EtcdConfig, EtcdStore};
 use crate::fleetlock;
 use crate::lease::LeaseKeeper;
+use crate::metrics::Metrics;
 use crate::store::{Coordinator, RetryPolicy};
 use crate::strategy::{step, Action, CoordState, Event, Mode, Policy, State, Strategy};
 
@@ -59,9 +61,54 @@ async fn connect_etcd(cfg: &EtcdConfig) -> Result<EtcdStore, DaemonError> {
         .map_err(|e| DaemonError::Setup(format!("Error initializing etcd client: {e}")))
 }
 
+/// What performing an action needs.
+struct Shell<'a> {
+    cfg: &'a DaemonConfig,
+    backend: &'a Backend,
+    id: &'a str,
+    metrics: &'a Metrics,
+}
+
+impl Shell<'_> {
+    /// Reads the semaphore into the metrics (etcd only; a failed read leaves them as they were).
+    async fn observe_semaphore(&self) {
+        if let Backend::Etcd { coord, .. } = self.backend {
+            if let Ok(sem) = coord.get().await {
+                self.metrics.set_semaphore(
+                    sem.holders().len() as i64,
+                    sem.max,
+                    sem.is_holder(self.id),
+                );
+            }
+        }
+    }
+}
+
+/// Serves the metrics on the configured socket; a socket that cannot be bound is logged and
+/// skipped (reboot coordination does not depend on it).
+fn serve_metrics(
+    cfg: &DaemonConfig,
+    metrics: &Arc<Metrics>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let path = cfg.metrics_socket.as_ref()?;
+    let m = metrics.clone();
+    match fastpatch_metrics_socket::serve(path, Arc::new(move || m.render())) {
+        Ok(task) => {
+            info!(socket = %path.display(), "serving metrics");
+            Some(task)
+        }
+        Err(e) => {
+            warn!(socket = %path.display(), error = %e, "cannot serve metrics");
+            None
+        }
+    }
+}
+
 /// Runs locksmithd until the process ends.
 pub async fn run(cfg: DaemonConfig, updates: impl UpdateStatusSource) -> Result<(), DaemonError> {
     let id = crate::ctl::read_machine_id(&cfg.machine_id_file).map_err(DaemonError::Setup)?;
+    let metrics = Arc::new(Metrics::default());
+    let _metrics_task = serve_metrics(&cfg, &metrics);
     let set_state = |s: CoordState| {
         if let Err(e) = write_coordinator_conf(&cfg.root, cfg.strategy, s) {
             warn!(error = %e, "cannot write coordinator.conf");
@@ -119,20 +166,21 @@ pub async fn run(cfg: DaemonConfig, updates: impl UpdateStatusSource) -> Result<
     // The semaphore's mod_revision seen when a lock attempt found it full: while we wait to
     // retry, an etcd watch from there wakes us as soon as a slot frees (not a full retry later).
     let mut full_at: Option<i64> = None;
+    let shell = Shell {
+        cfg: &cfg,
+        backend: &backend,
+        id: &id,
+        metrics: &metrics,
+    };
+    shell.observe_semaphore().await;
     loop {
         while let Some(ev) = queue.pop_front() {
-            let (next, actions) = step(&policy, state, ev, chrono::Utc::now());
+            let now = chrono::Utc::now();
+            let (next, actions) = step(&policy, state, ev, now);
             state = next;
+            metrics.set_state(&state, now.timestamp());
             for a in actions {
-                let ev = perform(
-                    &cfg,
-                    &backend,
-                    &id,
-                    &a,
-                    &mut timer,
-                    &mut full_at,
-                    &set_state,
-                );
+                let ev = perform(&shell, &a, &mut timer, &mut full_at, &set_state);
                 if let Some(ev) = ev.await {
                     queue.push_back(ev);
                 }
@@ -217,14 +265,18 @@ async fn boot_good(cmd: Option<&str>) -> bool {
 
 /// Performs one action; returns the event it produced, if any.
 async fn perform(
-    cfg: &DaemonConfig,
-    backend: &Backend,
-    id: &str,
+    shell: &Shell<'_>,
     action: &Action,
     timer: &mut Option<Instant>,
     full_at: &mut Option<i64>,
     set_state: &impl Fn(CoordState),
 ) -> Option<Event> {
+    let Shell {
+        cfg,
+        backend,
+        id,
+        metrics,
+    } = *shell;
     match action {
         Action::SetState(s) => {
             set_state(*s);
@@ -243,23 +295,36 @@ async fn perform(
                         Ok(Ok(_)) => Ok(()),
                         Ok(Err(seen)) => {
                             *full_at = Some(seen);
-                            Err("all reboot slots are taken".to_string())
+                            Err(("full", "all reboot slots are taken".to_string()))
                         }
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(("etcd_lock", e.to_string())),
                     }
                 }
-                Backend::FleetLock(c) => c.pre_reboot().await.map_err(|e| e.to_string()),
+                Backend::FleetLock(c) => c
+                    .pre_reboot()
+                    .await
+                    .map_err(|e| ("fleetlock_lock", e.to_string())),
             };
-            Some(match r {
+            let ev = match r {
                 Ok(()) => {
                     info!("reboot lock taken");
+                    metrics.lock_attempt("taken");
+                    metrics.set_holds(true);
                     Event::Locked
                 }
-                Err(e) => {
+                Err((kind, e)) => {
                     info!(error = %e, "reboot lock not available yet");
+                    if kind == "full" {
+                        metrics.lock_attempt("full");
+                    } else {
+                        metrics.lock_attempt("error");
+                        metrics.error(kind);
+                    }
                     Event::LockFailed(e)
                 }
-            })
+            };
+            shell.observe_semaphore().await;
+            Some(ev)
         }
         Action::Unlock => {
             let r = match backend {
@@ -272,17 +337,26 @@ async fn perform(
                     Err(crate::store::CoordError::Semaphore(
                         crate::semaphore::SemaphoreError::NotHolder,
                     )) => Ok(()),
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(("etcd_unlock", e.to_string())),
                 },
-                Backend::FleetLock(c) => c.steady_state().await.map_err(|e| e.to_string()),
+                Backend::FleetLock(c) => c
+                    .steady_state()
+                    .await
+                    .map_err(|e| ("fleetlock_unlock", e.to_string())),
             };
-            Some(match r {
-                Ok(()) => Event::Unlocked,
-                Err(e) => {
+            let ev = match r {
+                Ok(()) => {
+                    metrics.set_holds(false);
+                    Event::Unlocked
+                }
+                Err((kind, e)) => {
                     warn!(error = %e, "releasing the reboot lock failed; will retry");
+                    metrics.error(kind);
                     Event::UnlockFailed(e)
                 }
-            })
+            };
+            shell.observe_semaphore().await;
+            Some(ev)
         }
         Action::Broadcast => {
             let told = if cfg.broadcast {
@@ -302,10 +376,12 @@ async fn perform(
         }
         Action::Reboot => {
             info!("rebooting");
+            metrics.reboot_started();
             if let Err(e) =
                 crate::reboot::reboot(cfg.reboot_command.as_deref(), cfg.dbus_address.as_deref())
                     .await
             {
+                metrics.error("reboot");
                 warn!(error = %e, "reboot failed");
             }
             None

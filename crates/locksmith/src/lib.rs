@@ -11,6 +11,7 @@ pub mod flags;
 pub mod fleetlock;
 pub mod keys;
 pub mod lease;
+pub mod metrics;
 pub mod reboot;
 pub mod semaphore;
 pub mod sim;

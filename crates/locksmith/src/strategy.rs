@@ -147,6 +147,40 @@ pub enum State {
     Rebooting,
 }
 
+impl State {
+    /// Every state's name, as [`State::name`] gives it (the metrics list them all).
+    pub const NAMES: [&'static str; 9] = [
+        "wait_boot_good",
+        "releasing",
+        "idle",
+        "wait_window_lock",
+        "locking",
+        "wait_window_reboot",
+        "broadcasting",
+        "reboot_delay",
+        "rebooting",
+    ];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::WaitBootGood { .. } => "wait_boot_good",
+            State::Releasing { .. } => "releasing",
+            State::Idle => "idle",
+            State::WaitWindowLock => "wait_window_lock",
+            State::Locking { .. } => "locking",
+            State::WaitWindowReboot => "wait_window_reboot",
+            State::Broadcasting => "broadcasting",
+            State::RebootDelay => "reboot_delay",
+            State::Rebooting => "rebooting",
+        }
+    }
+
+    /// Whether this machine waits for a reboot slot (or for the window to try for one).
+    pub fn waits_for_slot(&self) -> bool {
+        matches!(self, State::WaitWindowLock | State::Locking { .. })
+    }
+}
+
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {

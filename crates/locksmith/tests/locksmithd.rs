@@ -64,6 +64,18 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// One sample from the daemon's metrics socket (`name` with its labels), read as a plain
+/// reader would; `None` while the socket or the sample is not there.
+fn metric(root: &Path, name: &str) -> Option<f64> {
+    use std::io::Read;
+    let sock = root.join(fastpatch_locksmith::config::METRICS_SOCKET);
+    let mut s = std::os::unix::net::UnixStream::connect(sock).ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 fn coordinator_conf(root: &Path) -> String {
     std::fs::read_to_string(root.join("run/update-engine/coordinator.conf")).unwrap_or_default()
 }
@@ -109,12 +121,36 @@ async fn etcd_lock_waits_for_slot_reboots_and_releases_after_good_boot() {
     wait_for("reboot-planned", Duration::from_secs(10), || {
         coordinator_conf(root).contains("STATE=reboot-planned")
     });
-    // The semaphore is full: no reboot while the other machine holds it.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The semaphore is full: no reboot while the other machine holds it. The metrics say the
+    // daemon tried and found it full (and still waits for a slot).
+    wait_for(
+        "a lock attempt that found the semaphore full",
+        Duration::from_secs(10),
+        || {
+            metric(
+                root,
+                "fastpatch_locksmithd_lock_attempts_total{result=\"full\"}",
+            )
+            .is_some_and(|n| n >= 1.0)
+        },
+    );
     assert!(
         !root.join("rebooted").exists(),
         "{}",
         std::fs::read_to_string(root.join("daemon.log")).unwrap()
+    );
+    assert_eq!(
+        metric(root, "fastpatch_locksmithd_waiting_for_slot"),
+        Some(1.0)
+    );
+    assert_eq!(metric(root, "fastpatch_locksmithd_holds_slot"), Some(0.0));
+    assert_eq!(
+        metric(root, "fastpatch_locksmithd_semaphore_holders"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(root, "fastpatch_locksmithd_semaphore_max"),
+        Some(1.0)
     );
     c.unlock("other-machine").await.unwrap();
     wait_for("reboot", Duration::from_secs(15), || {
@@ -128,6 +164,19 @@ async fn etcd_lock_waits_for_slot_reboots_and_releases_after_good_boot() {
     assert!(told.contains("System reboot in 1 second!"), "{told}");
     assert!(coordinator_conf(root).contains("STATE=rebooting"));
     assert_eq!(c.get().await.unwrap().holders(), [MID]);
+    assert_eq!(
+        metric(root, "fastpatch_locksmithd_reboots_total"),
+        Some(1.0)
+    );
+    assert_eq!(metric(root, "fastpatch_locksmithd_holds_slot"), Some(1.0));
+    assert_eq!(
+        metric(root, "fastpatch_locksmithd_state{state=\"rebooting\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(root, "fastpatch_locksmithd_waiting_for_slot"),
+        Some(0.0)
+    );
     drop(d);
 
     // "After the reboot": the engine is idle; the hold is released once the boot is good.
@@ -154,12 +203,34 @@ async fn etcd_lock_waits_for_slot_reboots_and_releases_after_good_boot() {
         [MID],
         "released before the boot was good"
     );
+    // The new daemon read the semaphore at start: this machine holds the slot it took.
+    wait_for(
+        "the held slot in the metrics",
+        Duration::from_secs(10),
+        || metric(root, "fastpatch_locksmithd_holds_slot") == Some(1.0),
+    );
+    assert_eq!(
+        metric(root, "fastpatch_locksmithd_state{state=\"wait_boot_good\"}"),
+        Some(1.0)
+    );
     std::fs::write(&good, "").unwrap();
     wait_for("release", Duration::from_secs(15), || {
         coordinator_conf(root).contains("STATE=running")
     });
     assert!(c.get().await.unwrap().holders().is_empty());
     assert!(!root.join("rebooted").exists());
+    assert_eq!(metric(root, "fastpatch_locksmithd_holds_slot"), Some(0.0));
+    assert_eq!(
+        metric(root, "fastpatch_locksmithd_semaphore_holders"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            root,
+            "fastpatch_locksmithd_errors_total{kind=\"etcd_unlock\"}"
+        ),
+        Some(0.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

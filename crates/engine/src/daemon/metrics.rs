@@ -1,14 +1,10 @@
-//! Prometheus text metrics on a local Unix socket: connect, (optionally send an HTTP GET),
-//! read the exposition, done. `curl --unix-socket PATH http://localhost/metrics` works.
+//! The engine's Prometheus metrics, served on a local Unix socket by
+//! `fastpatch-metrics-socket` (`curl --unix-socket PATH http://localhost/metrics`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixListener;
 
 use crate::status::UpdateStatus;
 
@@ -73,48 +69,15 @@ impl Metrics {
     }
 }
 
-/// Binds the socket (replacing a stale one) and serves until the task is dropped.
+/// Serves the metrics on the socket at `path` until the task is dropped.
 pub fn serve(path: &Path, metrics: Arc<Metrics>) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let listener = UnixListener::bind(path)?;
-
-    Ok(tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let body = metrics.render();
-            tokio::spawn(async move {
-                // An HTTP client sends a request first; a plain reader sends nothing.
-                let mut buf = [0u8; 1024];
-                let http = matches!(
-                    tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await,
-                    Ok(Ok(n)) if n > 0
-                );
-                let reply = if http {
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                } else {
-                    body
-                };
-                let _ = stream.write_all(reply.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    }))
+    fastpatch_metrics_socket::serve(path, Arc::new(move || metrics.render()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn serves_text_and_http() {
