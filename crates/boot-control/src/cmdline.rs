@@ -1,6 +1,28 @@
-//! Finding the booted USR partition from the kernel command line.
+//! The kernel command line: finding the booted USR partition, and the word the boot chooser
+//! leaves when it refused a slot (written by fastpatch-init, read by the engine).
 
 use uuid::Uuid;
+
+use crate::Slot;
+
+/// `fastpatch.refused=USR-B`: the chooser did not boot that slot (its seal or its dm-verity
+/// data did not verify) and took it out of the boot order.
+pub const REFUSED_KEY: &str = "fastpatch.refused=";
+
+/// The word fastpatch-init adds to the command line of the slot it boots after refusing `slot`.
+pub fn refused_word(slot: Slot) -> String {
+    format!("{REFUSED_KEY}{}", slot.label())
+}
+
+/// The slots this boot's chooser refused, from its `fastpatch.refused=` words (unknown
+/// labels are ignored).
+pub fn refused_slots(cmdline: &str) -> Vec<Slot> {
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix(REFUSED_KEY))
+        .filter_map(Slot::from_label)
+        .collect()
+}
 
 /// How the command line names the USR partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +59,17 @@ pub fn booted_partuuid_from_cmdline(cmdline: &str) -> Option<UsrSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_words_round_trip_and_unknown_labels_are_ignored() {
+        let line = format!(
+            "console=ttyS0 {} {REFUSED_KEY}USR-C {REFUSED_KEY}",
+            refused_word(Slot::B)
+        );
+        assert_eq!(refused_word(Slot::B), "fastpatch.refused=USR-B");
+        assert_eq!(refused_slots(&line), [Slot::B]);
+        assert_eq!(refused_slots("console=ttyS0"), []);
+    }
 
     #[test]
     fn flatcar_and_plain_forms() {

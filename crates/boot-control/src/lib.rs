@@ -9,7 +9,9 @@
 mod cmdline;
 mod gpt;
 
-pub use cmdline::{booted_partuuid_from_cmdline, UsrSpec};
+pub use cmdline::{
+    booted_partuuid_from_cmdline, refused_slots, refused_word, UsrSpec, REFUSED_KEY,
+};
 pub use gpt::GptBootControl;
 
 use std::fmt;
@@ -47,14 +49,23 @@ impl Slot {
             _ => None,
         }
     }
+
+    /// The partition label, `USR-A` or `USR-B`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Slot::A => "USR-A",
+            Slot::B => "USR-B",
+        }
+    }
+
+    pub fn from_label(label: &str) -> Option<Slot> {
+        [Slot::A, Slot::B].into_iter().find(|s| s.label() == label)
+    }
 }
 
 impl fmt::Display for Slot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Slot::A => "USR-A",
-            Slot::B => "USR-B",
-        })
+        f.write_str(self.label())
     }
 }
 

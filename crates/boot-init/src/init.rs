@@ -116,13 +116,14 @@ fn boot_slot_kernel(cfg: &BootConfig, mut chosen: Partition) -> Failure {
         Ok(keys) => keys,
         Err(e) => return e.into(),
     };
+    let mut refused = Vec::new();
     for _ in 0..2 {
         let dev = partition_path(disk, chosen.index);
         if let Err(e) = wait_for(&dev, cfg.disk_timeout) {
             return e.into();
         }
         let booted = slot_boot::verified_seal(&dev, &keys)
-            .and_then(|seal| slot_boot::kexec_slot(&dev, &chosen, &seal));
+            .and_then(|seal| slot_boot::kexec_slot(&dev, &chosen, &seal, &refused));
         match booted {
             Ok(()) => return anyhow::anyhow!("kexec returned").into(),
             Err(SlotProblem::Unreadable(e)) => return e.into(),
@@ -130,6 +131,9 @@ fn boot_slot_kernel(cfg: &BootConfig, mut chosen: Partition) -> Failure {
                 if let Err(e) = slot_boot::refuse_slot(disk, &chosen, &why) {
                     return e.into();
                 }
+                refused.extend(fastpatch_boot_control::Slot::from_partition_index(
+                    chosen.index,
+                ));
             }
         }
         chosen = match choose_slot(disk) {

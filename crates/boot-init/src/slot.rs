@@ -11,6 +11,8 @@
 //! ROOT as the new root and /usr in it, populates a first boot's /etc and /var from
 //! `/usr/share/factory`, and `switch_root`s into systemd.
 
+use fastpatch_boot_control::{refused_word, Slot, REFUSED_KEY};
+
 /// The kernel command line keys of the slot stage (Flatcar's names).
 pub const USR_KEY: &str = "verity.usr=PARTUUID=";
 pub const USRHASH_KEY: &str = "verity.usrhash=";
@@ -54,12 +56,20 @@ pub const RELEASE_CMDLINE: &str = "boot/cmdline";
 /// The command line for the slot's kernel: the chooser's own words, minus those that only the
 /// chooser acts on or that the loader added, plus the release's own words (`/usr/boot/cmdline`,
 /// read through dm-verity, so as trusted as the kernel), plus the slot's partition and root
-/// hash.
-pub fn slot_cmdline(current: &str, release: &str, partuuid: &str, root_hash: &str) -> String {
+/// hash, plus a `fastpatch.refused=` word per slot this chooser refused (so the engine can
+/// report it).
+pub fn slot_cmdline(
+    current: &str,
+    release: &str,
+    partuuid: &str,
+    root_hash: &str,
+    refused: &[Slot],
+) -> String {
     let mut words: Vec<String> = current
         .split_whitespace()
         .filter(|w| {
             !(w.starts_with("fastpatch.kexec")
+                || w.starts_with(REFUSED_KEY)
                 || w.starts_with("verity.usr")
                 || w.starts_with("BOOT_IMAGE=")
                 || w.starts_with("initrd="))
@@ -67,12 +77,13 @@ pub fn slot_cmdline(current: &str, release: &str, partuuid: &str, root_hash: &st
         .chain(
             release
                 .split_whitespace()
-                .filter(|w| !w.starts_with("verity.usr")),
+                .filter(|w| !(w.starts_with("verity.usr") || w.starts_with(REFUSED_KEY))),
         )
         .map(str::to_string)
         .collect();
     words.push(format!("{USR_KEY}{partuuid}"));
     words.push(format!("{USRHASH_KEY}{root_hash}"));
+    words.extend(refused.iter().map(|s| refused_word(*s)));
     words.join(" ")
 }
 
@@ -181,9 +192,10 @@ mod tests {
         assert_eq!(
             slot_cmdline(
                 "console=ttyS0 fastpatch.kexec=1",
-                " quiet\nfastpatch.release=2 verity.usrhash=evil\n",
+                " quiet\nfastpatch.release=2 verity.usrhash=evil fastpatch.refused=USR-A\n",
                 "0a-b",
-                "cafe"
+                "cafe",
+                &[]
             ),
             "console=ttyS0 quiet fastpatch.release=2 verity.usr=PARTUUID=0a-b verity.usrhash=cafe"
         );
@@ -192,14 +204,20 @@ mod tests {
     #[test]
     fn the_slot_cmdline_replaces_the_chooser_words() {
         let line = slot_cmdline(
-            "BOOT_IMAGE=/x console=ttyS0 fastpatch.kexec=1 verity.usrhash=old fastpatch.disk=/dev/vda",
+            "BOOT_IMAGE=/x console=ttyS0 fastpatch.kexec=1 verity.usrhash=old fastpatch.refused=USR-A fastpatch.disk=/dev/vda",
             "",
             "0a-b",
             "cafe",
+            &[Slot::B],
         );
         assert_eq!(
             line,
-            "console=ttyS0 fastpatch.disk=/dev/vda verity.usr=PARTUUID=0a-b verity.usrhash=cafe"
+            "console=ttyS0 fastpatch.disk=/dev/vda verity.usr=PARTUUID=0a-b verity.usrhash=cafe fastpatch.refused=USR-B"
+        );
+        assert_eq!(
+            fastpatch_boot_control::refused_slots(&line),
+            [Slot::B],
+            "the engine reads what the chooser wrote"
         );
         assert_eq!(
             SlotStage::from_cmdline(&line),

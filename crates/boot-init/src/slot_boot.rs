@@ -8,6 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use fastpatch_boot_control::Slot;
 use fastpatch_boot_init::slot::{self, SlotStage, DM_NAME};
 use fastpatch_boot_init::{result_line, slot_name, BootConfig, ROOT_INDEX};
 use fastpatch_disk::{partition_path, Disk, OpenMode, Partition, SlotAttrs};
@@ -157,7 +158,12 @@ fn read_whole(mapped: &str, seal: &Seal) -> Result<()> {
 /// Stage 1: boots the chosen slot's own kernel. Returns only on failure: a slot on its first
 /// boot that does not read back whole is [`SlotProblem::Invalid`] (its verity device removed
 /// again); anything else is [`SlotProblem::Unreadable`].
-pub fn kexec_slot(dev: &Path, chosen: &Partition, seal: &Seal) -> Result<(), SlotProblem> {
+pub fn kexec_slot(
+    dev: &Path,
+    chosen: &Partition,
+    seal: &Seal,
+    refused: &[Slot],
+) -> Result<(), SlotProblem> {
     let mapped = map_verity(dev, seal)?;
     if !chosen.attrs.successful {
         if let Err(why) = read_whole(&mapped, seal) {
@@ -165,10 +171,10 @@ pub fn kexec_slot(dev: &Path, chosen: &Partition, seal: &Seal) -> Result<(), Slo
             return Err(SlotProblem::Invalid(why));
         }
     }
-    Ok(kexec_mapped(&mapped, chosen, seal)?)
+    Ok(kexec_mapped(&mapped, chosen, seal, refused)?)
 }
 
-fn kexec_mapped(mapped: &str, chosen: &Partition, seal: &Seal) -> Result<()> {
+fn kexec_mapped(mapped: &str, chosen: &Partition, seal: &Seal, refused: &[Slot]) -> Result<()> {
     mount_usr(mapped, STAGE1_USR)?;
     let open = |rel: &str| {
         let p = Path::new(STAGE1_USR).join(rel);
@@ -188,6 +194,7 @@ fn kexec_mapped(mapped: &str, chosen: &Partition, seal: &Seal) -> Result<()> {
         &release,
         &chosen.unique_guid.to_string(),
         &seal.body.root_hash,
+        refused,
     );
     sys::kexec_file_load(&kernel, &initrd, &cmdline).context("kexec_file_load")?;
     eprintln!(

@@ -150,6 +150,8 @@ pub struct BootFacts {
     pub boot_id: String,
     /// Whether the passive slot is staged in the partition table right now.
     pub passive_slot_staged: bool,
+    /// Whether this boot's chooser refused the passive slot (`fastpatch.refused=`).
+    pub passive_slot_refused: bool,
 }
 
 /// The engine's whole in-memory state.
@@ -214,7 +216,13 @@ impl Engine {
                 // Rebooted into the new version: report once the health gate passes.
                 e.awaiting_good_boot = true;
             } else {
-                if staged.gpt_staged {
+                if boot.passive_slot_refused {
+                    // The chooser refused it before it ran, even if the table write was not
+                    // known to have happened.
+                    e.durable
+                        .pending_events
+                        .push(Event::slot_refused(&staged.version));
+                } else if staged.gpt_staged {
                     e.durable
                         .pending_events
                         .push(Event::rolled_back(&staged.version));

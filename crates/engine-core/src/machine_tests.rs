@@ -11,6 +11,7 @@ fn boot(version: &str, boot_id: &str, staged: bool) -> BootFacts {
         current_version: version.into(),
         boot_id: boot_id.into(),
         passive_slot_staged: staged,
+        passive_slot_refused: false,
     }
 }
 
@@ -201,6 +202,25 @@ fn coming_back_on_the_old_version_reports_rollback_44() {
     let sent = events_sent(&a);
     assert_eq!(sent, vec![Event::rolled_back("2")]);
     assert_eq!(sent[0].error_code, Some(ErrorCode::ROLLED_BACK));
+}
+
+#[test]
+fn a_slot_the_chooser_refused_is_reported_as_such_not_as_a_rollback() {
+    let staged = staged_engine().durable;
+    let refused = BootFacts {
+        passive_slot_refused: true,
+        ..boot("1", "boot-3", false)
+    };
+    let (mut e, actions) = Engine::start(staged, refused);
+    assert!(actions.contains(&Action::ScheduleCheck(CheckDelay::Report)));
+    assert_eq!(e.durable.staged, None);
+    let sent = events_sent(&e.step(Input::CheckDue { interactive: false }));
+    assert_eq!(sent, vec![Event::slot_refused("2")]);
+    assert_eq!(
+        sent[0].error_code,
+        Some(ErrorCode::NEW_ROOTFS_VERIFICATION_ERROR)
+    );
+    assert_eq!(sent[0].previous_version.as_deref(), Some("2"));
 }
 
 #[test]

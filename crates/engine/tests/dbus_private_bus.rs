@@ -23,6 +23,7 @@ async fn engine_loop(
             current_version: "1".into(),
             boot_id: "b".into(),
             passive_slot_staged: false,
+            passive_slot_refused: false,
         },
     );
     let offer = UpdateOffer::new("2", vec!["http://127.0.0.1/u".into()], "u", 400, [1; 32]);

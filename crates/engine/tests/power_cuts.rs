@@ -263,6 +263,7 @@ impl<'f> Machine<'f> {
                 current_version: version.into(),
                 boot_id: format!("boot-{}", self.boots),
                 passive_slot_staged: staged,
+                passive_slot_refused: false,
             },
         );
         let mut shell = Shell {

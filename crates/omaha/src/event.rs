@@ -97,6 +97,8 @@ impl ErrorCode {
     pub const EXTENSION_ERROR: ErrorCode = ErrorCode(error_code::EXTENSION_ERROR);
     /// The machine came back on the old version: the new one never booted good.
     pub const ROLLED_BACK: ErrorCode = ErrorCode(error_code::ROLLED_BACK);
+    pub const NEW_ROOTFS_VERIFICATION_ERROR: ErrorCode =
+        ErrorCode(error_code::NEW_ROOTFS_VERIFICATION_ERROR);
 
     /// The code with `flags` set (flag bits already present are kept).
     pub fn with_flags(self, flags: ErrorFlags) -> ErrorCode {

@@ -132,6 +132,16 @@ impl Event {
         }
     }
 
+    /// 3/0 errorcode 15: the boot chooser refused `failed_version`'s slot (its seal or its
+    /// dm-verity data did not verify), so it never ran; the machine is on the old version
+    /// (`previousversion` names the refused version).
+    pub fn slot_refused(failed_version: impl Into<String>) -> Self {
+        Event {
+            previous_version: Some(failed_version.into()),
+            ..Self::error(ErrorCode::NEW_ROOTFS_VERIFICATION_ERROR)
+        }
+    }
+
     pub fn kind(&self) -> EventKind {
         match (self.event_type, self.event_result) {
             (_, event_result::ERROR) => {

@@ -60,6 +60,26 @@ pub fn boot_control(cfg: &DaemonConfig) -> Result<(GptBootControl, PathBuf)> {
     Ok((GptBootControl::from_partuuid(disk.clone(), uuid)?, disk))
 }
 
+/// Whether this boot's chooser refused the passive slot: fastpatch-init adds
+/// `fastpatch.refused=USR-X` to the command line of the slot it boots after refusing one.
+/// Logged, since the chooser's own messages are only on the console.
+pub fn passive_refused(cfg: &DaemonConfig, boot: &dyn BootControl) -> Result<bool> {
+    let cmdline = match std::fs::read_to_string(&cfg.cmdline_path) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", cfg.cmdline_path.display())),
+    };
+    let refused = fastpatch_boot_control::refused_slots(&cmdline);
+    for slot in &refused {
+        tracing::warn!(
+            slot = %slot,
+            "the boot chooser refused {slot} this boot (its seal or dm-verity data did not verify) and booted {}",
+            boot.booted()
+        );
+    }
+    Ok(refused.contains(&boot.booted().other()))
+}
+
 /// Whether the passive slot is staged right now: it would boot next, on a try.
 pub fn passive_staged(boot: &dyn BootControl) -> Result<bool> {
     let passive = boot.booted().other();

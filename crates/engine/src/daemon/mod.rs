@@ -34,7 +34,7 @@ use fastpatch_update_conf::UpdateConf;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-pub use self::boot::{boot_control, passive_staged};
+pub use self::boot::{boot_control, passive_refused, passive_staged};
 use self::config::DaemonConfig;
 use self::download::InstallHandle;
 use self::metrics::Metrics;
@@ -112,12 +112,14 @@ impl Daemon {
         let durable = crate::persist::load(&cfg.state_file)?;
         let (boot, disk) = boot_control(&cfg)?;
         let staged = passive_staged(&boot).context("reading the slots")?;
+        let refused = passive_refused(&cfg, &boot)?;
         let (mut engine, start_actions) = Engine::start(
             durable,
             BootFacts {
                 current_version: facts.version.clone(),
                 boot_id: facts.boot_id.clone(),
                 passive_slot_staged: staged,
+                passive_slot_refused: refused,
             },
         );
         engine.reboot_after_update = cfg.reboot_after_update;
@@ -268,6 +270,8 @@ impl Daemon {
         };
         tokio::spawn(async move {
             let started = Instant::now();
+            // What was last logged at info: a wait is logged again only when it changes.
+            let mut logged: Option<Vec<String>> = None;
             loop {
                 let obs = if on_target {
                     health::observe_boot_complete(&cfg.health).await
@@ -282,7 +286,12 @@ impl Daemon {
                     cfg.health.on_unhealthy,
                 );
                 if d == HealthDecision::Wait {
-                    tracing::info!(failing = ?obs.failing, "health gate: waiting");
+                    if logged.as_ref() != Some(&obs.failing) {
+                        tracing::info!(failing = ?obs.failing, "health gate: waiting");
+                        logged = Some(obs.failing.clone());
+                    } else {
+                        tracing::debug!(failing = ?obs.failing, "health gate: still waiting");
+                    }
                     tokio::time::sleep(Duration::from_secs(cfg.health.interval_secs.max(1))).await;
                     continue;
                 }
