@@ -1,0 +1,8 @@
+//! The fastpatch binary's integration tests, one binary: its subcommands run as a user runs
+//! them (cgpt, image, engine, extensions, locksmith), against real disks images and servers.
+
+mod cgpt_cli;
+mod engine_cli;
+mod extensions_cli;
+mod image_cli;
+mod locksmith_cli;
