@@ -108,7 +108,6 @@ fn report(fields: &mut Vec<(&'static str, String)>) -> Result<Gate> {
 
 /// Increments the boot counter on ROOT durably (tmp + fsync + rename + dir fsync).
 fn count_boot() -> Result<u64> {
-    use std::io::Write;
     let dir = Path::new(ROOT_MOUNT).join("lib/fastpatch-os");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("boot-count");
@@ -121,16 +120,7 @@ fn count_boot() -> Result<u64> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     let boots = previous + 1;
-    let tmp = dir.join("boot-count.tmp");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    writeln!(f, "{boots}")
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
-    std::fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))?;
+    fastpatch_durable::replace(&path, format!("{boots}\n").as_bytes())?;
     Ok(boots)
 }
 

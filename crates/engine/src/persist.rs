@@ -1,11 +1,11 @@
 //! The engine's durable state on disk: one JSON file replaced atomically.
 //!
-//! Durability points: the temp file is fsynced before the rename, and the directory after it,
-//! so after `save` returns the new state survives a power cut; a cut before that leaves the
-//! old file whole (rename is atomic).
+//! Durability points (`fastpatch-durable`): the temp file is fsynced before the rename, and the
+//! directory after it, so after `save` returns the new state survives a power cut; a cut before
+//! that leaves the old file whole (rename is atomic).
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::machine::DurableState;
@@ -22,6 +22,16 @@ pub enum PersistError {
     Encode(serde_json::Error),
     #[error("state write cut at fail-point {0}")]
     InjectedCut(&'static str),
+}
+
+impl From<fastpatch_durable::DurableError> for PersistError {
+    fn from(e: fastpatch_durable::DurableError) -> Self {
+        PersistError::Io {
+            op: e.op,
+            path: e.path,
+            error: e.source,
+        }
+    }
 }
 
 /// The fail-points of [`save`], in the order a save passes them (the power-cut tests arm them).
@@ -72,22 +82,23 @@ pub fn save(path: &Path, state: &DurableState) -> Result<(), PersistError> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-    let tmp = path.with_extension("tmp");
+    fastpatch_durable::create_dir(dir)?;
     let bytes = serde_json::to_vec_pretty(state).map_err(PersistError::Encode)?;
-    {
-        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
-        f.write_all(&bytes).map_err(io_err("write", &tmp))?;
-        cut_point!("engine-state-tmp-written");
-        f.sync_all().map_err(io_err("fsync", &tmp))?;
-    }
-    cut_point!("engine-state-tmp-synced");
-    fs::rename(&tmp, path).map_err(io_err("rename", &tmp))?;
-    cut_point!("engine-state-renamed");
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync", dir))?;
-    Ok(())
+    fastpatch_durable::replace_with(path, &bytes, |step| {
+        use fastpatch_durable::Step;
+        match step {
+            Step::Written => {
+                cut_point!("engine-state-tmp-written");
+            }
+            Step::Synced => {
+                cut_point!("engine-state-tmp-synced");
+            }
+            Step::Renamed => {
+                cut_point!("engine-state-renamed");
+            }
+        }
+        Ok::<(), PersistError>(())
+    })
 }
 
 #[cfg(test)]

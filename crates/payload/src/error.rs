@@ -100,6 +100,15 @@ pub(crate) trait IoContext<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
 }
 
+impl From<fastpatch_durable::DurableError> for PayloadError {
+    fn from(e: fastpatch_durable::DurableError) -> Self {
+        PayloadError::Io {
+            context: format!("{} {}", e.op, e.path.display()),
+            error: e.source,
+        }
+    }
+}
+
 impl<T> IoContext<T> for io::Result<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|source| PayloadError::Io {

@@ -143,22 +143,10 @@ fn load_points(dir: &Path, payload_id: &str) -> HashPoints {
 /// Replaces the hash-state file atomically and durably: tmp + fsync + rename + directory
 /// fsync (and the parent's, the first time the directory is created).
 fn save_points(dir: &Path, points: &HashPoints) -> std::io::Result<()> {
-    if !dir.is_dir() {
-        std::fs::create_dir_all(dir)?;
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::File::open(parent)?.sync_all()?;
-        }
-    }
-    let tmp = dir.join(format!("{HASH_FILE}.tmp"));
     let bytes = serde_json::to_vec(points).map_err(std::io::Error::other)?;
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, dir.join(HASH_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
+    fastpatch_durable::create_dir(dir)
+        .and_then(|()| fastpatch_durable::replace(&dir.join(HASH_FILE), &bytes))
+        .map_err(std::io::Error::other)
 }
 
 /// Forgets every checkpoint (after a payload proved bad, so no later attempt resumes it).

@@ -7,8 +7,7 @@
 //! - `state.json`: payload id, target identity, manifest hash and the resume point.
 //!   Written last: a checkpoint exists only once all three agree.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -49,21 +48,16 @@ pub struct StateStore {
 }
 
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let path = dir.join(name);
-    let mut f = File::create(&tmp).ctx(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .ctx(|| format!("writing {}", tmp.display()))?;
-    fail_here!("payload::state::before_rename");
-    fs::rename(&tmp, &path).ctx(|| format!("renaming {} into place", path.display()))?;
-    sync_dir(dir)
+    fastpatch_durable::replace_with(&dir.join(name), bytes, |step| {
+        if step == fastpatch_durable::Step::Synced {
+            fail_here!("payload::state::before_rename");
+        }
+        Ok::<(), PayloadError>(())
+    })
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .ctx(|| format!("syncing directory {}", dir.display()))
+    Ok(fastpatch_durable::sync_dir(dir)?)
 }
 
 impl StateStore {
