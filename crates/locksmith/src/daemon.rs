@@ -15,7 +15,7 @@ use crate::etcd::{EtcdConfig, EtcdStore};
 use crate::fleetlock;
 use crate::lease::LeaseKeeper;
 use crate::metrics::Metrics;
-use crate::store::{Coordinator, RetryPolicy};
+use crate::store::{Coordinator, LockStore, RetryPolicy};
 use crate::strategy::{step, Action, CoordState, Event, Mode, Policy, State, Strategy};
 
 /// Errors that stop the daemon.
@@ -70,17 +70,25 @@ struct Shell<'a> {
 }
 
 impl Shell<'_> {
-    /// Reads the semaphore into the metrics (etcd only; a failed read leaves them as they were).
+    /// Reads the semaphore into the metrics (etcd only): one plain read, no write and no
+    /// retries, at most 2 s, so an unreachable etcd does not hold up the state machine; a
+    /// failed read leaves the metrics as they were. Holders whose lease expired do not count.
     async fn observe_semaphore(&self) {
-        if let Backend::Etcd { coord, .. } = self.backend {
-            if let Ok(sem) = coord.get().await {
-                self.metrics.set_semaphore(
-                    sem.holders().len() as i64,
-                    sem.max,
-                    sem.is_holder(self.id),
-                );
-            }
-        }
+        let Backend::Etcd { coord, .. } = self.backend else {
+            return;
+        };
+        let read = coord.store().read(coord.key());
+        let Ok(Ok(snap)) = tokio::time::timeout(Duration::from_secs(2), read).await else {
+            return;
+        };
+        let (sem, _) = crate::store::reap(&snap);
+        // An absent key is what locksmith creates on first use: max 1, no holders.
+        let max = match snap.value {
+            Some(_) => sem.max,
+            None => crate::semaphore::Semaphore::fresh().max,
+        };
+        self.metrics
+            .set_semaphore(sem.holders().len() as i64, max, sem.is_holder(self.id));
     }
 }
 
