@@ -6,7 +6,9 @@
 //!   request byte (Omaha bodies, `Range` headers) while the server stays the real one.
 //! - [`signed_payload`]: a signed payload of an incompressible image.
 //! - [`TestCa`]: a throwaway CA and a server certificate for 127.0.0.1 (openssl).
+//! - [`browser`]: headless chromium through chromedriver, the dashboard's login, screenshots.
 
+pub mod browser;
 mod bus;
 mod proxy;
 mod server;
