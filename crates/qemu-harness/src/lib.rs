@@ -35,7 +35,7 @@ pub use initramfs::{write_initramfs, write_initramfs_with};
 pub use machine::{engine_layout, test_layout, Machine};
 pub use os_image::{OsVersion, SigningKey, ENGINE_IN_USR};
 pub use qemu::{boot, boot_until, BootOutcome, BootSpec, GuestResult};
-pub use server::{HostServer, GUEST_HOST};
+pub use server::{HostServer, ADMIN_TOKEN, GUEST_HOST};
 pub use testbed::{Testbed, GROUP, MACHINE_ID, TEST_ENGINE_LAYER};
 pub use usr_image::{
     format_root, health_file, make_ext4_image, os_release, write_filesystem, write_usr_image,

@@ -8,13 +8,16 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
 use fastpatch_omaha::FLATCAR_APP_ID;
-use fastpatch_server::store::{DeltaRow, EventRow, Group, InstanceRow, PackageRow};
+use fastpatch_server::store::{DeltaRow, EventRow, Group, InstanceFilter, InstanceRow, PackageRow};
 use fastpatch_server::{Config, Server, ServerHandle, Store};
 
 use crate::{io_err, HarnessError, Result};
 
 /// The host as the guest sees it (QEMU user networking).
 pub const GUEST_HOST: &str = "10.0.2.2";
+
+/// The admin token of the host server's API and dashboard.
+pub const ADMIN_TOKEN: &str = "fleet-admin-token";
 
 /// A running fastpatch-server with its own runtime and SQLite database.
 pub struct HostServer {
@@ -60,6 +63,7 @@ impl HostServer {
             config.listen = SocketAddr::from(([127, 0, 0, 1], port));
             config.public_url = Some(format!("http://{GUEST_HOST}:{port}"));
             config.deltas = deltas.clone();
+            config.admin_tokens = vec![ADMIN_TOKEN.into()];
             match rt.block_on(Server::start(config)) {
                 Ok(handle) => {
                     tracing::info!(port, "fastpatch-server started for the guest");
@@ -105,6 +109,12 @@ impl HostServer {
     /// The server's URL on the host.
     pub fn host_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The dashboard's page of an update group of the Flatcar app.
+    pub fn group_page_url(&self, group: &str) -> String {
+        let app = FLATCAR_APP_ID.replace('{', "%7B").replace('}', "%7D");
+        format!("{}/ui/apps/{app}/groups/{group}", self.host_url())
     }
 
     /// Publishes a payload file as `version` of the Flatcar app (amd64) and points `channel`
@@ -159,6 +169,17 @@ impl HostServer {
     pub fn instance(&self, machine_id: &str) -> Result<Option<InstanceRow>> {
         self.block_on(self.store().instance(FLATCAR_APP_ID, machine_id))
             .map_err(|e| server_err("reading an instance")(e.to_string()))
+    }
+
+    /// The machines of an update group, by machine id.
+    pub fn instances(&self, group: &str) -> Result<Vec<InstanceRow>> {
+        let filter = InstanceFilter {
+            app_id: Some(FLATCAR_APP_ID.into()),
+            group: Some(group.into()),
+            ..Default::default()
+        };
+        self.block_on(self.store().list_instances(&filter, self.now()))
+            .map_err(|e| server_err("listing instances")(e.to_string()))
     }
 
     /// The machine's events, newest first.

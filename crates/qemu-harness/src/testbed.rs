@@ -161,6 +161,14 @@ impl<'a> Testbed<'a> {
         self.server.instance(MACHINE_ID)
     }
 
+    /// What the server knows about machine `id` (panics if it never checked in).
+    pub fn instance_of(&self, id: &str) -> InstanceRow {
+        self.server
+            .instance(id)
+            .unwrap_or_else(|e| panic!("reading {id}: {e}"))
+            .unwrap_or_else(|| panic!("{id} never checked in"))
+    }
+
     /// The machine's status on the server ("" before its first check-in).
     pub fn status(&self) -> Result<String> {
         Ok(self.instance()?.map(|i| i.status).unwrap_or_default())
@@ -169,7 +177,17 @@ impl<'a> Testbed<'a> {
     /// The machine's events on the server, oldest first, as `type/result` (plus
     /// `:errorcode` when one was sent).
     pub fn events(&self) -> Result<Vec<String>> {
-        let mut rows = self.server.events(MACHINE_ID)?;
+        self.events_for(MACHINE_ID)
+    }
+
+    /// [`Testbed::events`] of machine `id` (panics when they cannot be read).
+    pub fn events_of(&self, id: &str) -> Vec<String> {
+        self.events_for(id)
+            .unwrap_or_else(|e| panic!("reading {id}'s events: {e}"))
+    }
+
+    fn events_for(&self, id: &str) -> Result<Vec<String>> {
+        let mut rows = self.server.events(id)?;
         rows.reverse();
         Ok(rows
             .iter()
