@@ -74,13 +74,39 @@ pub fn run(cmd: FleetlockCommand) -> anyhow::Result<()> {
     })
 }
 
+/// The settings locksmithd reads, for `--help`.
+const SETTINGS_HELP: &str = "\
+Settings: /etc/flatcar/update.conf (then /etc/coreos, /usr/share/flatcar, /usr/share/coreos;
+the first file that sets a key wins), each overridden by the LOCKSMITHD_<KEY> environment
+variable. In update.conf a key may be written plain or with the LOCKSMITHD_ prefix.
+  REBOOT_STRATEGY         best-effort (the default: etcd-lock when ENDPOINT is set and
+                          etcd answers at start, else reboot), etcd-lock, reboot, fleetlock,
+                          off
+  ENDPOINT                etcd endpoints, comma-separated (etcd-lock without it:
+                          http://127.0.0.1:2379)
+  ETCD_CAFILE, ETCD_CERTFILE, ETCD_KEYFILE, ETCD_USERNAME, ETCD_PASSWORD
+  LOCKSMITHD_GROUP        the lock group (prefixed only: GROUP is the update group)
+  LEASE_TTL               tie the hold to an etcd lease of this length (e.g. 150s), so a
+                          machine that dies holding its slot frees it; it is refreshed right
+                          before the reboot and must exceed a reboot up to locksmithd's start
+  LOCK_RETRY              how often to retry a full semaphore (default 30s)
+  FLEETLOCK_URL, FLEETLOCK_CA_FILE   the FleetLock server (strategy fleetlock)
+  REBOOT_WINDOW_START, REBOOT_WINDOW_LENGTH, REBOOT_WINDOW_TIMEZONE   e.g. \"Thu 04:00\", 1h
+  REBOOT_DELAY            wait after telling logged-in users (default 300s); BROADCAST=false
+                          tells nobody
+  BOOT_GOOD_COMMAND       succeeds once a boot is good, then the slot is released (default on
+                          systemd: systemctl is-active boot-complete.target)
+  REBOOT_COMMAND          instead of logind's Reboot
+  METRICS_SOCKET          Prometheus text (default /run/locksmith/metrics.sock; none: off)";
+
 /// `locksmithd` arguments (the daemon reads the rest from update.conf and `LOCKSMITHD_*`).
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "locksmithd",
     version,
     about = "Reboot coordination daemon (locksmith compatible): reboots the machine when the \
-             update engine has staged an update, per REBOOT_STRATEGY in update.conf"
+             update engine has staged an update, per REBOOT_STRATEGY in update.conf",
+    after_help = SETTINGS_HELP
 )]
 pub struct LocksmithdArgs {
     /// Root directory for update.conf, coordinator.conf, machine-id, utmp (tests run unprivileged).

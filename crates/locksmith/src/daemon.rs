@@ -383,6 +383,20 @@ async fn perform(
             Some(Event::Broadcasted { told })
         }
         Action::Reboot => {
+            if let Backend::Etcd {
+                lease: Some(keeper),
+                ..
+            } = backend
+            {
+                if keeper.refresh().await {
+                    info!(
+                        ttl_secs = cfg.lease_ttl.unwrap_or_default().as_secs(),
+                        "reboot hold's lease refreshed: it outlives a reboot of up to its TTL"
+                    );
+                } else {
+                    warn!("cannot refresh the reboot hold's etcd lease; it may expire before the next boot takes it over");
+                }
+            }
             info!("rebooting");
             metrics.reboot_started();
             if let Err(e) =

@@ -16,6 +16,7 @@ use crate::store::Coordinator;
 
 /// The background task keeping this machine's lease; stops when dropped (the machine is down).
 pub struct LeaseKeeper {
+    coord: Box<Coordinator<EtcdStore>>,
     lease: Arc<AtomicI64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -25,6 +26,7 @@ impl LeaseKeeper {
     pub fn spawn(coord: Coordinator<EtcdStore>, id: String, ttl: Duration) -> LeaseKeeper {
         let lease = Arc::new(AtomicI64::new(0));
         let current = lease.clone();
+        let keeper_coord = Box::new(coord.clone());
         let task = tokio::spawn(async move {
             loop {
                 let cur = current.load(Ordering::SeqCst);
@@ -43,7 +45,21 @@ impl LeaseKeeper {
                 tokio::time::sleep((ttl / 3).max(Duration::from_millis(200))).await;
             }
         });
-        LeaseKeeper { lease, task }
+        LeaseKeeper {
+            coord: keeper_coord,
+            lease,
+            task,
+        }
+    }
+
+    /// Refreshes the lease now, so that the whole TTL is left: done right before a reboot,
+    /// because the hold must outlive the time until the next boot's keeper takes it over, and a
+    /// lease refreshed every TTL/3 may have only 2/3 of it left. Returns whether it was alive.
+    pub async fn refresh(&self) -> bool {
+        match self.current() {
+            Some(l) => self.coord.store().keep_alive_once(l).await.unwrap_or(false),
+            None => false,
+        }
     }
 
     /// The lease a new hold should be tied to (`None` until the first one is granted).
