@@ -11,7 +11,7 @@ pub use fastpatch_disk::{Disk, OpenMode, SlotAttrs, USR_A_INDEX, USR_B_INDEX};
 pub use fastpatch_image::BuildOptions;
 pub use fastpatch_locksmith::testsupport::EtcdServer;
 pub use fastpatch_qemu_harness::{
-    boot, BootOutcome, BootSpec, FsFile, Lab, SigningKey, Testbed, GROUP, MACHINE_ID,
+    boot, BootOutcome, BootSpec, FsFile, Lab, SigningKey, Testbed, ADMIN_TOKEN, GROUP, MACHINE_ID,
     TEST_ENGINE_LAYER,
 };
 
@@ -36,6 +36,7 @@ echo "FASTPATCH-RESULT client op=${op:-none} status=${fp:-none}" > /dev/console
 marker=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^fastpatch\.release=//p')
 refused=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^fastpatch\.refused=//p' | paste -sd,)
 echo "FASTPATCH-RESULT cmdline release=${marker:-none} refused=${refused:-none}" > /dev/console
+echo "FASTPATCH-RESULT identity machine-id=$(cat /etc/machine-id)" > /dev/console
 ep=$(sed -n 's/^LOCKSMITHD_ENDPOINT=//p' /etc/flatcar/update.conf)
 if [ -n "$ep" ]; then
   locksmithctl --endpoint "$ep" status 2>&1 | awk '/^Available:/ {a=$2} /^Max:/ {m=$2}
@@ -234,14 +235,48 @@ pub fn network_files() -> Vec<FsFile> {
 /// through `etcd`'s reboot semaphore, max 1), CA bundle, networkd, and an engine layer that
 /// checks soon.
 pub fn fleet_member(dir: &Path, etcd: &EtcdServer) -> (Testbed<'static>, PathBuf, PathBuf) {
+    fleet_member_with(dir, etcd, &Member::default())
+}
+
+/// What a fleet member's tree has beyond [`fleet_member`]'s defaults.
+pub struct Member<'a> {
+    /// The engine's admin layer.
+    pub engine_layer: &'a str,
+    /// Lines added to update.conf.
+    pub update_conf: &'a str,
+    /// `false`: /etc/machine-id stays empty in the image, so every machine made from it
+    /// gets its own on its first boot (systemd writes it to ROOT), as Flatcar machines do.
+    pub fixed_machine_id: bool,
+}
+
+impl Default for Member<'_> {
+    fn default() -> Self {
+        Member {
+            engine_layer: TEST_ENGINE_LAYER,
+            update_conf: "",
+            fixed_machine_id: true,
+        }
+    }
+}
+
+/// [`fleet_member`] configured by `member`.
+pub fn fleet_member_with(
+    dir: &Path,
+    etcd: &EtcdServer,
+    member: &Member,
+) -> (Testbed<'static>, PathBuf, PathBuf) {
     let tb = Testbed::new(lab(), dir).unwrap();
-    let mut etc = tb.etc_files(TEST_ENGINE_LAYER).unwrap();
+    let mut etc = tb.etc_files(member.engine_layer).unwrap();
+    if !member.fixed_machine_id {
+        etc.retain(|f| !f.path.ends_with("machine-id"));
+    }
     for file in etc.iter_mut() {
         if file.path.ends_with("flatcar/update.conf") {
             let guest_etcd = format!("http://10.0.2.2:{}", etcd.client_port);
             file.data.extend(
                 format!(
-                    "REBOOT_STRATEGY=etcd-lock\nLOCKSMITHD_ENDPOINT={guest_etcd}\nLOCKSMITHD_LOCK_RETRY=5s\n"
+                    "REBOOT_STRATEGY=etcd-lock\nLOCKSMITHD_ENDPOINT={guest_etcd}\nLOCKSMITHD_LOCK_RETRY=5s\n{}",
+                    member.update_conf
                 )
                 .as_bytes(),
             );
