@@ -25,22 +25,9 @@ use guests::*;
 /// longer than a reboot up to locksmithd's start in the new boot (40–90 s here, under load).
 const LEASE_TTL_SECS: u64 = 150;
 
-/// As [`TEST_ENGINE_LAYER`], and the engine checks every 10 s (the bad release is seen soon).
-const FLEET_ENGINE_LAYER: &str = "\
-[schedule]
-initial = 3
-initial_fuzz = 0
-interval = 10
-interval_fuzz = 0
-
-[health]
-timeout_secs = 5
-interval_secs = 1
-check_timeout_secs = 10
-
-[download]
-retry_delay_secs = 2
-";
+/// An engine layer over [`TEST_ENGINE_LAYER`]: checks every 10 s, so the bad release is seen
+/// soon.
+const FLEET_ENGINE_LAYER: &str = "[schedule]\ninterval = 10\ninterval_fuzz = 0\n";
 
 const GUESTS: usize = 3;
 
@@ -49,10 +36,16 @@ fn a_fleet_rolls_out_one_reboot_at_a_time_survives_a_dead_holder_and_stops_a_bad
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let etcd = etcd();
     let update_conf = format!("LOCKSMITHD_LEASE_TTL={LEASE_TTL_SECS}s\n");
+    let layer = FsFile::new(
+        "etc/fastpatch/engine.d/60-fleet.toml",
+        FLEET_ENGINE_LAYER,
+        0o644,
+    );
     let member = Member {
-        engine_layer: FLEET_ENGINE_LAYER,
         update_conf: &update_conf,
         fixed_machine_id: false,
+        extra: std::slice::from_ref(&layer),
+        ..Member::default()
     };
     let (tb, tree, pem) = fleet_member_with(dir.path(), &etcd, &member);
     build(&tree, "1.0.0", &pem, dir.path());

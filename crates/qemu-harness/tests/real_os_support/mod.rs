@@ -247,6 +247,8 @@ pub struct Member<'a> {
     /// `false`: /etc/machine-id stays empty in the image, so every machine made from it
     /// gets its own on its first boot (systemd writes it to ROOT), as Flatcar machines do.
     pub fixed_machine_id: bool,
+    /// More files for the tree.
+    pub extra: &'a [FsFile],
 }
 
 impl Default for Member<'_> {
@@ -255,6 +257,7 @@ impl Default for Member<'_> {
             engine_layer: TEST_ENGINE_LAYER,
             update_conf: "",
             fixed_machine_id: true,
+            extra: &[],
         }
     }
 }
@@ -283,6 +286,7 @@ pub fn fleet_member_with(
         }
     }
     etc.extend(network_files());
+    etc.extend(member.extra.iter().cloned());
     let tree = debian_tree(dir, &etc);
     let pem = dir.join("release.pem");
     tb.key.write_private_pem(&pem).unwrap();
