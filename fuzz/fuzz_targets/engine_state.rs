@@ -3,7 +3,7 @@
 //! boot (same boot or a new one, slot staged or not, refused by the chooser or not).
 #![no_main]
 
-use fastpatch_engine::machine::{BootFacts, DurableState, Engine};
+use fastpatch_engine_core::machine::{BootFacts, DurableState, Engine};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use fastpatch_locksmith::fleetlock::{check_request, valid_group};
+use fastpatch_locksmith_core::fleetlock::{check_request, valid_group};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 //! the count consistent with the holders.
 #![no_main]
 
-use fastpatch_locksmith::semaphore::Semaphore;
+use fastpatch_locksmith_core::semaphore::Semaphore;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -13,9 +13,11 @@ pub mod keys;
 pub mod lease;
 pub mod metrics;
 pub mod reboot;
-pub mod semaphore;
 pub mod sim;
 pub mod store;
 pub mod strategy;
 pub mod testsupport;
 pub mod window;
+
+/// The semaphore value (in `fastpatch-locksmith-core`, pure).
+pub use fastpatch_locksmith_core::semaphore;
