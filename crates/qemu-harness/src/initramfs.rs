@@ -33,7 +33,9 @@ pub fn write_initramfs_with(
         let bytes = std::fs::read(&path).map_err(io_err(format!("reading {}", path.display())))?;
         contents.modules.push((name, bytes));
     }
-    for file in extra {
+    // The C runtime first: the dynamically linked `fastpatch` a machine's USR carries runs in
+    // this root.
+    for file in crate::assets::guest_runtime_files()?.iter().chain(extra) {
         contents.extra.push(ArchiveFile {
             path: file.relative()?.to_string_lossy().into_owned(),
             data: file.data.clone(),

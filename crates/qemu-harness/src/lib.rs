@@ -4,8 +4,10 @@
 //! - [`Assets::ensure`] runs `scripts/qemu-assets` (QEMU, e2fsprogs and the Debian kernel with
 //!   its virtio/ext4 modules, cached).
 //! - [`build_static_init`] builds `fastpatch-boot-init` as a static binary in its own target
-//!   directory (so the `crt-static` flag does not rebuild anyone else's dependencies).
-//! - [`write_initramfs`] packs `/init` and the modules into a cpio (newc) archive.
+//!   directory (so the `crt-static` flag does not rebuild anyone else's dependencies);
+//!   [`build_guest_fastpatch`] takes the guests' `fastpatch` from the workspace's test build.
+//! - [`write_initramfs`] packs `/init`, the modules and the C runtime of the guests'
+//!   `fastpatch` ([`GUEST_RUNTIME`]) into a cpio (newc) archive.
 //! - [`write_usr_image`] makes an ext4 USR image holding `/lib/os-release` with a VERSION (and
 //!   with [`write_usr_image_with`], more files: the OS program, update.conf) and writes it into
 //!   a slot of the disk image; [`format_root`] puts an ext4 on ROOT for state across reboots.
@@ -30,7 +32,10 @@ mod server;
 mod testbed;
 mod usr_image;
 
-pub use assets::{build_static_binary, build_static_init, repo_root, Assets};
+pub use assets::{
+    build_guest_fastpatch, build_static_binary, build_static_init, guest_runtime_files, repo_root,
+    Assets, GUEST_RUNTIME,
+};
 pub use initramfs::{write_initramfs, write_initramfs_with};
 pub use machine::{engine_layout, test_layout, Machine};
 pub use os_image::{OsVersion, SigningKey, ENGINE_IN_USR};
@@ -98,9 +103,9 @@ pub struct Lab {
     pub initramfs: PathBuf,
     /// Where serial logs go (kept after the test, for CI artifacts).
     pub log_dir: PathBuf,
-    /// The cargo target dir of the static builds.
-    static_target: PathBuf,
-    /// The static `fastpatch` binary, built on first use.
+    /// The cargo target dir of the test build (the guests' `fastpatch` comes from it).
+    target: PathBuf,
+    /// The guests' `fastpatch` binary, built on first use.
     engine: OnceLock<Result<PathBuf, String>>,
 }
 
@@ -134,18 +139,19 @@ impl Lab {
             init,
             initramfs,
             log_dir,
-            static_target: target.join("boot-init-static"),
+            target: target.to_path_buf(),
             engine: OnceLock::new(),
         })
     }
 
-    /// The `fastpatch` binary built statically (glibc, `crt-static`), to run as the guest's OS
-    /// (`fastpatch engine run`); built once per process, in the same target dir as the init.
+    /// The guests' `fastpatch` binary ([`build_guest_fastpatch`]: the test build's, without
+    /// symbols), to run as the guest's OS (`fastpatch engine run`) or in its `/usr/bin`; made
+    /// once per process.
     pub fn engine(&self) -> Result<&Path, String> {
         self.engine
             .get_or_init(|| {
-                build_static_binary(&self.static_target, "fastpatch", "fastpatch")
-                    .map_err(|e| format!("building the static fastpatch binary: {e}"))
+                build_guest_fastpatch(&self.target, &self.target.join("qemu-guest"))
+                    .map_err(|e| format!("building the guests' fastpatch binary: {e}"))
             })
             .as_ref()
             .map(PathBuf::as_path)

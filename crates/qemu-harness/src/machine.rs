@@ -23,7 +23,7 @@ pub fn test_layout() -> LayoutSpec {
 }
 
 /// The layout of the update scenarios: USR slots of 48 MiB, room for a version's USR image
-/// with the static `fastpatch` binary (~27 MB, with locksmithd and locksmithctl) in it; ROOT of
+/// with the `fastpatch` binary (with locksmithd and locksmithctl) in it; ROOT of
 /// ~33 MiB.
 pub fn engine_layout() -> LayoutSpec {
     LayoutSpec {

@@ -1,5 +1,5 @@
 //! Versions of the test OS for the update scenarios: what each version's USR image holds (its
-//! os-release, its health marker, the static `fastpatch` binary that runs as the OS, the
+//! os-release, its health marker, the `fastpatch` binary that runs as the OS, the
 //! payload key it trusts, a vendor engine config layer), and the signed update payload made
 //! from that image with fastpatch-payload's generator, as a release pipeline would.
 
@@ -79,7 +79,7 @@ pub struct OsVersion {
     pub version: String,
     /// What `/init health` answers in this version.
     pub healthy: bool,
-    /// The static `fastpatch` binary to ship as [`ENGINE_IN_USR`].
+    /// The `fastpatch` binary to ship as [`ENGINE_IN_USR`].
     pub engine: Option<PathBuf>,
     /// The payload key this version trusts (PEM), at the engine's trusted-key path.
     pub trusted_key_pem: Option<String>,

@@ -1,5 +1,5 @@
 //! The update scenarios' set-up, shared by the tests and the `see-it-work` example: the real
-//! fastpatch-server on the host, a release signing key, the static `fastpatch` engine, and
+//! fastpatch-server on the host, a release signing key, the guests' `fastpatch` engine, and
 //! machines whose OS is that engine, configured like a fleet member (machine-id, update.conf
 //! and an admin engine layer in the initramfs' /etc; `fastpatch.engine=` on the kernel command
 //! line).
@@ -48,7 +48,7 @@ pub struct Testbed<'a> {
 
 impl<'a> Testbed<'a> {
     /// Starts the server (data under `dir/server`), makes a signing key and builds (once per
-    /// process) the static engine.
+    /// process) the guests' engine.
     pub fn new(lab: &'a Lab, dir: &Path) -> Result<Testbed<'a>> {
         Testbed::start(lab, dir, false)
     }

@@ -1,20 +1,22 @@
-//! The guest's static binaries (the initramfs `/init` and the `fastpatch` engine), built once
-//! before the boot tests. `scripts/test` runs this target as its own phase, so the cold build
-//! (many minutes on a fresh machine) shows in the log with its own time instead of hiding
-//! inside the first boot test. Later runs find cargo's build up to date.
+//! The guests' binaries, built once before the boot tests: the initramfs `/init` (static: an
+//! initramfs has no C library) and the `fastpatch` engine (the test build's, linked
+//! dynamically against the C runtime that every initramfs and the Debian image carry).
+//! `scripts/test` runs this target as its own phase, so the static build shows in the log with
+//! its own time instead of hiding inside the first boot test. Later runs find cargo's build up
+//! to date.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use fastpatch_qemu_harness::Lab;
+use fastpatch_qemu_harness::{Lab, GUEST_RUNTIME};
 
 fn lab() -> &'static Lab {
     Lab::get(Path::new(env!("CARGO_TARGET_TMPDIR")))
         .unwrap_or_else(|e| panic!("QEMU lab setup failed: {e}"))
 }
 
-/// True when the ELF file has no PT_INTERP program header (no dynamic loader needed).
-fn is_static_elf(path: &Path) -> bool {
+/// The ELF file's PT_INTERP (its dynamic loader), or `None` for a static binary.
+fn interpreter(path: &Path) -> Option<String> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     assert_eq!(
         &bytes[..4],
@@ -31,14 +33,20 @@ fn is_static_elf(path: &Path) -> bool {
     };
     let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
     const PT_INTERP: u32 = 3;
-    !(0..phnum).any(|i| {
+    (0..phnum).find_map(|i| {
         let o = phoff + i * phentsize;
-        u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]) == PT_INTERP
+        let kind = u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        (kind == PT_INTERP).then(|| {
+            let (at, len) = (u64_at(o + 8), u64_at(o + 32));
+            String::from_utf8_lossy(&bytes[at..at + len])
+                .trim_end_matches('\0')
+                .to_string()
+        })
     })
 }
 
 #[test]
-fn the_guest_binaries_build_statically_linked() {
+fn the_guest_binaries_build_and_find_their_runtime() {
     let started = Instant::now();
     let lab = lab();
     let engine: PathBuf = lab
@@ -51,11 +59,38 @@ fn the_guest_binaries_build_statically_linked() {
         lab.init.display(),
         engine.display()
     );
-    for bin in [&lab.init, &engine] {
+    assert_eq!(
+        interpreter(&lab.init),
+        None,
+        "{} needs a dynamic loader",
+        lab.init.display()
+    );
+    let loader = interpreter(&engine).expect("the guests' fastpatch is linked dynamically");
+    assert!(
+        GUEST_RUNTIME.contains(&loader.as_str()),
+        "{} asks for loader {loader}, which the guests do not get ({GUEST_RUNTIME:?})",
+        engine.display()
+    );
+    // Every library it needs is in the runtime the guests get: ldd on the host, whose paths
+    // are the guests' (both Debian bookworm, merged /usr).
+    let out = std::process::Command::new("ldd")
+        .arg(&engine)
+        .output()
+        .expect("running ldd");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    for line in listing.lines() {
+        let Some(lib) = line.split_whitespace().next() else {
+            continue;
+        };
+        if lib.starts_with("linux-vdso") || lib.starts_with('/') {
+            continue;
+        }
         assert!(
-            is_static_elf(bin),
-            "{} needs a dynamic loader",
-            bin.display()
+            GUEST_RUNTIME
+                .iter()
+                .any(|p| p.ends_with(&format!("/{lib}"))),
+            "{} needs {lib}, which the guests do not get: {listing}",
+            engine.display()
         );
     }
 }
