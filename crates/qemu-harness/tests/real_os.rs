@@ -54,11 +54,13 @@ fn a_debian_release_boots_its_own_kernel_with_verified_usr_into_systemd() {
         o.describe()
     );
     assert_eq!(result(&o, "systemd", "etc"), "populated");
-    // `veritysetup status usr` inside the guest, as on a Flatcar machine.
+    // `veritysetup status usr` inside the guest, as on a Flatcar machine. Its lines can share
+    // the serial console with getty's prompt (`vm login:   status:      verified`), so a key
+    // is looked for anywhere in a line.
     let status = |key: &str| {
         o.log
             .lines()
-            .find_map(|l| l.trim().strip_prefix(key).map(str::trim))
+            .find_map(|l| l.split_once(key).map(|(_, v)| v.trim()))
             .unwrap_or_else(|| panic!("no {key:?} in veritysetup's status\n{}", o.describe()))
             .to_string()
     };
