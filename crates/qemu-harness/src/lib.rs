@@ -15,7 +15,7 @@
 //!   `FASTPATCH-RESULT` lines.
 //!
 //! - [`HostServer`] runs the real fastpatch-server on the host for the guest (10.0.2.2);
-//!   [`OsVersion`] is one version of the test OS (its USR image, with the static `fastpatch`
+//!   [`OsVersion`] is one version of the test OS (its USR image, with the `fastpatch`
 //!   engine from [`Lab::engine`]) and its signed payload ([`SigningKey`]).
 //! - [`boot_until`] ends a boot whose OS runs forever once a condition holds (e.g. the server
 //!   recorded the guest's report); [`BootSpec::kill_after`] cuts the power mid-write.
@@ -158,7 +158,7 @@ impl Lab {
             .map_err(Clone::clone)
     }
 
-    /// A separate initramfs with `extra` files added (e.g. a static engine binary and
+    /// A separate initramfs with `extra` files added (e.g. an engine binary and
     /// `/etc/machine-id`), written as `<name>.cpio` next to the default one.
     pub fn initramfs_with(&self, name: &str, extra: &[FsFile]) -> Result<PathBuf> {
         let out = self.initramfs.with_file_name(format!("{name}.cpio"));

@@ -51,7 +51,7 @@ fn the_guest_binaries_build_and_find_their_runtime() {
     let lab = lab();
     let engine: PathBuf = lab
         .engine()
-        .expect("building the static fastpatch")
+        .expect("building the guests' fastpatch")
         .to_path_buf();
     eprintln!(
         "static guest binaries ready in {:.1} s: {} and {}",
@@ -78,6 +78,13 @@ fn the_guest_binaries_build_and_find_their_runtime() {
         .output()
         .expect("running ldd");
     let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && listing.contains("libc.so.6"),
+        "ldd {} failed or listed no libc ({}): {listing}{}",
+        engine.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     for line in listing.lines() {
         let Some(lib) = line.split_whitespace().next() else {
             continue;
