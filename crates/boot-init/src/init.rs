@@ -15,9 +15,10 @@ use fastpatch_boot_init::{
 };
 use fastpatch_disk::{partition_path, Disk, OpenMode, Partition};
 
-use crate::slot_boot::{self, SlotProblem};
-use crate::sys::{self, ModuleLoad};
+use crate::slot_boot;
 use fastpatch_boot_init::slot::SlotStage;
+use fastpatch_boot_init::sys::{self, ModuleLoad};
+use fastpatch_boot_init::verity::{self, SlotProblem};
 
 /// Runs the init and the OS; returns how the machine should end.
 pub fn run() -> GuestExit {
@@ -122,7 +123,7 @@ fn boot_slot_kernel(cfg: &BootConfig, mut chosen: Partition) -> Failure {
         if let Err(e) = wait_for(&dev, cfg.disk_timeout) {
             return e.into();
         }
-        let booted = slot_boot::verified_seal(&dev, &keys)
+        let booted = verity::verified_seal(&dev, &keys)
             .and_then(|seal| slot_boot::kexec_slot(&dev, &chosen, &seal, &refused));
         match booted {
             Ok(()) => return anyhow::anyhow!("kexec returned").into(),

@@ -26,7 +26,10 @@
 
 use std::time::Duration;
 
+pub mod kexec_reboot;
 pub mod slot;
+pub mod sys;
+pub mod verity;
 
 use fastpatch_disk::{Partition, SlotAttrs, USR_A_INDEX, USR_B_INDEX};
 

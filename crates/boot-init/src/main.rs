@@ -10,9 +10,8 @@
 mod init;
 mod os;
 mod slot_boot;
-mod sys;
 
-use fastpatch_boot_init::{GuestExit, HEALTH_MODE_ARGV0, OS_MODE_ARGV0};
+use fastpatch_boot_init::{sys, GuestExit, HEALTH_MODE_ARGV0, OS_MODE_ARGV0};
 
 fn main() {
     tracing_subscriber::fmt()

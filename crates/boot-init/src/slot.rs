@@ -20,6 +20,9 @@ pub const USRHASH_KEY: &str = "verity.usrhash=";
 pub const DEFAULT_INIT: &str = "/usr/lib/systemd/systemd";
 /// The dm device name of the verified /usr.
 pub const DM_NAME: &str = "usr";
+/// The dm device name of the next slot's /usr while `fastpatch boot kexec` loads its kernel
+/// on a running machine (whose own /usr is [`DM_NAME`]).
+pub const NEXT_DM_NAME: &str = "usr-next";
 
 /// What stage 2 reads from its command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +90,18 @@ pub fn slot_cmdline(
     words.join(" ")
 }
 
+/// A running slot's command line as its chooser wrote it, for `fastpatch boot kexec`: the
+/// running release's own words (its `/usr/boot/cmdline`) taken out of `current`, so that the
+/// next release's words replace them instead of adding to them.
+pub fn without_release_words(current: &str, running_release: &str) -> String {
+    let release: Vec<&str> = running_release.split_whitespace().collect();
+    current
+        .split_whitespace()
+        .filter(|w| !release.contains(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `struct dm_ioctl` is 312 bytes; its fields at these offsets.
 pub const DM_IOCTL_LEN: usize = 312;
 const DM_TARGET_SPEC_LEN: usize = 40;
@@ -133,11 +148,12 @@ pub fn dm_create(name: &str, uuid: &str) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
-/// The dm uuid of the verified /usr: cryptsetup's form (`CRYPT-VERITY-<id>-<name>`), so
-/// `veritysetup status usr` shows the device as the verity device it is, as on Flatcar.
-pub fn verity_uuid(root_hash: &str) -> String {
+/// The dm uuid of verity device `name`: cryptsetup's form (`CRYPT-VERITY-<id>-<name>`), so
+/// `veritysetup status usr` shows the device as the verity device it is, as on Flatcar. The
+/// name keeps it unique when one slot is mapped twice (`usr` and `usr-next`).
+pub fn verity_uuid(name: &str, root_hash: &str) -> String {
     let id: String = root_hash.chars().take(32).collect();
-    format!("CRYPT-VERITY-{id}-{DM_NAME}")
+    format!("CRYPT-VERITY-{id}-{name}")
 }
 
 /// A table load for `name`: one target of `sectors` 512-byte sectors from 0, of `kind` (e.g.
@@ -233,6 +249,20 @@ mod tests {
     }
 
     #[test]
+    fn a_kexec_line_carries_the_next_release_words_only() {
+        let running = "console=ttyS0 fastpatch.release=1.0.0 quiet systemd.setenv=A=b \
+                       verity.usr=PARTUUID=0a verity.usrhash=aa fastpatch.refused=USR-B";
+        let base = without_release_words(running, "fastpatch.release=1.0.0\n");
+        let line = slot_cmdline(&base, "fastpatch.release=2.0.0", "0b", "bb", &[]);
+        assert_eq!(
+            line,
+            "console=ttyS0 quiet systemd.setenv=A=b fastpatch.release=2.0.0 \
+             verity.usr=PARTUUID=0b verity.usrhash=bb"
+        );
+        assert_eq!(without_release_words("a b", ""), "a b");
+    }
+
+    #[test]
     fn ioctl_numbers_and_layout_match_the_kernel_header() {
         // From <linux/dm-ioctl.h> on x86_64: DM_DEV_CREATE = 0xc138fd03, DM_TABLE_LOAD = 0xc138fd09.
         assert_eq!(DM_DEV_CREATE, 0xc138_fd03);
@@ -250,7 +280,7 @@ mod tests {
         assert_eq!(&buf[312 + 24..312 + 31], b"verity\0");
         assert_eq!(&buf[352..358], b"1 a b\0");
         assert!(dm_ioctl("a/b", 0).is_err());
-        let create = dm_create("usr", &verity_uuid(&"ab".repeat(32))).unwrap();
+        let create = dm_create("usr", &verity_uuid("usr", &"ab".repeat(32))).unwrap();
         assert_eq!(
             &create[176..176 + 50],
             format!("CRYPT-VERITY-{}-usr\0", "ab".repeat(16)).as_bytes()

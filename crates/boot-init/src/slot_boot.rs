@@ -10,13 +10,12 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use fastpatch_boot_control::Slot;
 use fastpatch_boot_init::slot::{self, SlotStage, DM_NAME};
+use fastpatch_boot_init::sys;
+use fastpatch_boot_init::verity::{self, SlotProblem};
 use fastpatch_boot_init::{result_line, slot_name, BootConfig, ROOT_INDEX};
 use fastpatch_disk::{partition_path, Disk, OpenMode, Partition, SlotAttrs};
 use fastpatch_payload::seal::{self, Seal};
-use fastpatch_payload::PayloadError;
 use rsa::RsaPublicKey;
-
-use crate::sys;
 
 /// The release keys the chooser trusts, in its initramfs (PEM files).
 pub const CHOOSER_KEYS: &str = "/lib/fastpatch/keys";
@@ -30,38 +29,6 @@ const NEW_ROOT: &str = "/sysroot";
 pub fn chooser_keys() -> Result<Vec<RsaPublicKey>> {
     fastpatch_payload::keys::load_public_keys(&[CHOOSER_KEYS])
         .with_context(|| format!("loading the release keys in {CHOOSER_KEYS}"))
-}
-
-/// Why a slot was not booted.
-pub enum SlotProblem {
-    /// The seal is missing, malformed or not signed by a trusted key, or a slot on its first
-    /// boot has a block that does not match its dm-verity hash: refuse the slot.
-    Invalid(anyhow::Error),
-    /// The slot could not be read or started: the boot fails, the slot is left as it is.
-    Unreadable(anyhow::Error),
-}
-
-impl From<anyhow::Error> for SlotProblem {
-    fn from(e: anyhow::Error) -> SlotProblem {
-        SlotProblem::Unreadable(e)
-    }
-}
-
-/// Reads the seal of partition `dev` and checks it with `keys`.
-pub fn verified_seal(dev: &Path, keys: &[RsaPublicKey]) -> Result<Seal, SlotProblem> {
-    let read = || -> Result<Seal, PayloadError> {
-        let mut f = File::open(dev).map_err(|error| PayloadError::Io {
-            context: format!("opening {}", dev.display()),
-            error,
-        })?;
-        let seal = seal::read_seal(&mut f)?;
-        seal.verify(keys)?;
-        Ok(seal)
-    };
-    read().map_err(|e| match e {
-        PayloadError::Io { .. } => SlotProblem::Unreadable(e.into()),
-        other => SlotProblem::Invalid(other.into()),
-    })
 }
 
 /// Gives a slot whose seal does not verify priority 0, so the chooser falls back.
@@ -88,71 +55,15 @@ pub fn refuse_slot(disk_path: &Path, chosen: &Partition, why: &anyhow::Error) ->
     })
 }
 
-/// Maps `dev` through dm-verity as described by `seal` and returns the verified device.
-fn map_verity(dev: &Path, seal: &Seal) -> Result<String> {
-    let (sectors, params) = seal.body.dm_target(&dev.to_string_lossy());
-    let mut create = slot::dm_create(DM_NAME, &slot::verity_uuid(&seal.body.root_hash))
-        .map_err(anyhow::Error::msg)?;
-    sys::dm_ioctl(slot::DM_DEV_CREATE, &mut create).context("creating the dm device")?;
-    let (_, minor) = slot::dm_dev(&create);
-    let mut table =
-        slot::dm_table_load(DM_NAME, sectors, "verity", &params).map_err(anyhow::Error::msg)?;
-    sys::dm_ioctl(slot::DM_TABLE_LOAD, &mut table).context("loading the verity table")?;
-    let mut resume = slot::dm_ioctl(DM_NAME, 0).map_err(anyhow::Error::msg)?;
-    sys::dm_ioctl(slot::DM_DEV_SUSPEND, &mut resume).context("activating the verity device")?;
-    let mapped = format!("/dev/dm-{minor}");
+/// Maps the slot as /usr's verity device, saying so on the console.
+fn map_usr(dev: &Path, seal: &Seal) -> Result<String> {
+    let mapped = verity::map_verity(DM_NAME, dev, seal)?;
     eprintln!(
         "fastpatch-init: /usr is {mapped}: dm-verity over {} (root hash {})",
         dev.display(),
         seal.body.root_hash
     );
     Ok(mapped)
-}
-
-fn mount_usr(mapped: &str, target: &str) -> Result<()> {
-    fs::create_dir_all(target).with_context(|| format!("creating {target}"))?;
-    sys::mount(mapped, target, "ext4", libc::MS_RDONLY, None)
-        .with_context(|| format!("mounting {mapped} read-only on {target}"))
-}
-
-/// Removes the verity device again (a refused slot's), so that the next choice can map its own.
-fn unmap_verity() -> Result<()> {
-    let mut remove = slot::dm_ioctl(DM_NAME, 0).map_err(anyhow::Error::msg)?;
-    sys::dm_ioctl(slot::DM_DEV_REMOVE, &mut remove).context("removing the verity device")
-}
-
-/// Reads a slot on its first boot whole through dm-verity before anything of it runs: a block
-/// that does not match its hash fails the read (the kernel answers EIO), so a slot changed
-/// after it was installed is refused here instead of failing somewhere in its boot.
-fn read_whole(mapped: &str, seal: &Seal) -> Result<()> {
-    use std::io::Read;
-    let started = std::time::Instant::now();
-    let mut f = File::open(mapped).with_context(|| format!("opening {mapped}"))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0u64;
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => at += n as u64,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => bail!(
-                "/usr does not read back through dm-verity at byte {at} of {}: {e} (a block does not match its hash)",
-                seal.body.data_bytes
-            ),
-        }
-    }
-    if at != seal.body.data_bytes {
-        bail!(
-            "/usr through dm-verity is {at} bytes, its seal says {}",
-            seal.body.data_bytes
-        );
-    }
-    eprintln!(
-        "fastpatch-init: first boot of this slot: all {} MiB of /usr verified in {:.1} s",
-        at >> 20,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
 }
 
 /// Stage 1: boots the chosen slot's own kernel. Returns only on failure: a slot on its first
@@ -164,18 +75,25 @@ pub fn kexec_slot(
     seal: &Seal,
     refused: &[Slot],
 ) -> Result<(), SlotProblem> {
-    let mapped = map_verity(dev, seal)?;
+    let mapped = map_usr(dev, seal)?;
     if !chosen.attrs.successful {
-        if let Err(why) = read_whole(&mapped, seal) {
-            unmap_verity()?;
-            return Err(SlotProblem::Invalid(why));
+        match verity::read_whole(&mapped, seal) {
+            Ok(took) => eprintln!(
+                "fastpatch-init: first boot of this slot: all {} MiB of /usr verified in {:.1} s",
+                seal.body.data_bytes >> 20,
+                took.as_secs_f64()
+            ),
+            Err(why) => {
+                verity::unmap_verity(DM_NAME)?;
+                return Err(SlotProblem::Invalid(why));
+            }
         }
     }
     Ok(kexec_mapped(&mapped, chosen, seal, refused)?)
 }
 
 fn kexec_mapped(mapped: &str, chosen: &Partition, seal: &Seal, refused: &[Slot]) -> Result<()> {
-    mount_usr(mapped, STAGE1_USR)?;
+    verity::mount_usr(mapped, STAGE1_USR)?;
     let open = |rel: &str| {
         let p = Path::new(STAGE1_USR).join(rel);
         File::open(&p).with_context(|| format!("opening {}", p.display()))
@@ -238,12 +156,12 @@ pub fn run_slot_stage(cfg: &BootConfig, stage: &SlotStage) -> Result<()> {
             stage.root_hash
         );
     }
-    let mapped = map_verity(&dev, &seal)?;
+    let mapped = map_usr(&dev, &seal)?;
     let root_dev = partition_path(disk_path, cfg.root.unwrap_or(ROOT_INDEX));
     fs::create_dir_all(NEW_ROOT).context("creating /sysroot")?;
     sys::mount(&root_dev.to_string_lossy(), NEW_ROOT, "ext4", 0, None)
         .with_context(|| format!("mounting ROOT {} on {NEW_ROOT}", root_dev.display()))?;
-    mount_usr(&mapped, &format!("{NEW_ROOT}/usr"))?;
+    verity::mount_usr(&mapped, &format!("{NEW_ROOT}/usr"))?;
     populate_root(Path::new(NEW_ROOT))?;
     eprintln!(
         "{}",

@@ -290,6 +290,34 @@ pub fn kexec_file_load(kernel: &File, initrd: &File, cmdline: &str) -> io::Resul
     }
 }
 
+/// Unloads a kernel loaded by [`kexec_file_load`] (`KEXEC_FILE_UNLOAD`).
+pub fn kexec_unload() -> io::Result<()> {
+    const KEXEC_FILE_UNLOAD: libc::c_ulong = 1;
+    // SAFETY: with KEXEC_FILE_UNLOAD the kernel ignores the fds and the command line.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_kexec_file_load,
+            -1 as libc::c_int,
+            -1 as libc::c_int,
+            0 as libc::c_ulong,
+            std::ptr::null::<libc::c_char>(),
+            KEXEC_FILE_UNLOAD,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Unmounts `target`.
+pub fn umount(target: &str) -> io::Result<()> {
+    let target = cstr(target)?;
+    // SAFETY: a valid NUL-terminated path.
+    check(unsafe { libc::umount2(target.as_ptr(), 0) })
+}
+
 /// Starts the loaded kexec kernel; returns only on failure.
 pub fn reboot_kexec() -> io::Error {
     // SAFETY: sync and reboot take no pointers; reboot only returns on failure.

@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 
+mod boot;
 mod cgpt;
 mod disk;
 
@@ -28,6 +29,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Boot-time actions on a running machine: `boot kexec` loads the next slot's kernel for
+    /// a kexec reboot.
+    #[command(subcommand)]
+    Boot(boot::BootCommand),
     /// Inspect and change GPT slot attributes (a cgpt-compatible subset).
     Cgpt(cgpt::CgptArgs),
     /// Create test disk images with the Flatcar partition layout.
@@ -76,7 +81,7 @@ fn main() {
     }
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Engine(_) => Some("info"),
+        Command::Engine(_) | Command::Boot(_) => Some("info"),
         // They set up their own logging, as when run under their own names.
         Command::Locksmithd(_) | Command::Locksmithctl { .. } => None,
         _ => Some("warn"),
@@ -93,6 +98,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Boot(cmd) => boot::run(cmd),
         Command::Cgpt(args) => cgpt::run(args),
         Command::Disk(cmd) => disk::run(cmd),
         Command::Image(cmd) => fastpatch_image::cli::run(cmd),
