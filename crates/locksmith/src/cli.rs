@@ -97,6 +97,11 @@ variable. In update.conf a key may be written plain or with the LOCKSMITHD_ pref
   BOOT_GOOD_COMMAND       succeeds once a boot is good, then the slot is released (default on
                           systemd: systemctl is-active boot-complete.target)
   REBOOT_COMMAND          instead of logind's Reboot
+  REBOOT_METHOD           firmware (default) or kexec: load the next slot's kernel with
+                          KEXEC_LOAD_COMMAND (default: fastpatch boot kexec, which spends the
+                          slot's boot try as the chooser does) and start systemd's
+                          kexec.target, skipping firmware and boot loader; if that fails the
+                          firmware reboot follows
   METRICS_SOCKET          Prometheus text (default /run/locksmith/metrics.sock; none: off)";
 
 /// `locksmithd` arguments (the daemon reads the rest from update.conf and `LOCKSMITHD_*`).

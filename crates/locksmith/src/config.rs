@@ -26,6 +26,46 @@ pub enum ConfigError {
     Value { key: String, value: String },
     #[error("strategy fleetlock needs LOCKSMITHD_FLEETLOCK_URL")]
     NoFleetlockUrl,
+    #[error("unknown REBOOT_METHOD {0:?} (want firmware or kexec)")]
+    RebootMethod(String),
+}
+
+/// How locksmithd reboots (`REBOOT_METHOD`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RebootMethod {
+    /// Through the firmware and the boot chooser: logind's Reboot, or `REBOOT_COMMAND`.
+    #[default]
+    Firmware,
+    /// `load_command` (default [`KEXEC_LOAD_COMMAND`]) loads the next slot's kernel and
+    /// spends its try, then systemd's kexec.target starts it; if loading fails, the firmware
+    /// reboot follows.
+    Kexec { load_command: String },
+}
+
+/// What loads the next boot's kernel for `REBOOT_METHOD=kexec` (`KEXEC_LOAD_COMMAND`).
+pub const KEXEC_LOAD_COMMAND: &str = "fastpatch boot kexec";
+
+impl RebootMethod {
+    fn from_settings(s: &Settings) -> Result<RebootMethod, ConfigError> {
+        match s.get("REBOOT_METHOD").as_deref() {
+            None | Some("firmware") => Ok(RebootMethod::Firmware),
+            Some("kexec") => Ok(RebootMethod::Kexec {
+                load_command: s
+                    .get("KEXEC_LOAD_COMMAND")
+                    .unwrap_or_else(|| KEXEC_LOAD_COMMAND.to_string()),
+            }),
+            Some(other) => Err(ConfigError::RebootMethod(other.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for RebootMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RebootMethod::Firmware => "firmware",
+            RebootMethod::Kexec { .. } => "kexec",
+        })
+    }
 }
 
 /// The merged key/value view: `LOCKSMITHD_*` environment variables over update.conf, read by
@@ -91,6 +131,7 @@ pub struct DaemonConfig {
     /// Tie our hold to an etcd lease of this TTL (stale-holder recovery); `None`: plain holder.
     pub lease_ttl: Option<Duration>,
     pub reboot_command: Option<String>,
+    pub reboot_method: RebootMethod,
     pub reboot_delay: Duration,
     pub broadcast: bool,
     pub lock_retry: Duration,
@@ -172,6 +213,7 @@ impl DaemonConfig {
             fleetlock_ca_file: s.get("FLEETLOCK_CA_FILE").map(PathBuf::from),
             lease_ttl,
             reboot_command: s.get("REBOOT_COMMAND"),
+            reboot_method: RebootMethod::from_settings(s)?,
             reboot_delay: duration(s, "REBOOT_DELAY", Duration::from_secs(300))?,
             broadcast,
             lock_retry: duration(s, "LOCK_RETRY", Duration::from_secs(30))?,

@@ -397,11 +397,14 @@ async fn perform(
                     warn!("cannot refresh the reboot hold's etcd lease; it may expire before the next boot takes it over");
                 }
             }
-            info!("rebooting");
+            info!(method = %cfg.reboot_method, "rebooting");
             metrics.reboot_started();
-            if let Err(e) =
-                crate::reboot::reboot(cfg.reboot_command.as_deref(), cfg.dbus_address.as_deref())
-                    .await
+            if let Err(e) = crate::reboot::reboot_by(
+                &cfg.reboot_method,
+                cfg.reboot_command.as_deref(),
+                cfg.dbus_address.as_deref(),
+            )
+            .await
             {
                 metrics.error("reboot");
                 warn!(error = %e, "reboot failed");

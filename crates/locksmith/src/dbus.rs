@@ -105,6 +105,20 @@ pub async fn send_need_reboot(conn: &Connection) -> zbus::Result<()> {
     .await
 }
 
+/// What `systemctl kexec` asks of systemd once a kernel is loaded:
+/// `org.freedesktop.systemd1.Manager.StartUnit("kexec.target", "replace-irreversibly")`.
+pub async fn systemd_kexec(conn: &Connection) -> zbus::Result<()> {
+    conn.call_method(
+        Some("org.freedesktop.systemd1"),
+        "/org/freedesktop/systemd1",
+        Some("org.freedesktop.systemd1.Manager"),
+        "StartUnit",
+        &("kexec.target", "replace-irreversibly"),
+    )
+    .await?;
+    Ok(())
+}
+
 /// `org.freedesktop.login1.Manager.Reboot(false)`.
 pub async fn logind_reboot(conn: &Connection) -> zbus::Result<()> {
     conn.call_method(

@@ -4,22 +4,56 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Local};
 
+use crate::config::RebootMethod;
+
+/// Reboots by `method`. A kexec reboot loads the next boot's kernel, then starts systemd's
+/// kexec.target on the bus; when either step fails the firmware reboot follows, since a
+/// reboot was due.
+pub async fn reboot_by(
+    method: &RebootMethod,
+    command: Option<&str>,
+    dbus_address: Option<&str>,
+) -> Result<(), String> {
+    if let RebootMethod::Kexec { load_command } = method {
+        match kexec(load_command, dbus_address).await {
+            Ok(()) => return Ok(()),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "kexec reboot not possible; rebooting through the firmware instead"
+            ),
+        }
+    }
+    reboot(command, dbus_address).await
+}
+
+async fn kexec(load_command: &str, dbus_address: Option<&str>) -> Result<(), String> {
+    run_shell(load_command).await?;
+    let conn = crate::dbus::connect(dbus_address)
+        .await
+        .map_err(|e| format!("D-Bus: {e}"))?;
+    crate::dbus::systemd_kexec(&conn)
+        .await
+        .map_err(|e| format!("starting kexec.target: {e}"))
+}
+
+async fn run_shell(cmd: &str) -> Result<(), String> {
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .await
+        .map_err(|e| format!("running {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} exited with {status}"))
+    }
+}
+
 /// Reboots through `command` (run by `sh -c`) or logind's `Reboot(false)` on the bus.
 pub async fn reboot(command: Option<&str>, dbus_address: Option<&str>) -> Result<(), String> {
     match command {
-        Some(cmd) => {
-            let status = tokio::process::Command::new("sh")
-                .arg("-c")
-                .arg(cmd)
-                .status()
-                .await
-                .map_err(|e| format!("running {cmd:?}: {e}"))?;
-            if status.success() {
-                Ok(())
-            } else {
-                Err(format!("{cmd:?} exited with {status}"))
-            }
-        }
+        Some(cmd) => run_shell(cmd).await,
         None => {
             let conn = crate::dbus::connect(dbus_address)
                 .await

@@ -356,6 +356,69 @@ async fn reboot_strategy_reacts_to_send_need_reboot_and_off_does_not() {
     );
 }
 
+/// REBOOT_METHOD=kexec: the loader runs first; when it fails (here: exit 3), and when the
+/// kernel loaded but systemd cannot start kexec.target (no systemd on this bus), the firmware
+/// reboot follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kexec_reboot_that_cannot_start_falls_back_to_the_firmware_reboot() {
+    let bus = PrivateBus::start();
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut daemons = vec![];
+    for (dir, exit) in dirs.iter().zip([3, 0]) {
+        setup_root(dir.path(), "REBOOT_STRATEGY=reboot\nREBOOT_METHOD=kexec\n");
+        std::fs::remove_file(dir.path().join("run/utmp")).unwrap();
+        let load = format!("touch {}; exit {exit}", dir.path().join("loaded").display());
+        daemons.push(start(
+            dir.path(),
+            "http://127.0.0.1:1",
+            &bus.address,
+            &[("LOCKSMITHD_KEXEC_LOAD_COMMAND", load)],
+        ));
+    }
+    for dir in &dirs {
+        wait_for("running", Duration::from_secs(10), || {
+            coordinator_conf(dir.path()).contains("STATE=running")
+        });
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_locksmithctl"))
+        .args(["-dbus-address", &bus.address, "send-need-reboot"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (dir, why) in dirs
+        .iter()
+        .zip(["exited with exit status: 3", "kexec.target"])
+    {
+        wait_for("the firmware reboot", Duration::from_secs(10), || {
+            dir.path().join("rebooted").exists()
+        });
+        assert!(dir.path().join("loaded").exists(), "the loader ran first");
+        let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+        assert!(log.contains("rebooting method=kexec"), "{log}");
+        assert!(
+            log.contains("kexec reboot not possible") && log.contains(why),
+            "the log says why ({why}): {log}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_reboot_method_stops_locksmithd() {
+    let dir = tempfile::tempdir().unwrap();
+    setup_root(dir.path(), "REBOOT_STRATEGY=reboot\nREBOOT_METHOD=warp\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_locksmithd"))
+        .arg("--root")
+        .arg(dir.path())
+        .output()
+        .expect("running locksmithd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "locksmithd started anyway: {stderr}");
+    assert!(
+        stderr.contains("unknown REBOOT_METHOD \"warp\""),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleetlock_strategy_takes_and_releases_a_slot() {
     let e = EtcdServer::start().unwrap_or_else(|e| panic!("{e}"));
@@ -442,6 +505,8 @@ fn help_lists_the_settings_it_reads() {
         "BROADCAST",
         "BOOT_GOOD_COMMAND",
         "REBOOT_COMMAND",
+        "REBOOT_METHOD",
+        "KEXEC_LOAD_COMMAND",
         "METRICS_SOCKET",
     ] {
         assert!(help.contains(key), "--help does not explain {key}:\n{help}");
