@@ -26,6 +26,8 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod kexec_reboot;
 pub mod slot;
 pub mod sys;

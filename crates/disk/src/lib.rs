@@ -10,6 +10,8 @@
 //! ```
 
 mod attrs;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod device;
 mod disk;
 mod error;

@@ -5,10 +5,6 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
 
-mod boot;
-mod cgpt;
-mod disk;
-
 #[derive(Parser)]
 #[command(
     name = "fastpatch",
@@ -32,12 +28,12 @@ enum Command {
     /// Boot-time actions on a running machine: `boot kexec` loads the next slot's kernel for
     /// a kexec reboot.
     #[command(subcommand)]
-    Boot(boot::BootCommand),
+    Boot(fastpatch_boot_init::cli::BootCommand),
     /// Inspect and change GPT slot attributes (a cgpt-compatible subset).
-    Cgpt(cgpt::CgptArgs),
+    Cgpt(fastpatch_disk::cli::cgpt::CgptArgs),
     /// Create test disk images with the Flatcar partition layout.
     #[command(subcommand)]
-    Disk(disk::DiskCommand),
+    Disk(fastpatch_disk::cli::DiskCommand),
     /// Build a release of a fastpatch OS from a root filesystem (sealed USR image, payload,
     /// bootable disk), and verify one.
     #[command(subcommand)]
@@ -98,9 +94,9 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Boot(cmd) => boot::run(cmd),
-        Command::Cgpt(args) => cgpt::run(args),
-        Command::Disk(cmd) => disk::run(cmd),
+        Command::Boot(cmd) => fastpatch_boot_init::cli::run(cmd),
+        Command::Cgpt(args) => fastpatch_disk::cli::cgpt::run(args),
+        Command::Disk(cmd) => fastpatch_disk::cli::run(cmd),
         Command::Image(cmd) => fastpatch_image::cli::run(cmd),
         Command::Payload(cmd) => fastpatch_payload::cli::run(cmd),
         Command::Keygen(args) => fastpatch_payload::cli::run_keygen(args),

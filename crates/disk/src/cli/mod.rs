@@ -1,10 +1,14 @@
-//! `fastpatch disk`: test disk images with Flatcar's partition layout.
+//! The command lines over this crate (feature `cli`), which the `fastpatch` binary dispatches
+//! to: `fastpatch disk` (test disk images with Flatcar's partition layout) and `fastpatch cgpt`
+//! (the subset of ChromeOS `cgpt` that Flatcar uses).
+
+pub mod cgpt;
 
 use std::path::PathBuf;
 
+use crate::LayoutSpec;
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use fastpatch_disk::LayoutSpec;
 
 #[derive(Subcommand)]
 pub enum DiskCommand {
@@ -61,7 +65,7 @@ pub fn run(cmd: DiskCommand) -> Result<()> {
                 oem_size,
                 ..LayoutSpec::default()
             };
-            let disk = fastpatch_disk::create(&image, &spec, force)
+            let disk = crate::create(&image, &spec, force)
                 .with_context(|| format!("cannot create disk image {}", image.display()))?;
             println!(
                 "created {} ({} bytes, {}-byte sectors)",

@@ -1,11 +1,11 @@
-//! `fastpatch boot`: boot-time actions on a running machine (the chooser's code in
-//! fastpatch-boot-init, run outside the initramfs).
+//! `fastpatch boot` (feature `cli`): boot-time actions on a running machine, the chooser's code
+//! run outside the initramfs.
 
 use std::path::PathBuf;
 
+use crate::kexec_reboot::{self, KexecOptions};
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use fastpatch_boot_init::kexec_reboot::{self, KexecOptions};
 
 #[derive(Subcommand)]
 pub enum BootCommand {

@@ -2,12 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
-use fastpatch_disk::{
+use crate::{
     describe_type, parse_type, partition_path, split_partition_path, Disk, OpenMode, Partition,
     SlotAttrs,
 };
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
 
 #[derive(Args)]
 #[command(about = "Inspect and change GPT slot attributes (cgpt-compatible subset)")]
