@@ -185,6 +185,39 @@ impl BootOutcome {
         self.status == Some(0) && !self.log.contains("Kernel panic")
     }
 
+    /// The boots of one QEMU run, split after each line containing `marker`: a kexec reboot
+    /// starts the next boot without QEMU exiting. Every part but the last counts as a boot
+    /// that asked for a reboot; the last keeps this run's ending.
+    pub fn split_after(&self, marker: &str) -> Vec<BootOutcome> {
+        let mut parts = Vec::new();
+        let mut rest = self.log.as_str();
+        while let Some(at) = rest.find(marker) {
+            let end = rest[at..].find('\n').map_or(rest.len(), |n| at + n + 1);
+            parts.push(self.part(&rest[..end], Some(0)));
+            rest = &rest[end..];
+        }
+        if parts.is_empty() {
+            return vec![self.clone()];
+        }
+        let mut last = self.part(rest, self.status);
+        (last.timed_out, last.cut, last.stopped) = (self.timed_out, self.cut, self.stopped);
+        parts.push(last);
+        parts
+    }
+
+    fn part(&self, log: &str, status: Option<i32>) -> BootOutcome {
+        BootOutcome {
+            status,
+            timed_out: false,
+            cut: false,
+            stopped: false,
+            elapsed: self.elapsed,
+            log_path: self.log_path.clone(),
+            log: log.to_string(),
+            results: results_of(log),
+        }
+    }
+
     /// The last result line of `stage`.
     pub fn result(&self, stage: &str) -> Option<&GuestResult> {
         self.results.iter().rev().find(|r| r.stage == stage)
@@ -301,11 +334,7 @@ pub fn boot_until(spec: &BootSpec, done: &mut dyn FnMut() -> bool) -> Result<Boo
     let bytes =
         std::fs::read(&spec.log).map_err(io_err(format!("reading {}", spec.log.display())))?;
     let log = String::from_utf8_lossy(&bytes).into_owned();
-    let results = log
-        .lines()
-        .filter_map(parse_result_line)
-        .map(|(stage, fields)| GuestResult { stage, fields })
-        .collect();
+    let results = results_of(&log);
     let killed = timed_out || cut || stopped;
     Ok(BootOutcome {
         status: if killed { None } else { status.code() },
@@ -317,6 +346,14 @@ pub fn boot_until(spec: &BootSpec, done: &mut dyn FnMut() -> bool) -> Result<Boo
         log,
         results,
     })
+}
+
+/// The guest's result lines in a serial log.
+fn results_of(log: &str) -> Vec<GuestResult> {
+    log.lines()
+        .filter_map(parse_result_line)
+        .map(|(stage, fields)| GuestResult { stage, fields })
+        .collect()
 }
 
 /// Follows a growing log file and reports when a marker has appeared.
@@ -358,5 +395,47 @@ impl LogWatcher {
             self.carry.drain(..self.carry.len() - keep);
         }
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(log: &str, status: Option<i32>) -> BootOutcome {
+        BootOutcome {
+            status,
+            timed_out: false,
+            cut: false,
+            stopped: true,
+            elapsed: Duration::from_secs(1),
+            log_path: PathBuf::from("x.log"),
+            log: log.to_string(),
+            results: results_of(log),
+        }
+    }
+
+    #[test]
+    fn a_run_with_kexec_reboots_splits_into_its_boots() {
+        let run = outcome(
+            "FASTPATCH-RESULT systemd version=1\nx FASTPATCH-RESULT kexec-load slot=B\n\
+             FASTPATCH-RESULT systemd version=2\nFASTPATCH-RESULT kexec-load slot=A\n\
+             FASTPATCH-RESULT systemd version=3\n",
+            None,
+        );
+        let parts = run.split_after("FASTPATCH-RESULT kexec-load");
+        let versions: Vec<_> = parts
+            .iter()
+            .map(|p| p.result("systemd").and_then(|r| r.get("version")))
+            .collect();
+        assert_eq!(versions, [Some("1"), Some("2"), Some("3")]);
+        assert_eq!(
+            parts[0].result("kexec-load").unwrap().get("slot"),
+            Some("B")
+        );
+        assert!(parts[1].rebooted() && !parts[1].stopped);
+        assert!(parts[2].stopped && parts[2].status.is_none());
+        let plain = outcome("FASTPATCH-RESULT systemd version=1\n", Some(0));
+        assert_eq!(plain.split_after("kexec-load").len(), 1);
     }
 }

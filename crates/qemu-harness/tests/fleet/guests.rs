@@ -20,7 +20,10 @@ use crate::real_os_support::*;
 pub enum Seen {
     /// QEMU started guest `guest`'s boot number `boot`.
     BootStarted { guest: usize, boot: usize },
-    /// The guest asked for a reboot (QEMU exited by itself).
+    /// locksmithd started a reboot by `method` (`firmware` or `kexec`).
+    RebootStarted { guest: usize, method: String },
+    /// The guest rebooted: QEMU exited by itself, or (kexec) its next kernel was loaded and
+    /// the try spent.
     Rebooted { guest: usize },
     /// The scenario SIGKILLed the guest's QEMU.
     Killed { guest: usize },
@@ -42,6 +45,14 @@ pub enum Seen {
 
 /// What the guest prints once its boot reached `boot-complete.target`.
 pub const HEALTHY_LINE: &str = "FASTPATCH-RESULT gate boot-complete=active";
+/// What `fastpatch boot kexec` prints once the next kernel is loaded and the try spent: the
+/// kexec'd boot follows in the same QEMU run.
+pub const KEXEC_LOADED_LINE: &str = "FASTPATCH-RESULT kexec-load ";
+/// What locksmithd logs when it starts a reboot, followed by the method.
+const REBOOT_STARTED: &str = "rebooting method=";
+/// The guest that reboots by kexec (`REBOOT_METHOD=kexec` through `systemd.setenv=` on its
+/// kernel command line, which every later boot keeps); the others through the firmware.
+pub const KEXEC_GUEST: usize = 1;
 
 /// The shared state of one fleet run.
 pub struct Fleet {
@@ -143,27 +154,65 @@ impl Fleet {
     }
 }
 
+/// How many of each marker a guest's log showed so far (a kexec'd guest boots several times
+/// in one QEMU run).
+#[derive(Default)]
+struct Markers {
+    healthy: usize,
+    reboots: usize,
+    kexecs: usize,
+}
+
+impl Markers {
+    /// Pushes what is new in `text` onto the timeline.
+    fn update(&mut self, fleet: &Fleet, guest: usize, text: &str) {
+        for line in text
+            .lines()
+            .filter(|l| l.contains(REBOOT_STARTED))
+            .skip(self.reboots)
+        {
+            let method = line.split(REBOOT_STARTED).nth(1).unwrap_or_default();
+            let method = method.split_whitespace().next().unwrap_or_default();
+            fleet.push(Seen::RebootStarted {
+                guest,
+                method: method.to_string(),
+            });
+            self.reboots += 1;
+        }
+        for _ in text.matches(KEXEC_LOADED_LINE).skip(self.kexecs) {
+            fleet.push(Seen::Rebooted { guest });
+            self.kexecs += 1;
+        }
+        for _ in text.matches(HEALTHY_LINE).skip(self.healthy) {
+            fleet.push(Seen::Healthy { guest });
+            self.healthy += 1;
+        }
+    }
+}
+
 /// Boots guest `guest` from `disk` again after every reboot until the fleet stops. Returns
-/// every boot's outcome.
+/// every boot's outcome (a QEMU run with kexec reboots in it split into its boots).
 pub fn run_guest(fleet: &Fleet, guest: usize, disk: &Path, key: &SigningKey) -> Vec<BootOutcome> {
     let mut outcomes = Vec::new();
     for boot in 1.. {
-        let spec =
-            spec(&format!("fleet-m{guest}-{boot}"), disk, key).timeout(Duration::from_secs(1800));
+        let mut spec =
+            spec(&format!("fleet-m{guest}-{boot}"), disk, key).timeout(Duration::from_secs(3600));
+        if guest == KEXEC_GUEST {
+            spec = spec.arg("systemd.setenv=LOCKSMITHD_REBOOT_METHOD=kexec");
+        }
         let log = spec.log.clone();
         fleet.push(Seen::BootStarted { guest, boot });
-        let (mut killed, mut healthy) = (false, false);
+        let (mut killed, mut seen) = (false, Markers::default());
         let outcome = boot_until(&spec, &mut || {
             if fleet.stop.load(SeqCst) {
                 return true;
             }
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             fleet.learn_id(guest, &text);
-            if !healthy && text.contains(HEALTHY_LINE) {
-                healthy = true;
-                fleet.push(Seen::Healthy { guest });
-            }
-            killed = fleet.kill_armed.load(SeqCst)
+            seen.update(fleet, guest, &text);
+            // The kexec guest is never the one killed: its kexec reboot is measured.
+            killed = guest != KEXEC_GUEST
+                && fleet.kill_armed.load(SeqCst)
                 && text.contains("reboot lock taken")
                 && fleet.kill_armed.swap(false, SeqCst);
             killed
@@ -178,7 +227,7 @@ pub fn run_guest(fleet: &Fleet, guest: usize, disk: &Path, key: &SigningKey) -> 
         let rebooted = outcome.rebooted();
         let stopped = outcome.stopped;
         let text = outcome.describe();
-        outcomes.push(outcome);
+        outcomes.extend(outcome.split_after(KEXEC_LOADED_LINE));
         if killed {
             fleet.push(Seen::Killed { guest });
             *fleet.killed.lock().unwrap() = Some(guest);
