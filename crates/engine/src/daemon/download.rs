@@ -243,6 +243,37 @@ fn installer_task(
     }
 }
 
+/// Why one transfer from one URL stopped before the payload's end.
+#[derive(Debug, thiserror::Error)]
+enum TransferError {
+    #[error("{0}")]
+    Http(#[from] reqwest::Error),
+    #[error("HTTP {0}")]
+    Status(reqwest::StatusCode),
+    #[error("server sent range {got:?}, asked for {offset}-")]
+    Range { got: String, offset: u64 },
+    /// The only error no other URL can mend: the payload is not the one announced.
+    #[error("payload longer than the {size} bytes announced")]
+    TooLong { size: u64 },
+}
+
+/// What has arrived so far, across transfers and URLs.
+struct Received {
+    /// The Omaha SHA-256 over bytes 0..offset, and its saved states.
+    hasher: ResumableSha256,
+    points: HashPoints,
+    offset: u64,
+    last_progress: u64,
+    bucket: Option<TokenBucket>,
+}
+
+/// Where the download's bytes go: the installer, the status, the metrics.
+struct Sinks<'a> {
+    feed: &'a mpsc::Sender<Feed>,
+    report: &'a mpsc::UnboundedSender<Input>,
+    on_bytes: &'a (dyn Fn(u64) + Send + Sync),
+}
+
 async fn download(
     spec: &InstallSpec,
     http: &reqwest::Client,
@@ -254,120 +285,44 @@ async fn download(
     let size = spec.offer.size;
     // The payload's identity in the saved hash states (base64 of its SHA-256).
     let payload_id = &fastpatch_omaha::encode_b64(&spec.offer.sha256);
-    let mut points = load_points(&spec.state_dir, payload_id);
-    // The latest saved hash state at or before the installer's resume offset.
-    points.points.retain(|p| p.bytes_hashed() <= resume_at);
-    let mut hasher = points.points.last().cloned().unwrap_or_default();
-    if points.points.is_empty() {
-        points.points.push(ResumableSha256::new());
-    }
-    let mut offset = hasher.bytes_hashed();
-    if resume_at > 0 {
-        tracing::info!(
-            resume_at,
-            hash_from = offset,
-            "resuming the payload download"
-        );
-    }
+    let mut rx = resume_point(spec, payload_id, resume_at);
+    let sinks = Sinks {
+        feed,
+        report,
+        on_bytes,
+    };
     let mut rotation = UrlRotation::new(spec.offer.urls.clone(), spec.max_failures_per_url);
-    let mut bucket = spec.net_rate.map(TokenBucket::new);
-    let mut last_progress = 0u64;
-    while offset < size {
+    while rx.offset < size {
         let Some(url) = rotation.current().map(str::to_string) else {
             tracing::error!("every payload URL failed");
             return Err(ErrorCode::DOWNLOAD_TRANSFER_ERROR);
         };
-        let mut req = http.get(&url);
-        if offset > 0 {
-            req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
-        }
-        if let Some((user, pass)) = &spec.credentials {
-            req = req.basic_auth(user, Some(pass));
-        }
-        let result: Result<(), String> = async {
-            let mut resp = req.send().await.map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let mut skip = 0u64;
-            if status == reqwest::StatusCode::OK {
-                skip = offset; // the server ignored Range: drop what we already have
-            } else if status == reqwest::StatusCode::PARTIAL_CONTENT {
-                let range = resp
-                    .headers()
-                    .get(reqwest::header::CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                if !range.starts_with(&format!("bytes {offset}-")) {
-                    return Err(format!("server sent range {range:?}, asked for {offset}-"));
-                }
-            } else {
-                return Err(format!("HTTP {status}"));
-            }
-            while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
-                let mut data = &chunk[..];
-                if skip > 0 {
-                    let n = skip.min(data.len() as u64) as usize;
-                    data = &data[n..];
-                    skip -= n as u64;
-                }
-                if data.is_empty() {
-                    continue;
-                }
-                if offset + data.len() as u64 > size {
-                    return Err(format!("payload longer than the {size} bytes announced"));
-                }
-                if let Some(b) = bucket.as_mut() {
-                    let wait = b.reserve(data.len() as u64);
-                    if !wait.is_zero() {
-                        tokio::time::sleep(wait).await;
-                    }
-                }
-                // Bytes below the installer's resume offset only feed the hash.
-                let feed_from = resume_at.saturating_sub(offset).min(data.len() as u64) as usize;
-                hash_in(
-                    &mut hasher,
-                    &mut points,
-                    data,
-                    &spec.state_dir,
-                    spec.hash_point_every,
-                );
-                offset += data.len() as u64;
-                on_bytes(data.len() as u64);
-                if feed_from < data.len()
-                    && feed
-                        .send(Feed::Data(data[feed_from..].to_vec()))
-                        .await
-                        .is_err()
-                {
-                    // The installer stopped on an error it reports itself.
-                    return Ok(());
-                }
-                if offset - last_progress >= size / 200 || offset == size {
-                    last_progress = offset;
-                    let _ = report.send(Input::DownloadProgress { received: offset });
-                }
-            }
-            Ok(())
-        }
-        .await;
+        let result = transfer(spec, http, &url, resume_at, &mut rx, &sinks).await;
         if feed.is_closed() {
+            // The installer stopped on an error it reports itself.
             return Ok(());
         }
         match result {
-            Ok(()) if offset >= size => break,
-            Ok(()) => tracing::warn!(url, offset, size, "transfer ended early; resuming"),
-            Err(why) if why.starts_with("payload longer") => {
+            Ok(()) if rx.offset >= size => break,
+            Ok(()) => tracing::warn!(
+                url,
+                offset = rx.offset,
+                size,
+                "transfer ended early; resuming"
+            ),
+            Err(why @ TransferError::TooLong { .. }) => {
                 tracing::error!(url, "{why}");
                 discard_state(&spec.state_dir);
                 return Err(ErrorCode::PAYLOAD_SIZE_MISMATCH);
             }
-            Err(why) => tracing::warn!(url, offset, "payload transfer failed: {why}"),
+            Err(why) => tracing::warn!(url, offset = rx.offset, "payload transfer failed: {why}"),
         }
         rotation.record_failure();
         if rotation.current().is_some() {
             tokio::time::sleep(spec.retry_delay).await;
         }
     }
-    let got: [u8; 32] = hasher.finalize();
+    let got: [u8; 32] = rx.hasher.finalize();
     if got != spec.offer.sha256 {
         let got = fastpatch_omaha::encode_b64(&got);
         tracing::error!(got, want = %payload_id, "payload SHA-256 does not match the Omaha response");
@@ -379,6 +334,119 @@ async fn download(
     }
     let _ = report.send(Input::DownloadProgress { received: size });
     let _ = report.send(Input::DownloadFinished);
+    Ok(())
+}
+
+/// Where the download starts: the latest saved hash state at or before the installer's resume
+/// offset (bytes between them are fetched again, for the hash only).
+fn resume_point(spec: &InstallSpec, payload_id: &str, resume_at: u64) -> Received {
+    let mut points = load_points(&spec.state_dir, payload_id);
+    points.points.retain(|p| p.bytes_hashed() <= resume_at);
+    let hasher = points.points.last().cloned().unwrap_or_default();
+    if points.points.is_empty() {
+        points.points.push(ResumableSha256::new());
+    }
+    let offset = hasher.bytes_hashed();
+    if resume_at > 0 {
+        tracing::info!(
+            resume_at,
+            hash_from = offset,
+            "resuming the payload download"
+        );
+    }
+    Received {
+        hasher,
+        points,
+        offset,
+        last_progress: 0,
+        bucket: spec.net_rate.map(TokenBucket::new),
+    }
+}
+
+/// One request to `url` from `rx.offset`, its body hashed, rate-limited and fed on until it
+/// ends. `Ok` also when the installer stopped taking bytes (it reports why itself).
+async fn transfer(
+    spec: &InstallSpec,
+    http: &reqwest::Client,
+    url: &str,
+    resume_at: u64,
+    rx: &mut Received,
+    sinks: &Sinks<'_>,
+) -> Result<(), TransferError> {
+    let size = spec.offer.size;
+    let mut req = http.get(url);
+    if rx.offset > 0 {
+        req = req.header(reqwest::header::RANGE, format!("bytes={}-", rx.offset));
+    }
+    if let Some((user, pass)) = &spec.credentials {
+        req = req.basic_auth(user, Some(pass));
+    }
+    let mut resp = req.send().await?;
+    let mut skip = match resp.status() {
+        // The server ignored Range: drop what we already have.
+        reqwest::StatusCode::OK => rx.offset,
+        reqwest::StatusCode::PARTIAL_CONTENT => {
+            let range = resp
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if !range.starts_with(&format!("bytes {}-", rx.offset)) {
+                return Err(TransferError::Range {
+                    got: range.to_string(),
+                    offset: rx.offset,
+                });
+            }
+            0
+        }
+        status => return Err(TransferError::Status(status)),
+    };
+    while let Some(chunk) = resp.chunk().await? {
+        let mut data = &chunk[..];
+        if skip > 0 {
+            let n = skip.min(data.len() as u64) as usize;
+            data = &data[n..];
+            skip -= n as u64;
+        }
+        if data.is_empty() {
+            continue;
+        }
+        if rx.offset + data.len() as u64 > size {
+            return Err(TransferError::TooLong { size });
+        }
+        if let Some(b) = rx.bucket.as_mut() {
+            let wait = b.reserve(data.len() as u64);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        // Bytes below the installer's resume offset only feed the hash.
+        let feed_from = resume_at.saturating_sub(rx.offset).min(data.len() as u64) as usize;
+        hash_in(
+            &mut rx.hasher,
+            &mut rx.points,
+            data,
+            &spec.state_dir,
+            spec.hash_point_every,
+        );
+        rx.offset += data.len() as u64;
+        (sinks.on_bytes)(data.len() as u64);
+        if feed_from < data.len()
+            && sinks
+                .feed
+                .send(Feed::Data(data[feed_from..].to_vec()))
+                .await
+                .is_err()
+        {
+            return Ok(());
+        }
+        if rx.offset - rx.last_progress >= size / 200 || rx.offset == size {
+            rx.last_progress = rx.offset;
+            let _ = sinks.report.send(Input::DownloadProgress {
+                received: rx.offset,
+            });
+        }
+    }
     Ok(())
 }
 
