@@ -26,20 +26,7 @@ fn ok(args: &[&str]) {
 
 /// A Flatcar-layout image with USR-B staged (tries 1, priority above A) and a key pair.
 fn staged_disk(dir: &Path) -> (String, String) {
-    let img = dir.join("disk.img").to_string_lossy().into_owned();
-    ok(&[
-        "disk",
-        "create",
-        &img,
-        "--size",
-        "64M",
-        "--usr-size",
-        "8M",
-        "--efi-size",
-        "2M",
-        "--oem-size",
-        "2M",
-    ]);
+    let img = crate::cgpt_cli::create(dir).to_string_lossy().into_owned();
     ok(&["cgpt", "add", "-i", "4", "-S0", "-T1", &img]);
     ok(&["cgpt", "prioritize", "-i", "4", &img]);
     let key = dir.join("release.pem").to_string_lossy().into_owned();

@@ -43,7 +43,8 @@ fn fails(args: &[&str], needle: &str) {
     );
 }
 
-fn create(dir: &Path) -> PathBuf {
+/// A 64 MiB image with Flatcar's layout (8 MiB USR slots), as `fastpatch disk create` makes it.
+pub(crate) fn create(dir: &Path) -> PathBuf {
     let img = dir.join("disk.img");
     let s = img.to_str().unwrap();
     ok(&[

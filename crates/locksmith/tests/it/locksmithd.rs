@@ -56,6 +56,21 @@ fn start(root: &Path, etcd: &str, bus: &str, extra: &[(&str, String)]) -> Daemon
     Daemon(c.spawn().expect("start locksmithd"))
 }
 
+/// Waits until every daemon under `dirs` runs, then emits the engine's "reboot needed" on the
+/// bus (no engine on it: locksmithctl sends the signal, as locksmith's test helper does).
+fn need_reboot_once_running(dirs: &[tempfile::TempDir], bus: &str) {
+    for dir in dirs {
+        wait_for("running", Duration::from_secs(10), || {
+            coordinator_conf(dir.path()).contains("STATE=running")
+        });
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_locksmithctl"))
+        .args(["-dbus-address", bus, "send-need-reboot"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
@@ -330,17 +345,7 @@ async fn reboot_strategy_reacts_to_send_need_reboot_and_off_does_not() {
         std::fs::remove_file(dir.path().join("run/utmp")).unwrap();
         daemons.push(start(dir.path(), "http://127.0.0.1:1", &bus.address, &[]));
     }
-    for dir in &dirs {
-        wait_for("running", Duration::from_secs(10), || {
-            coordinator_conf(dir.path()).contains("STATE=running")
-        });
-    }
-    // No engine on the bus; locksmithctl emits the signal like locksmith's test helper.
-    let o = Command::new(env!("CARGO_BIN_EXE_locksmithctl"))
-        .args(["-dbus-address", &bus.address, "send-need-reboot"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    need_reboot_once_running(&dirs, &bus.address);
     wait_for("reboot", Duration::from_secs(10), || {
         dirs[0].path().join("rebooted").exists()
     });
@@ -375,16 +380,7 @@ async fn a_kexec_reboot_that_cannot_start_falls_back_to_the_firmware_reboot() {
             &[("LOCKSMITHD_KEXEC_LOAD_COMMAND", load)],
         ));
     }
-    for dir in &dirs {
-        wait_for("running", Duration::from_secs(10), || {
-            coordinator_conf(dir.path()).contains("STATE=running")
-        });
-    }
-    let o = Command::new(env!("CARGO_BIN_EXE_locksmithctl"))
-        .args(["-dbus-address", &bus.address, "send-need-reboot"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    need_reboot_once_running(&dirs, &bus.address);
     for (dir, why) in dirs
         .iter()
         .zip(["exited with exit status: 3", "kexec.target"])
