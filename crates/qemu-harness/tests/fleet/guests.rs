@@ -166,6 +166,8 @@ struct Markers {
 impl Markers {
     /// Pushes what is new in `text` onto the timeline.
     fn update(&mut self, fleet: &Fleet, guest: usize, text: &str) {
+        // Whole lines only: the log may be read while a line is half written.
+        let text = &text[..text.rfind('\n').map_or(0, |n| n + 1)];
         for line in text
             .lines()
             .filter(|l| l.contains(REBOOT_STARTED))
