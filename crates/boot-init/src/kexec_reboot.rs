@@ -20,6 +20,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use fastpatch_boot_control::Slot;
 use fastpatch_disk::{partition_path, Disk, OpenMode, Partition};
 use fastpatch_payload::seal::Seal;
 
@@ -188,32 +189,45 @@ fn read_and_load(mapped: &str, chosen: &Partition, seal: &Seal, current: &str) -
         );
     }
     verity::mount_usr(mapped, NEXT_USR_MOUNT)?;
-    let usr = Path::new(NEXT_USR_MOUNT);
+    let base =
+        slot::without_release_words(current, &optional_text(Path::new(RUNNING_RELEASE_CMDLINE))?);
+    load_slot_kernel(Path::new(NEXT_USR_MOUNT), &base, chosen, seal, &[])
+}
+
+/// Loads the slot's own kernel and initramfs from its verified /usr mounted at `usr`, with
+/// [`slot::slot_cmdline`] over `base` and the release's words; returns the command line. The
+/// chooser's stage 1 and `fastpatch boot kexec` both load through here.
+pub fn load_slot_kernel(
+    usr: &Path,
+    base: &str,
+    chosen: &Partition,
+    seal: &Seal,
+    refused: &[Slot],
+) -> Result<String> {
     let open = |rel: &str| {
         let p = usr.join(rel);
         File::open(&p).with_context(|| format!("opening {}", p.display()))
     };
     let kernel = open("boot/vmlinuz")?;
     let initrd = open("boot/initramfs.img")?;
-    let base = slot::without_release_words(current, &optional_text(RUNNING_RELEASE_CMDLINE)?);
-    let release = optional_text(&usr.join(slot::RELEASE_CMDLINE).to_string_lossy())?;
+    let release = optional_text(&usr.join(slot::RELEASE_CMDLINE))?;
     let cmdline = slot::slot_cmdline(
-        &base,
+        base,
         &release,
         &chosen.unique_guid.to_string(),
         &seal.body.root_hash,
-        &[],
+        refused,
     );
     sys::kexec_file_load(&kernel, &initrd, &cmdline).context("kexec_file_load")?;
     Ok(cmdline)
 }
 
 /// A file's text, or nothing when it does not exist.
-fn optional_text(path: &str) -> Result<String> {
+fn optional_text(path: &Path) -> Result<String> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-        Err(e) => Err(e).with_context(|| format!("reading {path}")),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
 }
 

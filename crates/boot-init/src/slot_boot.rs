@@ -9,9 +9,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use fastpatch_boot_control::Slot;
-use fastpatch_boot_init::slot::{self, SlotStage, DM_NAME};
-use fastpatch_boot_init::sys;
+use fastpatch_boot_init::slot::{SlotStage, DM_NAME};
 use fastpatch_boot_init::verity::{self, SlotProblem};
+use fastpatch_boot_init::{kexec_reboot, sys};
 use fastpatch_boot_init::{result_line, slot_name, BootConfig, ROOT_INDEX};
 use fastpatch_disk::{partition_path, Disk, OpenMode, Partition, SlotAttrs};
 use fastpatch_payload::seal::{self, Seal};
@@ -94,27 +94,8 @@ pub fn kexec_slot(
 
 fn kexec_mapped(mapped: &str, chosen: &Partition, seal: &Seal, refused: &[Slot]) -> Result<()> {
     verity::mount_usr(mapped, STAGE1_USR)?;
-    let open = |rel: &str| {
-        let p = Path::new(STAGE1_USR).join(rel);
-        File::open(&p).with_context(|| format!("opening {}", p.display()))
-    };
-    let kernel = open("boot/vmlinuz")?;
-    let initrd = open("boot/initramfs.img")?;
     let current = fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
-    let release = Path::new(STAGE1_USR).join(slot::RELEASE_CMDLINE);
-    let release = match fs::read_to_string(&release) {
-        Ok(words) => words,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", release.display())),
-    };
-    let cmdline = slot::slot_cmdline(
-        &current,
-        &release,
-        &chosen.unique_guid.to_string(),
-        &seal.body.root_hash,
-        refused,
-    );
-    sys::kexec_file_load(&kernel, &initrd, &cmdline).context("kexec_file_load")?;
+    kexec_reboot::load_slot_kernel(Path::new(STAGE1_USR), &current, chosen, seal, refused)?;
     eprintln!(
         "{}",
         result_line(
