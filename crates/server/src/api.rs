@@ -273,18 +273,7 @@ async fn put_group(
     need(&s, &h, Role::Admin)?;
     g.app_id = app.clone();
     g.name = name.clone();
-    s.store.upsert_group(&g).await?;
-    s.store
-        .add_activity(
-            Some(&app),
-            Some(&name),
-            "group_policy_changed",
-            None,
-            &format!("group {name} policy updated"),
-            now(&s),
-        )
-        .await?;
-    get_group(State(s), h, Path((app, name))).await
+    Ok(Json(s.store.set_group_policy(&g, now(&s)).await?))
 }
 
 #[derive(Deserialize, Serialize, Default)]

@@ -25,7 +25,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 use crate::payloads::{hash_and_copy, payload_dir};
-use crate::store::{DeltaJob, DeltaRow, DeltaState};
+use crate::store::{Activity, ActivityKind, DeltaJob, DeltaRow, DeltaState};
 use crate::AppState;
 
 /// How the server makes deltas (`serve --delta-signing-key`).
@@ -152,14 +152,13 @@ async fn make(
     let target = (&job.target.app_id, &job.target.version);
     if let Err(e) = state
         .store
-        .add_activity(
-            Some(target.0),
-            None,
-            "delta_started",
+        .add_activity(&Activity::app(
+            target.0,
+            ActivityKind::DeltaStarted,
             Some(target.1),
             &started,
             now,
-        )
+        ))
         .await
     {
         warn!(error = %e, "could not write the activity entry");

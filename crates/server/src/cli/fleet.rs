@@ -65,13 +65,7 @@ pub async fn group(db: &DbArgs, app: &str, now: i64, cmd: GroupCmd) -> Result<()
                 None => Group::new(app, &set.name, set.channel.as_deref().unwrap_or(&set.name)),
             };
             set.apply(&mut g)?;
-            store.upsert_group(&g).await?;
-            print_group(
-                &store
-                    .group(app, &set.name)
-                    .await?
-                    .context("group vanished")?,
-            );
+            print_group(&store.set_group_policy(&g, now).await?);
         }
         GroupCmd::Halt { name, reason } => {
             store

@@ -18,7 +18,7 @@ use super::queries;
 use super::rollup::Range;
 use super::view::{self, enc, Nav};
 use super::{Dash, UiError};
-use crate::store::Group;
+use crate::store::{hhmm, Group, DAYS};
 use crate::AppState;
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,12 +184,6 @@ pub fn activity_list(rows: &[crate::store::ActivityRow]) -> Markup {
     }
 }
 
-const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
-
-fn hhmm(minute: i64) -> String {
-    format!("{:02}:{:02}", minute / 60, minute % 60)
-}
-
 fn opt(n: Option<i64>) -> String {
     n.map(|n| n.to_string()).unwrap_or_default()
 }
@@ -203,10 +197,7 @@ fn policy_view(g: &Group) -> Markup {
             dt { "Max concurrent" } dd { (g.max_concurrent.map(|n| n.to_string()).unwrap_or_else(|| "unlimited".into())) }
             dt { "Update timeout" } dd { (g.update_timeout_secs) " s" }
             dt { "Office hours" } dd {
-                @if g.office_hours {
-                    (DAYS.iter().enumerate().filter(|(i, _)| g.office_days & (1 << i) != 0).map(|(_, d)| *d).collect::<Vec<_>>().join(","))
-                    " " (hhmm(g.office_start_minute)) "–" (hhmm(g.office_end_minute)) " " (g.office_tz)
-                } @else { "any time" }
+                @if g.office_hours { (g.office_window()) } @else { "any time" }
             }
             dt { "Staged rollout" } dd { @if g.rollout_duration_secs > 0 { "over " (g.rollout_duration_secs) " s" } @else { "everyone at once" } }
         }

@@ -1,4 +1,4 @@
-//! Applications, packages, channels, groups, floors and the activity feed.
+//! Applications, packages, channels, floors, and the cached settings the Omaha path reads.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use sqlx::any::AnyRow;
-use sqlx::{FromRow, Row};
 
+use super::activity::{record, Activity, ActivityKind};
+use super::groups::Group;
 use super::packages::{PackageFile, PackageRow};
-use super::{b, Result, Store, StoreError};
-use crate::policy::{GroupPolicy, OfficeHours};
+use super::{Result, Store, StoreError};
 
 /// Packages registered without an arch are for this one.
 pub const DEFAULT_ARCH: &str = "amd64";
@@ -28,138 +27,6 @@ pub struct Channel {
     pub name: String,
     pub version: Option<String>,
     pub updated_at: i64,
-}
-
-/// A group as stored: track name → channel, with its policy (JSON shape of the API).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Group {
-    pub app_id: String,
-    pub name: String,
-    pub channel: String,
-    pub updates_enabled: bool,
-    pub max_updates_per_period: Option<i64>,
-    pub period_secs: i64,
-    pub max_concurrent: Option<i64>,
-    pub update_timeout_secs: i64,
-    pub office_hours: bool,
-    pub office_tz: String,
-    /// Bit 0 = Monday … bit 6 = Sunday.
-    pub office_days: i64,
-    pub office_start_minute: i64,
-    pub office_end_minute: i64,
-    pub safe_mode: bool,
-    pub rollout_duration_secs: i64,
-    pub rollout_started_at: i64,
-    pub halted: bool,
-    pub halted_reason: Option<String>,
-    pub halted_at: Option<i64>,
-}
-
-impl Group {
-    /// A new group on `channel` with the default policy (safe mode on).
-    pub fn new(app_id: &str, name: &str, channel: &str) -> Group {
-        let d = GroupPolicy::default();
-        Group {
-            app_id: app_id.into(),
-            name: name.into(),
-            channel: channel.into(),
-            updates_enabled: d.updates_enabled,
-            max_updates_per_period: None,
-            period_secs: d.period_secs,
-            max_concurrent: None,
-            update_timeout_secs: d.update_timeout_secs,
-            office_hours: false,
-            office_tz: "UTC".into(),
-            office_days: 0b0011111,
-            office_start_minute: 9 * 60,
-            office_end_minute: 17 * 60,
-            safe_mode: d.safe_mode,
-            rollout_duration_secs: 0,
-            rollout_started_at: 0,
-            halted: false,
-            halted_reason: None,
-            halted_at: None,
-        }
-    }
-
-    /// Checks what the database cannot: time zone, ranges.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(StoreError::Invalid(m.to_owned()));
-        if self.office_tz.parse::<chrono_tz::Tz>().is_err() {
-            return bad("office_tz is not an IANA time zone");
-        }
-        if !(0..=0x7f).contains(&self.office_days) {
-            return bad("office_days is a 7-bit mask (bit 0 = Monday)");
-        }
-        if !(0..=1440).contains(&self.office_start_minute)
-            || !(0..=1440).contains(&self.office_end_minute)
-        {
-            return bad("office hours are minutes in 0..=1440");
-        }
-        if self.period_secs <= 0 || self.update_timeout_secs <= 0 {
-            return bad("period_secs and update_timeout_secs must be positive");
-        }
-        if self.max_concurrent.is_some_and(|m| m < 0)
-            || self.max_updates_per_period.is_some_and(|m| m < 0)
-            || self.rollout_duration_secs < 0
-        {
-            return bad("limits must not be negative");
-        }
-        if self.name.is_empty() || self.channel.is_empty() {
-            return bad("group and channel names must not be empty");
-        }
-        Ok(())
-    }
-
-    pub fn policy(&self) -> GroupPolicy {
-        let office_hours = self.office_hours.then(|| OfficeHours {
-            tz: self.office_tz.parse().unwrap_or(chrono_tz::UTC),
-            days: (self.office_days & 0x7f) as u8,
-            start_minute: self.office_start_minute.clamp(0, 1440) as u32,
-            end_minute: self.office_end_minute.clamp(0, 1440) as u32,
-        });
-        GroupPolicy {
-            updates_enabled: self.updates_enabled,
-            max_updates_per_period: self.max_updates_per_period.map(|m| m.max(0) as u64),
-            period_secs: self.period_secs,
-            max_concurrent: self.max_concurrent.map(|m| m.max(0) as u64),
-            update_timeout_secs: self.update_timeout_secs,
-            office_hours,
-            safe_mode: self.safe_mode,
-            rollout_duration_secs: self.rollout_duration_secs,
-            rollout_started_at: self.rollout_started_at,
-            halted: self.halted,
-        }
-    }
-}
-
-pub(crate) const GROUP_COLS: &str = "app_id, name, channel, updates_enabled, max_updates_per_period, period_secs, max_concurrent, update_timeout_secs, office_hours, office_tz, office_days, office_start_minute, office_end_minute, safe_mode, rollout_duration_secs, rollout_started_at, halted, halted_reason, halted_at";
-
-/// Booleans are stored as BIGINT 0/1 (one schema for both engines).
-impl<'r> FromRow<'r, AnyRow> for Group {
-    fn from_row(r: &'r AnyRow) -> sqlx::Result<Group> {
-        Ok(Group {
-            app_id: r.try_get("app_id")?,
-            name: r.try_get("name")?,
-            channel: r.try_get("channel")?,
-            updates_enabled: r.try_get::<i64, _>("updates_enabled")? != 0,
-            max_updates_per_period: r.try_get("max_updates_per_period")?,
-            period_secs: r.try_get("period_secs")?,
-            max_concurrent: r.try_get("max_concurrent")?,
-            update_timeout_secs: r.try_get("update_timeout_secs")?,
-            office_hours: r.try_get::<i64, _>("office_hours")? != 0,
-            office_tz: r.try_get("office_tz")?,
-            office_days: r.try_get("office_days")?,
-            office_start_minute: r.try_get("office_start_minute")?,
-            office_end_minute: r.try_get("office_end_minute")?,
-            safe_mode: r.try_get::<i64, _>("safe_mode")? != 0,
-            rollout_duration_secs: r.try_get("rollout_duration_secs")?,
-            rollout_started_at: r.try_get("rollout_started_at")?,
-            halted: r.try_get::<i64, _>("halted")? != 0,
-            halted_reason: r.try_get("halted_reason")?,
-            halted_at: r.try_get("halted_at")?,
-        })
-    }
 }
 
 /// `amd64-usr` → `amd64`; empty → the default arch.
@@ -227,17 +94,6 @@ enum Lookup {
     Fresh(Option<Arc<AppConfig>>),
     Stale(Option<Arc<AppConfig>>),
     Missing,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
-pub struct ActivityRow {
-    pub id: i64,
-    pub app_id: Option<String>,
-    pub group_name: Option<String>,
-    pub kind: String,
-    pub version: Option<String>,
-    pub message: String,
-    pub at: i64,
 }
 
 impl Store {
@@ -402,16 +258,16 @@ impl Store {
         .bind(name.to_owned())
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        self.add_activity(
-            Some(app),
-            None,
-            "channel_moved",
+        let message = format!("channel {name} now points at {version}");
+        let entry = Activity::app(
+            app,
+            ActivityKind::ChannelMoved,
             Some(version),
-            &format!("channel {name} now points at {version}"),
+            &message,
             now,
-        )
-        .await?;
+        );
+        record(&mut *tx, &entry).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -425,14 +281,14 @@ impl Store {
             .version
             .ok_or_else(|| StoreError::Invalid(format!("channel {from} has no version")))?;
         self.set_channel(app, to, &version, now).await?;
-        self.add_activity(
-            Some(app),
-            None,
-            "channel_promoted",
+        let message = format!("promoted {version} from {from} to {to}");
+        self.add_activity(&Activity::app(
+            app,
+            ActivityKind::ChannelPromoted,
             Some(&version),
-            &format!("promoted {version} from {from} to {to}"),
+            &message,
             now,
-        )
+        ))
         .await?;
         Ok(version)
     }
@@ -453,88 +309,6 @@ impl Store {
             .into_iter()
             .map(|(v, at)| (v.unwrap_or_default(), at))
             .collect())
-    }
-
-    /// Creates or replaces a group's settings (not its halt state or rollout start).
-    pub async fn upsert_group(&self, g: &Group) -> Result<()> {
-        self.cache.clear();
-        g.validate()?;
-        sqlx::query(
-            "INSERT INTO update_groups (app_id, name, channel, updates_enabled, max_updates_per_period, period_secs, max_concurrent, update_timeout_secs, office_hours, office_tz, office_days, office_start_minute, office_end_minute, safe_mode, rollout_duration_secs) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-             ON CONFLICT (app_id, name) DO UPDATE SET channel = excluded.channel, updates_enabled = excluded.updates_enabled, max_updates_per_period = excluded.max_updates_per_period, period_secs = excluded.period_secs, max_concurrent = excluded.max_concurrent, update_timeout_secs = excluded.update_timeout_secs, office_hours = excluded.office_hours, office_tz = excluded.office_tz, office_days = excluded.office_days, office_start_minute = excluded.office_start_minute, office_end_minute = excluded.office_end_minute, safe_mode = excluded.safe_mode, rollout_duration_secs = excluded.rollout_duration_secs",
-        )
-        .bind(g.app_id.clone())
-        .bind(g.name.clone())
-        .bind(g.channel.clone())
-        .bind(b(g.updates_enabled))
-        .bind(g.max_updates_per_period)
-        .bind(g.period_secs)
-        .bind(g.max_concurrent)
-        .bind(g.update_timeout_secs)
-        .bind(b(g.office_hours))
-        .bind(g.office_tz.clone())
-        .bind(g.office_days)
-        .bind(g.office_start_minute)
-        .bind(g.office_end_minute)
-        .bind(b(g.safe_mode))
-        .bind(g.rollout_duration_secs)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn groups(&self, app: &str) -> Result<Vec<Group>> {
-        let sql = format!("SELECT {GROUP_COLS} FROM update_groups WHERE app_id = $1 ORDER BY name");
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(app.to_owned())
-            .fetch_all(&self.pool)
-            .await?)
-    }
-
-    pub async fn group(&self, app: &str, name: &str) -> Result<Option<Group>> {
-        let sql = format!("SELECT {GROUP_COLS} FROM update_groups WHERE app_id = $1 AND name = $2");
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(app.to_owned())
-            .bind(name.to_owned())
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    /// Halts (with a reason) or resumes a group; records activity either way.
-    pub async fn set_halted(
-        &self,
-        app: &str,
-        group: &str,
-        halted: bool,
-        reason: Option<&str>,
-        now: i64,
-    ) -> Result<()> {
-        self.cache.clear();
-        let res = sqlx::query("UPDATE update_groups SET halted = $1, halted_reason = $2, halted_at = $3 WHERE app_id = $4 AND name = $5")
-            .bind(b(halted))
-            .bind(reason.map(str::to_owned))
-            .bind(halted.then_some(now))
-            .bind(app.to_owned())
-            .bind(group.to_owned())
-            .execute(&self.pool)
-            .await?;
-        if res.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("group {group}")));
-        }
-        let (kind, msg) = if halted {
-            (
-                "rollout_halted",
-                format!(
-                    "group {group} halted: {}",
-                    reason.unwrap_or("by an operator")
-                ),
-            )
-        } else {
-            ("rollout_resumed", format!("group {group} resumed"))
-        };
-        self.add_activity(Some(app), Some(group), kind, None, &msg, now)
-            .await
     }
 
     pub async fn floors(&self, app: &str) -> Result<Vec<String>> {
@@ -562,35 +336,5 @@ impl Store {
                 .await?;
         }
         Ok(())
-    }
-
-    pub async fn add_activity(
-        &self,
-        app: Option<&str>,
-        group: Option<&str>,
-        kind: &str,
-        version: Option<&str>,
-        message: &str,
-        now: i64,
-    ) -> Result<()> {
-        sqlx::query("INSERT INTO activity (app_id, group_name, kind, version, message, at) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(app.map(str::to_owned))
-            .bind(group.map(str::to_owned))
-            .bind(kind.to_owned())
-            .bind(version.map(str::to_owned))
-            .bind(message.to_owned())
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// Newest first; `before` is the keyset cursor (an activity id).
-    pub async fn activity(&self, before: Option<i64>, limit: i64) -> Result<Vec<ActivityRow>> {
-        Ok(sqlx::query_as("SELECT id, app_id, group_name, kind, version, message, at FROM activity WHERE id < $1 ORDER BY id DESC LIMIT $2")
-            .bind(before.unwrap_or(i64::MAX))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?)
     }
 }

@@ -9,6 +9,7 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
+use super::activity::{record, Activity, ActivityKind};
 use super::{PackageRow, Result, Store, StoreError};
 
 /// How a delta's generation ended.
@@ -239,15 +240,9 @@ impl Store {
             .await?
             .rows_affected();
         if n == 1 {
-            let kind = format!("delta_{}", d.state.as_str());
-            sqlx::query("INSERT INTO activity (app_id, group_name, kind, version, message, at) VALUES ($1, NULL, $2, $3, $4, $5)")
-                .bind(d.app_id.clone())
-                .bind(kind)
-                .bind(d.version.clone())
-                .bind(message.to_owned())
-                .bind(d.created_at)
-                .execute(&mut *tx)
-                .await?;
+            let kind = ActivityKind::delta(d.state);
+            let entry = Activity::app(&d.app_id, kind, Some(&d.version), message, d.created_at);
+            record(&mut *tx, &entry).await?;
         }
         tx.commit().await?;
         self.cache.clear();
@@ -289,16 +284,12 @@ impl Store {
             .bind(row.id.clone())
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO activity (app_id, group_name, kind, version, message, at) VALUES ($1, NULL, 'delta_retry', $2, $3, $4)")
-            .bind(app.to_owned())
-            .bind(version.to_owned())
-            .bind(format!(
-                "delta {source_version} → {version} ({arch}) will be made again (it was {})",
-                row.state.as_str()
-            ))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        let message = format!(
+            "delta {source_version} → {version} ({arch}) will be made again (it was {})",
+            row.state.as_str()
+        );
+        let entry = Activity::app(app, ActivityKind::DeltaRetry, Some(version), &message, now);
+        record(&mut *tx, &entry).await?;
         tx.commit().await?;
         Ok(row)
     }

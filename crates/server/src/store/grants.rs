@@ -3,7 +3,8 @@
 
 use sqlx::{Any, FromRow, Transaction};
 
-use super::config::{Group, GROUP_COLS};
+use super::activity::{record, Activity, ActivityKind};
+use super::groups::{halted_message, Group, GROUP_COLS};
 use super::{Result, Store};
 use crate::policy::{self, Decision, GroupCounts, InstanceView};
 
@@ -121,15 +122,15 @@ impl Store {
                     && counts.in_progress == 0
                     && !counts.target_succeeded
                 {
-                    insert_activity_tx(
-                        &mut tx,
-                        &group,
-                        "rollout_started",
-                        Some(&version),
-                        &format!("first grant of {version} in group {}", group.name),
+                    let message = format!("first grant of {version} in group {}", group.name);
+                    let entry = Activity::group(
+                        &group.app_id,
+                        &group.name,
+                        ActivityKind::RolloutStarted,
+                        &message,
                         now,
-                    )
-                    .await?;
+                    );
+                    record(&mut *tx, &entry.with_version(&version)).await?;
                 }
                 tx.commit().await?;
                 // The cached row no longer says what the database says.
@@ -236,14 +237,9 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        sqlx::query("INSERT INTO activity (app_id, group_name, kind, version, message, at) VALUES ($1, $2, 'rollout_finished', $3, $4, $5)")
-            .bind(app.to_owned())
-            .bind(group.to_owned())
-            .bind(version.to_owned())
-            .bind(format!("every machine in group {group} runs {version}"))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        let message = format!("every machine in group {group} runs {version}");
+        let entry = Activity::group(app, group, ActivityKind::RolloutFinished, &message, now);
+        record(&mut *tx, &entry.with_version(version)).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -257,26 +253,22 @@ impl Store {
         now: i64,
     ) -> Result<bool> {
         self.cache.clear();
+        let mut tx = self.pool.begin().await?;
         let res = sqlx::query("UPDATE update_groups SET halted = 1, halted_reason = $1, halted_at = $2 WHERE app_id = $3 AND name = $4 AND halted = 0")
             .bind(reason.to_owned())
             .bind(now)
             .bind(app.to_owned())
             .bind(group.to_owned())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        if res.rows_affected() == 1 {
-            self.add_activity(
-                Some(app),
-                Some(group),
-                "rollout_halted",
-                None,
-                &format!("group {group} halted: {reason}"),
-                now,
-            )
-            .await?;
-            return Ok(true);
+        if res.rows_affected() == 0 {
+            return Ok(false);
         }
-        Ok(false)
+        let message = halted_message(group, reason);
+        let entry = Activity::group(app, group, ActivityKind::RolloutHalted, &message, now);
+        record(&mut *tx, &entry).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub async fn grant_count(&self, app: &str, group: &str) -> Result<i64> {
@@ -361,33 +353,13 @@ async fn halt_in_tx(
         .bind(group.name.clone())
         .execute(&mut **tx)
         .await?;
-    insert_activity_tx(
-        tx,
-        group,
-        "rollout_halted",
-        None,
-        &format!("group {} halted: {reason}", group.name),
+    let message = halted_message(&group.name, reason);
+    let entry = Activity::group(
+        &group.app_id,
+        &group.name,
+        ActivityKind::RolloutHalted,
+        &message,
         now,
-    )
-    .await
-}
-
-async fn insert_activity_tx(
-    tx: &mut Transaction<'static, Any>,
-    group: &Group,
-    kind: &str,
-    version: Option<&str>,
-    message: &str,
-    now: i64,
-) -> Result<()> {
-    sqlx::query("INSERT INTO activity (app_id, group_name, kind, version, message, at) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(group.app_id.clone())
-        .bind(group.name.clone())
-        .bind(kind.to_owned())
-        .bind(version.map(str::to_owned))
-        .bind(message.to_owned())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    );
+    record(&mut **tx, &entry).await
 }

@@ -2,9 +2,11 @@
 //! sqlx's `Any` driver so one set of queries serves both. Queries use `$n`
 //! placeholders, which both engines accept; all integers are BIGINT.
 
+mod activity;
 mod config;
 mod deltas;
 mod grants;
+mod groups;
 mod instances;
 mod packages;
 mod recent;
@@ -20,9 +22,11 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
-pub use config::{normalize_arch, ActivityRow, App, AppConfig, Channel, Group, DEFAULT_ARCH};
+pub use activity::{Activity, ActivityKind, ActivityRow};
+pub use config::{normalize_arch, App, AppConfig, Channel, DEFAULT_ARCH};
 pub use deltas::{DeltaJob, DeltaRow, DeltaState};
 pub use grants::{GrantOutcome, GrantRequest};
+pub use groups::{hhmm, policy_change, Group, DAYS};
 pub use instances::{CheckIn, EventRow, HistoryRow, InstanceFilter, InstanceRow};
 pub use packages::{
     check_file_name, digest_b64, ExternalPackage, ExtraFile, PackageFile, PackageRow,

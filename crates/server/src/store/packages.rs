@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use super::activity::{record, Activity, ActivityKind};
 use super::{Result, Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
@@ -248,22 +249,17 @@ impl Store {
             Some(u) => format!(" at {u}"),
             None => String::new(),
         };
-        sqlx::query("INSERT INTO activity (app_id, group_name, kind, version, message, at) VALUES ($1, NULL, 'package_published', $2, $3, $4)")
-            .bind(p.app_id.clone())
-            .bind(p.version.clone())
-            .bind(format!(
-                "package {} {} published ({} bytes{where_}{})",
-                p.version,
-                p.arch,
-                p.size,
-                match files.len() {
-                    0 => String::new(),
-                    n => format!(", {n} extra files"),
-                }
-            ))
-            .bind(p.created_at)
-            .execute(&mut *tx)
-            .await?;
+        let extra = match files.len() {
+            0 => String::new(),
+            n => format!(", {n} extra files"),
+        };
+        let message = format!(
+            "package {} {} published ({} bytes{where_}{extra})",
+            p.version, p.arch, p.size
+        );
+        let kind = ActivityKind::PackagePublished;
+        let entry = Activity::app(&p.app_id, kind, Some(&p.version), &message, p.created_at);
+        record(&mut *tx, &entry).await?;
         tx.commit().await?;
         self.cache.clear();
         Ok(p.clone())

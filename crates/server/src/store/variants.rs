@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::activity::{record, Activity, ActivityKind};
 use super::{PackageRow, Result, Store, StoreError};
 
 /// A second payload of a package, hosted here under `/v1/payloads/{id}/`.
@@ -67,17 +68,20 @@ impl Store {
             .bind(v.created_at)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO activity (app_id, group_name, kind, version, message, at) VALUES ($1, NULL, 'package_variant_published', $2, $3, $4)")
-            .bind(pkg.app_id.clone())
-            .bind(pkg.version.clone())
-            .bind(format!(
-                "package {label}: a second payload using {} published ({} bytes)",
-                v.ops(),
-                v.size
-            ))
-            .bind(v.created_at)
-            .execute(&mut *tx)
-            .await?;
+        let message = format!(
+            "package {label}: a second payload using {} published ({} bytes)",
+            v.ops(),
+            v.size
+        );
+        let kind = ActivityKind::PackageVariantPublished;
+        let entry = Activity::app(
+            &pkg.app_id,
+            kind,
+            Some(&pkg.version),
+            &message,
+            v.created_at,
+        );
+        record(&mut *tx, &entry).await?;
         tx.commit().await?;
         self.cache.clear();
         Ok(v.clone())

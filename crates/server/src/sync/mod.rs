@@ -24,7 +24,9 @@ use std::time::Duration;
 use rsa::RsaPublicKey;
 use tracing::{info, warn};
 
-use crate::store::{ExternalPackage, ExtraFile, Store, StoreError, SyncState};
+use crate::store::{
+    Activity, ActivityKind, ExternalPackage, ExtraFile, Store, StoreError, SyncState,
+};
 use fastpatch_omaha::OfferedFile;
 use upstream::Answer;
 
@@ -221,7 +223,7 @@ impl Syncer<'_> {
             Err(e) => {
                 rep.state(SyncState::Failed, e.to_string(), 0, 0).await;
                 self.activity(
-                    "sync_failed",
+                    ActivityKind::SyncFailed,
                     rep.version.as_deref(),
                     &format!("sync of {channel} ({arch}) from the upstream failed: {e}"),
                 )
@@ -287,7 +289,7 @@ impl Syncer<'_> {
             for f in floors.iter().filter(|f| !known.contains(f)) {
                 self.store.set_floor(self.app, f, true).await?;
                 self.activity(
-                    "floor_added",
+                    ActivityKind::FloorAdded,
                     Some(f),
                     &format!(
                         "{f} is a floor upstream on {channel}: machines here pass through it too"
@@ -354,7 +356,7 @@ impl Syncer<'_> {
         }
         let total: u64 = offer.size + files.iter().map(|f| f.size).sum::<u64>();
         self.activity(
-            "sync_found",
+            ActivityKind::SyncFound,
             Some(&offer.version),
             &format!(
                 "the upstream offers {} ({arch}): {} file(s), {}",
@@ -436,7 +438,7 @@ impl Syncer<'_> {
             warn!(dir = %dir.display(), error = %e, "could not remove the sync work directory");
         }
         self.activity(
-            "sync_published",
+            ActivityKind::SyncPublished,
             Some(&offer.version),
             &format!(
                 "mirrored {} ({arch}) from the upstream: {how}",
@@ -535,13 +537,10 @@ impl Syncer<'_> {
         Ok(())
     }
 
-    async fn activity(&self, kind: &str, version: Option<&str>, message: &str) {
-        info!(kind, "{message}");
-        if let Err(e) = self
-            .store
-            .add_activity(Some(self.app), None, kind, version, message, (self.now)())
-            .await
-        {
+    async fn activity(&self, kind: ActivityKind, version: Option<&str>, message: &str) {
+        info!(kind = kind.as_str(), "{message}");
+        let entry = Activity::app(self.app, kind, version, message, (self.now)());
+        if let Err(e) = self.store.add_activity(&entry).await {
             warn!(error = %e, "could not write a sync activity entry");
         }
     }

@@ -104,6 +104,14 @@ async fn roles_and_writes(b: Backend) {
         .await
         .unwrap();
     assert_eq!(ok["max_concurrent"], 5);
+    support::assert_policy_entry(
+        s.handle.store(),
+        app,
+        "stable",
+        "group stable policy: max concurrent unlimited → 5; office window \
+         mon,tue,wed,thu,fri 09:00–17:00 UTC → mon,tue,wed,thu,fri 09:00–17:00 Europe/Berlin",
+    )
+    .await;
 
     // Halt via API; machines get nothing; resume.
     let halt = s

@@ -213,6 +213,22 @@ async fn admin_commands(b: Backend) {
         ("Europe/Berlin", 0b111, 510, 960)
     );
     assert_eq!(g.rollout_duration_secs, 86400);
+    // One entry, from the `group set` that worked; the refused one wrote none.
+    support::assert_policy_entry(
+        &store,
+        FLATCAR_APP_ID,
+        "beta",
+        "group beta policy: safe mode on → off; max updates per period unlimited → 10; \
+         period 3600 s → 7200 s; max concurrent unlimited → 3; office hours off → on; \
+         office window mon,tue,wed,thu,fri 09:00–17:00 UTC → mon,tue,wed 08:30–16:00 Europe/Berlin; \
+         staged rollout 0 s → 86400 s",
+    )
+    .await;
+    let beta_entries = store.activity(None, 100).await.unwrap();
+    let beta_entries = beta_entries
+        .iter()
+        .filter(|a| a.kind == "group_policy_changed" && a.group_name.as_deref() == Some("beta"));
+    assert_eq!(beta_entries.count(), 1);
     let beta = store
         .channel(FLATCAR_APP_ID, "beta")
         .await

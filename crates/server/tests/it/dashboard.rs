@@ -305,6 +305,16 @@ async fn admin_writes_take_effect(b: Backend) {
     );
     assert_eq!(g.office_tz, "Europe/Berlin");
     assert!(g.safe_mode && g.office_hours);
+    support::assert_policy_entry(
+        s.handle.store(),
+        APP,
+        "stable",
+        "group stable policy: safe mode off → on; period 3600 s → 600 s; max concurrent \
+         unlimited → 3; update timeout 3600 s → 1800 s; office hours off → on; office window \
+         mon,tue,wed,thu,fri 09:00–17:00 UTC → mon,tue 08:00–16:30 Europe/Berlin; \
+         staged rollout 0 s → 7200 s",
+    )
+    .await;
     policy[13] = ("office_tz", "Mars/Olympus");
     let p = ui.post(&format!("{gp}/policy"), &policy).await;
     assert_eq!(p.status, 400);

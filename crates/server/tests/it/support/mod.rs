@@ -391,3 +391,24 @@ pub fn signed_payload(
 pub fn signing_key(dir: &Path) -> rsa::RsaPrivateKey {
     fastpatch_payload::keys::write_key_pair(&dir.join("k.pem"), &dir.join("k.pub.pem")).unwrap()
 }
+
+/// Checks the newest `group_policy_changed` entry of `group`: the one entry every
+/// transport (CLI, REST API, dashboard) writes for a policy change, word for word.
+pub async fn assert_policy_entry(
+    store: &fastpatch_server::Store,
+    app: &str,
+    group: &str,
+    message: &str,
+) {
+    let entries = store
+        .activity(None, 100)
+        .await
+        .expect("read the activity feed");
+    let newest = entries
+        .iter()
+        .find(|a| a.kind == "group_policy_changed" && a.group_name.as_deref() == Some(group))
+        .unwrap_or_else(|| panic!("no policy entry for group {group} in {entries:#?}"));
+    assert_eq!(newest.app_id.as_deref(), Some(app));
+    assert_eq!(newest.version, None);
+    assert_eq!(newest.message, message);
+}
