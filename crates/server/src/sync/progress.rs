@@ -61,9 +61,15 @@ impl Reporter<'_> {
     }
 
     /// Records `row` without waiting (download progress comes from a synchronous callback).
+    /// Writes land in order: each waits for the one before it, so an older progress row
+    /// can never land after a newer one (or after the final state).
     fn record_soon(&mut self, row: SyncRow) {
         let store = self.store.clone();
+        let before = self.pending.take();
         self.pending = Some(tokio::spawn(async move {
+            if let Some(before) = before {
+                let _ = before.await;
+            }
             if let Err(e) = store.set_sync_status(&row).await {
                 warn!(error = %e, "could not record the sync's progress");
             }
