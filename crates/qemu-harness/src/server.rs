@@ -193,7 +193,11 @@ impl HostServer {
         let rows = self
             .block_on(self.store().history(FLATCAR_APP_ID, machine_id, 100))
             .map_err(|e| server_err("reading the status history")(e.to_string()))?;
-        Ok(rows.into_iter().rev().map(|h| h.status).collect())
+        Ok(rows
+            .into_iter()
+            .rev()
+            .map(|h| h.status.as_str().to_owned())
+            .collect())
     }
 
     /// Changes an update group's settings.

@@ -171,7 +171,10 @@ impl<'a> Testbed<'a> {
 
     /// The machine's status on the server ("" before its first check-in).
     pub fn status(&self) -> Result<String> {
-        Ok(self.instance()?.map(|i| i.status).unwrap_or_default())
+        Ok(self
+            .instance()?
+            .map(|i| i.status.as_str().to_owned())
+            .unwrap_or_default())
     }
 
     /// The machine's events on the server, oldest first, as `type/result` (plus

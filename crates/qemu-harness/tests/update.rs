@@ -105,7 +105,7 @@ fn first_boot_stages_b(tb: &Testbed, m: &mut Machine, image: &Path, version: &st
     );
     let inst = tb.instance().unwrap().expect("the machine checked in");
     assert_eq!(inst.version, "1.0.0");
-    assert_eq!(inst.status, "installed", "{inst:?}");
+    assert_eq!(inst.status.as_str(), "installed", "{inst:?}");
     assert_eq!(tb.events().unwrap(), ["13/1", "14/1", "3/1"]);
 }
 
@@ -212,7 +212,7 @@ fn bad_update_is_not_marked_good_falls_back_and_halts_the_group() {
     );
     let inst = tb.instance().unwrap().unwrap();
     assert_eq!(inst.version, "1.0.0");
-    assert_eq!(inst.status, "error");
+    assert_eq!(inst.status.as_str(), "error");
     assert_eq!(tb.events().unwrap(), ["13/1", "14/1", "3/1", "3/0:44"]);
     let group = tb.server.group(GROUP).unwrap().unwrap();
     assert!(

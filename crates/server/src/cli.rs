@@ -117,8 +117,9 @@ pub enum Command {
     Instances {
         #[arg(long)]
         group: Option<String>,
+        /// One of undefined, granted, downloading, downloaded, installed, complete, error, on-hold.
         #[arg(long)]
-        status: Option<String>,
+        status: Option<crate::policy::InstanceStatus>,
         #[arg(long)]
         version: Option<String>,
         #[arg(long)]

@@ -125,7 +125,7 @@ async fn answer_app(
             version: version.to_owned(),
             arch: arch.clone(),
             group_name: group.name.clone(),
-            status: InstanceStatus::Undefined.as_str().to_owned(),
+            status: InstanceStatus::Undefined,
             target_version: None,
             granted_at: None,
             status_at: ts,
@@ -143,7 +143,7 @@ async fn answer_app(
         if let Some(status) = policy::status_after_event(kind) {
             let code = ev.error_code.map(|c| i64::from(c.0));
             state.store.set_status(&inst, status, code, ts).await?;
-            inst.status = status.as_str().to_owned();
+            inst.status = status;
             if status == InstanceStatus::Error {
                 m.inc(&m.update_failures);
             }

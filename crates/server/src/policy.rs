@@ -26,6 +26,34 @@ pub enum InstanceStatus {
     OnHold,
 }
 
+/// A status name that is none of [`InstanceStatus::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown instance status {0:?} (one of: undefined, granted, downloading, downloaded, installed, complete, error, on-hold)")]
+pub struct UnknownStatus(pub String);
+
+impl std::str::FromStr for InstanceStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, UnknownStatus> {
+        InstanceStatus::parse(s).ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
+}
+
+/// How a stored row's status column decodes (`#[sqlx(try_from = "String")]`).
+impl TryFrom<String> for InstanceStatus {
+    type Error = UnknownStatus;
+
+    fn try_from(s: String) -> Result<Self, UnknownStatus> {
+        s.parse()
+    }
+}
+
+impl std::fmt::Display for InstanceStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl InstanceStatus {
     pub const ALL: [InstanceStatus; 8] = [
         InstanceStatus::Undefined,

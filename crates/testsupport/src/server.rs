@@ -365,7 +365,7 @@ impl UpdateServer {
             .await
             .expect("store")
             .expect("the instance");
-        (row.version, row.status)
+        (row.version, row.status.as_str().to_owned())
     }
 
     /// The instance row once it shows `status` (or after 10 s, whatever it shows then).

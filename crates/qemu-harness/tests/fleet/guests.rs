@@ -278,7 +278,7 @@ pub fn watch(fleet: &Fleet, etcd_endpoint: &str, tb: &Testbed) {
             }
         }
         for i in tb.server.instances(GROUP).unwrap_or_default() {
-            let row = (i.version, i.status, i.last_error_code);
+            let row = (i.version, i.status.as_str().to_owned(), i.last_error_code);
             if machines.get(&i.machine_id) != Some(&row) {
                 fleet.push(Seen::Instance {
                     id: i.machine_id.clone(),

@@ -138,7 +138,9 @@ fn complete_on(tb: &Testbed, version: &str) -> usize {
         .instances(GROUP)
         .unwrap()
         .iter()
-        .filter(|i| i.version == version && i.status == "complete")
+        .filter(|i| {
+            i.version == version && i.status == fastpatch_server::policy::InstanceStatus::Complete
+        })
         .count()
 }
 

@@ -80,15 +80,14 @@ pub async fn list(
             ))
         })?),
     };
-    if let Some(s) = given(&q.status) {
-        if crate::policy::InstanceStatus::parse(&s).is_none() {
-            return Err(UiError::BadRequest(format!("unknown status {s:?}")));
-        }
-    }
+    let status = given(&q.status)
+        .map(|s| s.parse::<crate::policy::InstanceStatus>())
+        .transpose()
+        .map_err(|e| UiError::BadRequest(e.to_string()))?;
     let filter = InstanceFilter {
         app_id: Some(app.clone()),
         group: given(&q.group),
-        status: given(&q.status),
+        status,
         version: given(&q.version),
         silent_for_secs: silent_days.map(|d| d * 86400),
         search: given(&q.q),
@@ -135,7 +134,7 @@ pub async fn list(
                             td.mono { (r.ip.as_deref().unwrap_or("")) }
                             td { (r.group_name) }
                             td.mono { (r.version) }
-                            td { (view::status_badge(&r.status)) }
+                            td { (view::status_badge(r.status.as_str())) }
                             td title=(chrono::DateTime::from_timestamp(r.last_check_at, 0).unwrap_or_default().to_rfc3339()) { (view::ago(now, r.last_check_at)) }
                         }
                     }
@@ -179,7 +178,7 @@ pub async fn page(
             dt { "IP" } dd.mono { (inst.ip.as_deref().unwrap_or("—")) }
             dt { "Group" } dd { a href={"/ui/apps/" (enc(&app)) "/groups/" (enc(&inst.group_name))} { (inst.group_name) } }
             dt { "Version" } dd.mono { (inst.version) " (" (inst.arch) ")" }
-            dt { "Status" } dd { (view::status_badge(&inst.status)) " " (words::status(&inst.status)) }
+            dt { "Status" } dd { (view::status_badge(inst.status.as_str())) " " (words::status(inst.status.as_str())) }
             @if let Some(t) = &inst.target_version { dt { "Offered" } dd.mono { (t) } }
             @if let Some(c) = inst.last_error_code { dt { "Last error" } dd.error { (c) ": " (words::error_code(c)) } }
             dt { "Last check-in" } dd { (view::time(inst.last_check_at)) " (" (view::ago(now, inst.last_check_at)) ")" }
@@ -190,7 +189,7 @@ pub async fn page(
             thead { tr { th { "time" } th { "status" } th { "version" } th { "target" } } }
             tbody {
                 @for h in &history {
-                    tr { td { (view::time(h.at)) } td { (view::status_badge(&h.status)) } td.mono { (h.version) } td.mono { (h.target_version.as_deref().unwrap_or("")) } }
+                    tr { td { (view::time(h.at)) } td { (view::status_badge(h.status.as_str())) } td.mono { (h.version) } td.mono { (h.target_version.as_deref().unwrap_or("")) } }
                 }
             }
         }

@@ -29,7 +29,8 @@ pub struct InstanceRow {
     pub version: String,
     pub arch: String,
     pub group_name: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: InstanceStatus,
     pub target_version: Option<String>,
     pub granted_at: Option<i64>,
     pub status_at: i64,
@@ -42,7 +43,7 @@ pub struct InstanceRow {
 impl InstanceRow {
     pub fn view(&self) -> InstanceView {
         InstanceView {
-            status: InstanceStatus::parse(&self.status).unwrap_or(InstanceStatus::Undefined),
+            status: self.status,
             target_version: self.target_version.clone(),
             granted_at: self.granted_at,
         }
@@ -51,7 +52,8 @@ impl InstanceRow {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct HistoryRow {
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: InstanceStatus,
     pub version: String,
     pub target_version: Option<String>,
     pub at: i64,
@@ -72,7 +74,7 @@ pub struct EventRow {
 pub struct InstanceFilter {
     pub app_id: Option<String>,
     pub group: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<InstanceStatus>,
     pub version: Option<String>,
     /// Only machines whose last check is older than this many seconds.
     pub silent_for_secs: Option<i64>,
@@ -131,7 +133,10 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         self.recent.store(inst.clone(), now);
-        if inst.created_at == now && inst.status == "undefined" && inst.status_at == now {
+        if inst.created_at == now
+            && inst.status == InstanceStatus::Undefined
+            && inst.status_at == now
+        {
             let exists: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM instance_history WHERE app_id = $1 AND machine_id = $2",
             )
@@ -271,7 +276,7 @@ impl Store {
         error_code: Option<i64>,
         now: i64,
     ) -> Result<()> {
-        if inst.status == status.as_str() && error_code.is_none() {
+        if inst.status == status && error_code.is_none() {
             return Ok(());
         }
         let res = sqlx::query("UPDATE instances SET status = $1, status_at = $2, last_error_code = COALESCE($3, last_error_code) WHERE app_id = $4 AND machine_id = $5")
@@ -287,13 +292,13 @@ impl Store {
             return Err(e.into());
         }
         self.recent.update(&inst.app_id, &inst.machine_id, |r| {
-            r.status = status.as_str().to_owned();
+            r.status = status;
             r.status_at = now;
             if error_code.is_some() {
                 r.last_error_code = error_code;
             }
         });
-        if inst.status != status.as_str() {
+        if inst.status != status {
             self.insert_history(
                 &inst.app_id,
                 &inst.machine_id,
@@ -346,7 +351,7 @@ impl Store {
             push("group_name = ?", Arg::Text(v.clone()));
         }
         if let Some(v) = &f.status {
-            push("status = ?", Arg::Text(v.clone()));
+            push("status = ?", Arg::Text(v.as_str().to_owned()));
         }
         if let Some(v) = &f.version {
             push("version = ?", Arg::Text(v.clone()));

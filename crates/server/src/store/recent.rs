@@ -192,7 +192,7 @@ mod tests {
             version: version.into(),
             arch: "amd64".into(),
             group_name: "stable".into(),
-            status: "undefined".into(),
+            status: crate::policy::InstanceStatus::Undefined,
             target_version: None,
             granted_at: None,
             status_at: 100,
@@ -248,10 +248,12 @@ mod tests {
     fn updates_and_expiry() {
         let r = RecentCheckIns::default();
         r.store(row("m", "1.0.0"), 100);
-        r.update("app", "m", |row| row.status = "on-hold".into());
+        r.update("app", "m", |row| {
+            row.status = crate::policy::InstanceStatus::OnHold
+        });
         assert_eq!(
             r.touch("app", "m", &id("1.0.0"), 101).unwrap().status,
-            "on-hold"
+            crate::policy::InstanceStatus::OnHold
         );
         r.forget("app", "m");
         assert!(r.touch("app", "m", &id("1.0.0"), 102).is_none());

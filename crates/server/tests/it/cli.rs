@@ -187,6 +187,13 @@ async fn admin_commands(b: Backend) {
     assert_eq!(ids, ["cli-00000000", "cli-00000001"], "{out}");
     let out = cli.ok(&["instances", "--after", "cli-00000001"]);
     assert!(out.starts_with("cli-00000002"), "{out}");
+    let out = cli.ok(&["instances", "--status", "undefined", "--limit", "1"]);
+    assert!(out.starts_with("cli-00000000"), "{out}");
+    let (ok, out) = cli.run(&["instances", "--status", "bogus"]);
+    assert!(
+        !ok && out.contains("unknown instance status \"bogus\""),
+        "{out}"
+    );
 
     // What the commands wrote, read back through the store.
     let url = match b {

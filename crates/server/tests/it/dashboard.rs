@@ -134,7 +134,9 @@ async fn pages_show_the_rollout(b: Backend) {
             .status,
         404
     );
-    assert_eq!(ui.get("/ui/instances?status=bogus").await.status, 400);
+    let p = ui.get("/ui/instances?status=bogus").await;
+    assert_eq!(p.status, 400);
+    assert!(p.body.contains("unknown instance status"), "{}", p.body);
 
     let p = ui.get("/ui/packages").await;
     assert_eq!(p.status, 303);

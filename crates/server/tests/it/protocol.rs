@@ -85,7 +85,7 @@ async fn update_flow_moves_status(b: Backend) {
         .unwrap()
         .into_iter()
         .rev()
-        .map(|h| h.status)
+        .map(|h| h.status.as_str().to_owned())
         .collect();
     assert_eq!(
         history,
@@ -150,7 +150,7 @@ async fn rollback_halts_group_in_safe_mode(b: Backend) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(inst.status, "error");
+    assert_eq!(inst.status.as_str(), "error");
     assert_eq!(inst.last_error_code, Some(44));
     let group = s
         .handle

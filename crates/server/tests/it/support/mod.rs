@@ -272,6 +272,8 @@ impl TestServer {
             .expect("db")
             .expect("instance")
             .status
+            .as_str()
+            .to_owned()
     }
 }
 
