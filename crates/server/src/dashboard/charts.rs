@@ -8,8 +8,8 @@ use std::fmt::Write;
 
 use maud::{html, Markup, PreEscaped};
 
-use super::queries::Sample;
 use super::rollup::Range;
+use crate::store::dashboard::Sample;
 
 /// Status bands bottom-up: finished work first, then work in flight, then the rest.
 pub const STATUS_ORDER: [&str; 8] = [

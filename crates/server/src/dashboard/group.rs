@@ -14,10 +14,10 @@ use serde::Deserialize;
 use super::apicall;
 use super::auth::{check_csrf, Session};
 use super::charts::{self, ChartData};
-use super::queries;
 use super::rollup::Range;
 use super::view::{self, enc, Nav};
 use super::{Dash, UiError};
+use crate::store::dashboard as queries;
 use crate::store::{hhmm, Group, DAYS};
 use crate::AppState;
 
@@ -63,7 +63,7 @@ pub async fn page(
     let target = channel.as_ref().and_then(|c| c.version.clone());
     let samples =
         queries::samples(store, &app, &name, range.res(), now - range.span_secs()).await?;
-    let activity = queries::group_activity(store, &app, &name, 10).await?;
+    let activity = store.group_activity(&app, &name, 10).await?;
     let versions = ChartData::from_samples(&samples, "v", range.res());
     let statuses = ChartData::from_samples(&samples, "s", range.res());
     let base = group_url(&app, &name);

@@ -14,7 +14,6 @@ pub mod charts;
 mod group;
 mod instances;
 mod overview;
-pub mod queries;
 pub mod rollup;
 mod view;
 pub mod words;
@@ -39,7 +38,7 @@ impl Dash {
     /// Creates the dashboard's tables and indexes once per process (idempotent DDL).
     pub async fn ensure_schema(&self, state: &AppState) -> Result<(), crate::store::StoreError> {
         self.schema
-            .get_or_try_init(|| rollup::ensure_schema(&state.store))
+            .get_or_try_init(|| crate::store::dashboard::ensure_schema(&state.store))
             .await
             .map(|_| ())
     }

@@ -11,9 +11,9 @@ use axum::Extension;
 use maud::html;
 
 use super::auth::Session;
-use super::queries::{self, Tally};
 use super::view::{self, enc, Nav, NoticeQuery};
 use super::{Dash, UiError};
+use crate::store::dashboard::{self as queries, Tally};
 use crate::AppState;
 
 /// The overview uses the sampler's newest counts when they are this fresh

@@ -1,31 +1,17 @@
-//! Chart history: a sampler writes every group's counts by status and by
-//! version into `dashboard_samples` once a minute, at four resolutions.
-//!
-//! Why a rollup and not queries over `instance_history`: a status-over-time
-//! chart needs each machine's state at each instant, which from transition
-//! rows means replaying every machine's history (millions of rows at a
-//! million machines); versions are not in the history at all unless a status
-//! changed. One grouped count per minute over the instances index is cheap
-//! and bounded, and a 30-day chart then reads 120 buckets by primary key.
+//! Chart history: a sampler has the store write every group's counts by status and by
+//! version into `dashboard_samples` once a minute, at four resolutions
+//! (`store::dashboard::sample`; why a rollup is explained there), and the chart ranges.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tracing::{debug, warn};
 
-use super::queries::{self, CountRow};
 use super::Dash;
-use crate::store::{Result, Store};
+use crate::store::dashboard::sample;
 use crate::AppState;
 
-/// Resolutions kept: (seconds per bucket, how long buckets are kept).
-pub const TIERS: [(i64, i64); 4] = [
-    (60, 3 * 3600),
-    (900, 3 * 86400),
-    (3600, 8 * 86400),
-    (21600, 35 * 86400),
-];
+pub use crate::store::dashboard::TIERS;
 
 /// How often the sampler runs.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(60);
@@ -70,77 +56,6 @@ impl Range {
             Range::Month => 21600,
         }
     }
-}
-
-/// Checks that `dashboard_samples` is there (migration 3, applied when the store opens with
-/// every other migration), so a sampler on a database that is not migrated fails clearly.
-pub async fn ensure_schema(store: &Store) -> Result<()> {
-    sqlx::query("SELECT COUNT(*) FROM dashboard_samples WHERE 1 = 0")
-        .execute(store.pool())
-        .await?;
-    Ok(())
-}
-
-/// Takes one sample of every group at `now` and prunes old buckets.
-pub async fn sample(store: &Store, now: i64) -> Result<usize> {
-    let rows = queries::counts_all(store).await?;
-    write_sample(store, now, &rows).await
-}
-
-/// Per (app, group): (dim, key) → count.
-type Points = BTreeMap<(String, String), BTreeMap<(&'static str, String), i64>>;
-
-fn points(rows: &[CountRow]) -> Points {
-    let mut out: Points = BTreeMap::new();
-    for r in rows {
-        let g = out
-            .entry((r.app_id.clone(), r.group_name.clone()))
-            .or_default();
-        *g.entry(("s", r.status.clone())).or_default() += r.n;
-        *g.entry(("v", r.version.clone())).or_default() += r.n;
-    }
-    out
-}
-
-async fn write_sample(store: &Store, now: i64, rows: &[CountRow]) -> Result<usize> {
-    let points = points(rows);
-    let mut written = 0;
-    let mut tx = store.pool().begin().await?;
-    for (res, keep) in TIERS {
-        let bucket = now - now.rem_euclid(res);
-        // Keys that vanished since an earlier sample in this bucket drop to 0.
-        sqlx::query("UPDATE dashboard_samples SET n = 0 WHERE res = $1 AND bucket = $2")
-            .bind(res)
-            .bind(bucket)
-            .execute(&mut *tx)
-            .await?;
-        for ((app, group), keys) in &points {
-            for ((dim, key), n) in keys {
-                sqlx::query(
-                    "INSERT INTO dashboard_samples (app_id, group_name, res, bucket, dim, key, n) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                     ON CONFLICT (app_id, group_name, res, bucket, dim, key) DO UPDATE SET n = excluded.n",
-                )
-                .bind(app.clone())
-                .bind(group.clone())
-                .bind(res)
-                .bind(bucket)
-                .bind((*dim).to_owned())
-                .bind(key.clone())
-                .bind(*n)
-                .execute(&mut *tx)
-                .await?;
-                written += 1;
-            }
-        }
-        sqlx::query("DELETE FROM dashboard_samples WHERE res = $1 AND bucket < $2")
-            .bind(res)
-            .bind(now - keep)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(written)
 }
 
 /// Runs the sampler every [`SAMPLE_EVERY`] while the server lives (it holds
@@ -196,25 +111,5 @@ mod tests {
             assert!(keep.is_some_and(|k| k >= r.span_secs()), "{r:?}");
         }
         assert_eq!(Range::parse("2h"), None);
-    }
-
-    #[test]
-    fn points_sum_statuses_and_versions() {
-        let row = |s: &str, v: &str, n| CountRow {
-            app_id: "a".into(),
-            group_name: "g".into(),
-            status: s.into(),
-            version: v.into(),
-            n,
-        };
-        let p = points(&[
-            row("complete", "2", 3),
-            row("undefined", "1", 4),
-            row("complete", "1", 1),
-        ]);
-        let g = &p[&("a".to_owned(), "g".to_owned())];
-        assert_eq!(g[&("s", "complete".to_owned())], 4);
-        assert_eq!(g[&("v", "1".to_owned())], 5);
-        assert_eq!(g.len(), 4);
     }
 }

@@ -201,7 +201,7 @@ pub const PROGRESS: [(&str, &str); 7] = [
 ];
 
 /// Rollout progress of a tally as a labelled bar (undefined = not started).
-pub fn progress_bar(t: &super::queries::Tally) -> Markup {
+pub fn progress_bar(t: &crate::store::dashboard::Tally) -> Markup {
     let mut parts: Vec<(String, i64, String)> = PROGRESS
         .iter()
         .map(|(s, label)| ((*label).to_owned(), t.status(s), format!("st-{s}")))
@@ -215,7 +215,7 @@ pub fn progress_bar(t: &super::queries::Tally) -> Markup {
 }
 
 /// Versions of a tally as a labelled bar, newest first.
-pub fn version_bar(t: &super::queries::Tally) -> Markup {
+pub fn version_bar(t: &crate::store::dashboard::Tally) -> Markup {
     let mut versions: Vec<(&String, &i64)> = t.by_version.iter().collect();
     versions.sort_by(|a, b| crate::version::compare(b.0, a.0));
     let parts: Vec<(String, i64, String)> = versions

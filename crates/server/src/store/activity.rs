@@ -180,6 +180,24 @@ impl Store {
         record(&self.pool, a).await
     }
 
+    /// One group's entries, newest first (its dashboard page).
+    pub async fn group_activity(
+        &self,
+        app: &str,
+        group: &str,
+        limit: i64,
+    ) -> Result<Vec<ActivityRow>> {
+        Ok(sqlx::query_as(
+            "SELECT id, app_id, group_name, kind, version, message, at FROM activity \
+             WHERE app_id = $1 AND group_name = $2 ORDER BY id DESC LIMIT $3",
+        )
+        .bind(app.to_owned())
+        .bind(group.to_owned())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Newest first; `before` is the keyset cursor (an activity id).
     pub async fn activity(&self, before: Option<i64>, limit: i64) -> Result<Vec<ActivityRow>> {
         Ok(sqlx::query_as("SELECT id, app_id, group_name, kind, version, message, at FROM activity WHERE id < $1 ORDER BY id DESC LIMIT $2")

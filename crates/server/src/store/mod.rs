@@ -4,6 +4,7 @@
 
 mod activity;
 mod config;
+pub mod dashboard;
 mod deltas;
 mod grants;
 mod groups;

@@ -494,11 +494,11 @@ async fn keyset_pages_postgres() {
 /// The sampler: one row per (group, dim, key) per tier bucket, a key that
 /// vanished within a bucket drops to 0, old buckets are pruned per tier.
 async fn sampler_tiers(b: Backend) {
-    use fastpatch_server::dashboard::{queries, rollup};
+    use fastpatch_server::store::dashboard as queries;
     let s = server(b).await;
     let store = s.handle.store();
-    rollup::ensure_schema(store).await.expect("schema");
-    rollup::ensure_schema(store).await.expect("idempotent");
+    queries::ensure_schema(store).await.expect("schema");
+    queries::ensure_schema(store).await.expect("idempotent");
     // A tier boundary after the test clock, so the server's own sampler
     // (which samples at the test clock) writes other buckets.
     let t0: i64 = 83_334 * 21_600; // 2027-01-15 12:00 UTC, a boundary of every tier
@@ -506,8 +506,8 @@ async fn sampler_tiers(b: Backend) {
         .seed_instances(APP, "beta", "x-", 4, "1.0.0", t0)
         .await
         .expect("seed");
-    rollup::sample(store, t0 + 10).await.expect("sample");
-    for (res, _) in rollup::TIERS {
+    queries::sample(store, t0 + 10).await.expect("sample");
+    for (res, _) in queries::TIERS {
         let rows = queries::samples(store, APP, "beta", res, t0)
             .await
             .expect("read");
@@ -519,7 +519,7 @@ async fn sampler_tiers(b: Backend) {
         .execute(store.pool())
         .await
         .expect("update");
-    rollup::sample(store, t0 + 50).await.expect("sample");
+    queries::sample(store, t0 + 50).await.expect("sample");
     let rows = queries::samples(store, APP, "beta", 60, t0)
         .await
         .expect("read");
@@ -527,7 +527,7 @@ async fn sampler_tiers(b: Backend) {
     assert_eq!((n("undefined"), n("complete")), (Some(0), Some(4)));
     assert_eq!((n("1.0.0"), n("2.0.0")), (Some(0), Some(4)));
     // Four hours later: the 1-minute bucket from t0 is gone, the others stay.
-    rollup::sample(store, t0 + 4 * 3600).await.expect("sample");
+    queries::sample(store, t0 + 4 * 3600).await.expect("sample");
     let minute = queries::samples(store, APP, "beta", 60, t0)
         .await
         .expect("read");
@@ -547,7 +547,7 @@ async fn sampler_tiers(b: Backend) {
 /// read, and the page says when it was counted); a small group is counted live, and
 /// a stale sample means a live count.
 async fn large_groups_show_the_sample(b: Backend) {
-    use fastpatch_server::dashboard::{queries, rollup};
+    use fastpatch_server::store::dashboard as queries;
     let s = server(b).await;
     let store = s.handle.store();
     let now = s.clock.now_ts();
@@ -561,7 +561,7 @@ async fn large_groups_show_the_sample(b: Backend) {
         .await
         .expect("seed");
     // The next minute's bucket: the server's own sampler writes the current one.
-    rollup::sample(store, now + 60).await.expect("sample");
+    queries::sample(store, now + 60).await.expect("sample");
     // Machines that arrive after the sample.
     store
         .seed_instances(APP, "beta", "late-", 2, "1.0.0", now)

@@ -38,10 +38,10 @@ pub async fn check(
 
 /// Takes a chart sample at the server's clock.
 pub async fn sample(s: &TestServer) {
-    fastpatch_server::dashboard::rollup::ensure_schema(s.handle.store())
+    fastpatch_server::store::dashboard::ensure_schema(s.handle.store())
         .await
         .expect("schema");
-    fastpatch_server::dashboard::rollup::sample(s.handle.store(), s.clock.now_ts())
+    fastpatch_server::store::dashboard::sample(s.handle.store(), s.clock.now_ts())
         .await
         .expect("sample");
 }

@@ -1,13 +1,29 @@
-//! The dashboard's read queries. Each one is served by an index:
+//! The dashboard's queries, and the chart sampler's writes to `dashboard_samples`
+//! (the dashboard module itself has no SQL). Each read is served by an index:
 //! counts by `instances_group_status (app_id, group_name, status, version)`
 //! (an index-only scan on PostgreSQL), chart samples by the primary key of
 //! `dashboard_samples`, instance pages by the store's keyset query.
+//!
+//! Why a rollup and not queries over `instance_history`: a status-over-time
+//! chart needs each machine's state at each instant, which from transition
+//! rows means replaying every machine's history (millions of rows at a
+//! million machines); versions are not in the history at all unless a status
+//! changed. One grouped count per minute over the instances index is cheap
+//! and bounded, and a 30-day chart then reads 120 buckets by primary key.
 
 use std::collections::BTreeMap;
 
 use sqlx::Row;
 
-use crate::store::{Result, Store};
+use super::{Result, Store};
+
+/// Resolutions kept: (seconds per bucket, how long buckets are kept).
+pub const TIERS: [(i64, i64); 4] = [
+    (60, 3 * 3600),
+    (900, 3 * 86400),
+    (3600, 8 * 86400),
+    (21600, 35 * 86400),
+];
 
 /// Instances of one (app, group) in one (status, version).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,35 +253,75 @@ pub async fn samples(
         .collect()
 }
 
-/// Recent activity of one group, newest first.
-pub async fn group_activity(
-    store: &Store,
-    app: &str,
-    group: &str,
-    limit: i64,
-) -> Result<Vec<crate::store::ActivityRow>> {
-    let rows = sqlx::query(
-        "SELECT id, app_id, group_name, kind, version, message, at FROM activity \
-         WHERE app_id = $1 AND group_name = $2 ORDER BY id DESC LIMIT $3",
-    )
-    .bind(app.to_owned())
-    .bind(group.to_owned())
-    .bind(limit)
-    .fetch_all(store.pool())
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(crate::store::ActivityRow {
-                id: r.try_get("id")?,
-                app_id: r.try_get("app_id")?,
-                group_name: r.try_get("group_name")?,
-                kind: r.try_get("kind")?,
-                version: r.try_get("version")?,
-                message: r.try_get("message")?,
-                at: r.try_get("at")?,
-            })
-        })
-        .collect()
+/// Checks that `dashboard_samples` is there (migration 3, applied when the store opens with
+/// every other migration), so a sampler on a database that is not migrated fails clearly.
+pub async fn ensure_schema(store: &Store) -> Result<()> {
+    sqlx::query("SELECT COUNT(*) FROM dashboard_samples WHERE 1 = 0")
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}
+
+/// Takes one sample of every group at `now` into each tier, and prunes old buckets.
+pub async fn sample(store: &Store, now: i64) -> Result<usize> {
+    let rows = counts_all(store).await?;
+    write_sample(store, now, &rows).await
+}
+
+/// Per (app, group): (dim, key) → count.
+type Points = BTreeMap<(String, String), BTreeMap<(&'static str, String), i64>>;
+
+fn points(rows: &[CountRow]) -> Points {
+    let mut out: Points = BTreeMap::new();
+    for r in rows {
+        let g = out
+            .entry((r.app_id.clone(), r.group_name.clone()))
+            .or_default();
+        *g.entry(("s", r.status.clone())).or_default() += r.n;
+        *g.entry(("v", r.version.clone())).or_default() += r.n;
+    }
+    out
+}
+
+async fn write_sample(store: &Store, now: i64, rows: &[CountRow]) -> Result<usize> {
+    let points = points(rows);
+    let mut written = 0;
+    let mut tx = store.pool().begin().await?;
+    for (res, keep) in TIERS {
+        let bucket = now - now.rem_euclid(res);
+        // Keys that vanished since an earlier sample in this bucket drop to 0.
+        sqlx::query("UPDATE dashboard_samples SET n = 0 WHERE res = $1 AND bucket = $2")
+            .bind(res)
+            .bind(bucket)
+            .execute(&mut *tx)
+            .await?;
+        for ((app, group), keys) in &points {
+            for ((dim, key), n) in keys {
+                sqlx::query(
+                    "INSERT INTO dashboard_samples (app_id, group_name, res, bucket, dim, key, n) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     ON CONFLICT (app_id, group_name, res, bucket, dim, key) DO UPDATE SET n = excluded.n",
+                )
+                .bind(app.clone())
+                .bind(group.clone())
+                .bind(res)
+                .bind(bucket)
+                .bind((*dim).to_owned())
+                .bind(key.clone())
+                .bind(*n)
+                .execute(&mut *tx)
+                .await?;
+                written += 1;
+            }
+        }
+        sqlx::query("DELETE FROM dashboard_samples WHERE res = $1 AND bucket < $2")
+            .bind(res)
+            .bind(now - keep)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -296,5 +352,19 @@ mod tests {
         assert_eq!(beta.version("1.0"), 6);
         assert_eq!(beta.status("error"), 0);
         assert_eq!(t[&("a".to_owned(), "stable".to_owned())].status("error"), 2);
+    }
+
+    #[test]
+    fn points_sum_statuses_and_versions() {
+        let row = |s: &str, v: &str, n| row("g", s, v, n);
+        let p = points(&[
+            row("complete", "2", 3),
+            row("undefined", "1", 4),
+            row("complete", "1", 1),
+        ]);
+        let g = &p[&("a".to_owned(), "g".to_owned())];
+        assert_eq!(g[&("s", "complete".to_owned())], 4);
+        assert_eq!(g[&("v", "1".to_owned())], 5);
+        assert_eq!(g.len(), 4);
     }
 }
