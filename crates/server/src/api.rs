@@ -466,7 +466,9 @@ async fn add_floor(
     Path((app, version)): Path<(String, String)>,
 ) -> ApiResult<Vec<String>> {
     need(&s, &h, Role::Admin)?;
-    s.store.set_floor(&app, &version, true).await?;
+    s.store
+        .add_floor(&app, &version, "by an operator", now(&s))
+        .await?;
     Ok(Json(s.store.floors(&app).await?))
 }
 
@@ -476,7 +478,7 @@ async fn remove_floor(
     Path((app, version)): Path<(String, String)>,
 ) -> ApiResult<Vec<String>> {
     need(&s, &h, Role::Admin)?;
-    s.store.set_floor(&app, &version, false).await?;
+    s.store.remove_floor(&app, &version, now(&s)).await?;
     Ok(Json(s.store.floors(&app).await?))
 }
 

@@ -240,7 +240,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Some(Command::Promote { from, to }) => fleet::promote(db, &app, now, &from, &to).await,
         Some(Command::Channel(cmd)) => fleet::channel(db, &app, now, cmd).await,
         Some(Command::Group(cmd)) => fleet::group(db, &app, now, cmd).await,
-        Some(Command::Floor(cmd)) => fleet::floor(db, &app, cmd).await,
+        Some(Command::Floor(cmd)) => fleet::floor(db, &app, now, cmd).await,
         Some(Command::Delta(cmd)) => catalog::delta(db, &app, now, cmd).await,
         Some(Command::Sync(a)) => sync::sync(db, &app, a).await,
         Some(Command::SeedInstances {

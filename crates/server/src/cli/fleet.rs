@@ -88,12 +88,23 @@ pub async fn group(db: &DbArgs, app: &str, now: i64, cmd: GroupCmd) -> Result<()
 }
 
 /// `floor list|add|remove`: prints the floors after the change.
-pub async fn floor(db: &DbArgs, app: &str, cmd: FloorCmd) -> Result<()> {
+pub async fn floor(db: &DbArgs, app: &str, now: i64, cmd: FloorCmd) -> Result<()> {
     let store = open(db).await?;
     match cmd {
         FloorCmd::List => {}
-        FloorCmd::Add { version } => store.set_floor(app, &version, true).await?,
-        FloorCmd::Remove { version } => store.set_floor(app, &version, false).await?,
+        FloorCmd::Add { version } => {
+            if !store
+                .add_floor(app, &version, "by an operator", now)
+                .await?
+            {
+                eprintln!("{version} was a floor already");
+            }
+        }
+        FloorCmd::Remove { version } => {
+            if !store.remove_floor(app, &version, now).await? {
+                eprintln!("{version} was not a floor");
+            }
+        }
     }
     for f in store.floors(app).await? {
         println!("{f}");

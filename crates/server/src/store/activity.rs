@@ -32,10 +32,11 @@ pub enum ActivityKind {
     SyncPublished,
     SyncFailed,
     FloorAdded,
+    FloorRemoved,
 }
 
 impl ActivityKind {
-    pub const ALL: [ActivityKind; 18] = [
+    pub const ALL: [ActivityKind; 19] = [
         ActivityKind::ChannelMoved,
         ActivityKind::ChannelPromoted,
         ActivityKind::GroupPolicyChanged,
@@ -54,6 +55,7 @@ impl ActivityKind {
         ActivityKind::SyncPublished,
         ActivityKind::SyncFailed,
         ActivityKind::FloorAdded,
+        ActivityKind::FloorRemoved,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +78,7 @@ impl ActivityKind {
             ActivityKind::SyncPublished => "sync_published",
             ActivityKind::SyncFailed => "sync_failed",
             ActivityKind::FloorAdded => "floor_added",
+            ActivityKind::FloorRemoved => "floor_removed",
         }
     }
 

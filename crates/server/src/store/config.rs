@@ -320,21 +320,50 @@ impl Store {
         )
     }
 
-    pub async fn set_floor(&self, app: &str, version: &str, present: bool) -> Result<()> {
+    /// Adds a floor (machines below it update to it first), with an activity entry saying
+    /// `why`, in one transaction. False when it was a floor already (nothing written).
+    pub async fn add_floor(&self, app: &str, version: &str, why: &str, now: i64) -> Result<bool> {
+        let sql = "INSERT INTO floors (app_id, version) VALUES ($1, $2) ON CONFLICT (app_id, version) DO NOTHING";
+        let message =
+            format!("floor {version} added ({why}): machines below it pass through it first");
+        self.change_floor(app, version, sql, ActivityKind::FloorAdded, &message, now)
+            .await
+    }
+
+    /// Removes a floor, with an activity entry. False when it was not a floor.
+    pub async fn remove_floor(&self, app: &str, version: &str, now: i64) -> Result<bool> {
+        let sql = "DELETE FROM floors WHERE app_id = $1 AND version = $2";
+        let message = format!("floor {version} removed");
+        self.change_floor(app, version, sql, ActivityKind::FloorRemoved, &message, now)
+            .await
+    }
+
+    async fn change_floor(
+        &self,
+        app: &str,
+        version: &str,
+        sql: &'static str,
+        kind: ActivityKind,
+        message: &str,
+        now: i64,
+    ) -> Result<bool> {
         self.cache.clear();
-        if present {
-            sqlx::query("INSERT INTO floors (app_id, version) VALUES ($1, $2) ON CONFLICT (app_id, version) DO NOTHING")
-                .bind(app.to_owned())
-                .bind(version.to_owned())
-                .execute(&self.pool)
-                .await?;
-        } else {
-            sqlx::query("DELETE FROM floors WHERE app_id = $1 AND version = $2")
-                .bind(app.to_owned())
-                .bind(version.to_owned())
-                .execute(&self.pool)
-                .await?;
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(sql)
+            .bind(app.to_owned())
+            .bind(version.to_owned())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if changed {
+            record(
+                &mut *tx,
+                &Activity::app(app, kind, Some(version), message, now),
+            )
+            .await?;
         }
-        Ok(())
+        tx.commit().await?;
+        Ok(changed)
     }
 }

@@ -287,15 +287,11 @@ impl Syncer<'_> {
         if let Some((_, floors)) = walked.split_last() {
             let known = self.store.floors(self.app).await?;
             for f in floors.iter().filter(|f| !known.contains(f)) {
-                self.store.set_floor(self.app, f, true).await?;
-                self.activity(
-                    ActivityKind::FloorAdded,
-                    Some(f),
-                    &format!(
-                        "{f} is a floor upstream on {channel}: machines here pass through it too"
-                    ),
-                )
-                .await;
+                let why = format!("a floor upstream on {channel}");
+                self.store
+                    .add_floor(self.app, f, &why, (self.now)())
+                    .await?;
+                info!(floor = %f, channel, "a floor upstream: machines here pass through it too");
             }
         }
         report.upstream_version = walked.last().cloned();

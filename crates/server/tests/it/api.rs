@@ -147,6 +147,48 @@ async fn roles_and_writes(b: Backend) {
         .unwrap();
     assert!(offered(&s.check("m1", "3602.2.0", "stable", vec![], true).await).is_some());
 
+    // Floors: added and removed with an activity entry each; a second add changes nothing.
+    for _ in 0..2 {
+        let floors: Value = s
+            .http
+            .put(format!("{base}/apps/{app}/floors/3700.0.0"))
+            .bearer_auth("admin-token")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(floors, json!(["3700.0.0"]));
+    }
+    let floors: Value = s
+        .http
+        .delete(format!("{base}/apps/{app}/floors/3700.0.0"))
+        .bearer_auth("admin-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(floors, json!([]));
+    let entries = s.handle.store().activity(None, 5).await.unwrap();
+    let floor_entries: Vec<(&str, &str)> = entries
+        .iter()
+        .filter(|a| a.kind.starts_with("floor_"))
+        .map(|a| (a.kind.as_str(), a.message.as_str()))
+        .collect();
+    assert_eq!(
+        floor_entries,
+        [
+            ("floor_removed", "floor 3700.0.0 removed"),
+            (
+                "floor_added",
+                "floor 3700.0.0 added (by an operator): machines below it pass through it first"
+            ),
+        ]
+    );
+
     // Instances, keyset pages, detail, stats, activity.
     for i in 0..5 {
         s.check(&format!("z{i}"), "3732.0.0", "stable", vec![], true)

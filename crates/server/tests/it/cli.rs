@@ -189,6 +189,12 @@ async fn admin_commands(b: Backend) {
     assert!(out.starts_with("cli-00000002"), "{out}");
     let out = cli.ok(&["instances", "--status", "undefined", "--limit", "1"]);
     assert!(out.starts_with("cli-00000000"), "{out}");
+    let out = cli.ok(&["floor", "add", "3732.0.0"]);
+    assert_eq!(out.trim(), "3732.0.0");
+    let out = cli.ok(&["floor", "add", "3732.0.0"]);
+    assert!(out.contains("3732.0.0 was a floor already"), "{out}");
+    let out = cli.ok(&["floor", "remove", "3732.0.0"]);
+    assert_eq!(out.trim(), "");
     let (ok, out) = cli.run(&["instances", "--status", "bogus"]);
     assert!(
         !ok && out.contains("unknown instance status \"bogus\""),
@@ -236,6 +242,19 @@ async fn admin_commands(b: Backend) {
         .iter()
         .filter(|a| a.kind == "group_policy_changed" && a.group_name.as_deref() == Some("beta"));
     assert_eq!(beta_entries.count(), 1);
+    let entries = store.activity(None, 100).await.unwrap();
+    let floors: Vec<&str> = entries
+        .iter()
+        .filter(|a| a.kind.starts_with("floor_"))
+        .map(|a| a.message.as_str())
+        .collect();
+    assert_eq!(
+        floors,
+        [
+            "floor 3732.0.0 removed",
+            "floor 3732.0.0 added (by an operator): machines below it pass through it first"
+        ]
+    );
     let beta = store
         .channel(FLATCAR_APP_ID, "beta")
         .await

@@ -374,7 +374,7 @@ async fn floors_are_served_first(b: Backend) {
     g.safe_mode = false;
     store.upsert_group(&g).await.unwrap();
     store
-        .set_floor(FLATCAR_APP_ID, "3650.0.0", true)
+        .add_floor(FLATCAR_APP_ID, "3650.0.0", "test", 0)
         .await
         .unwrap();
     assert_eq!(

@@ -355,7 +355,7 @@ async fn a_floor_upstream_is_walked_and_kept_as_a_floor_here(backend: Backend) {
     release(&up, tmp.path(), &key, "2.0.0", 2, Some("stable")).await;
     up.handle
         .store()
-        .set_floor(FLATCAR_APP_ID, "1.5.0", true)
+        .add_floor(FLATCAR_APP_ID, "1.5.0", "test", 0)
         .await
         .unwrap();
     let local = server(backend).await;
@@ -369,6 +369,15 @@ async fn a_floor_upstream_is_walked_and_kept_as_a_floor_here(backend: Backend) {
     assert_eq!(channel(&local, "stable").await.as_deref(), Some("2.0.0"));
     // A machine here on 1.0.0 passes through the floor, as upstream.
     assert_eq!(served_by(&local).await.0, "1.5.0");
+    let entries = local.handle.store().activity(None, 50).await.unwrap();
+    let floor = entries
+        .iter()
+        .find(|a| a.kind == "floor_added")
+        .expect("a floor_added entry");
+    assert_eq!(
+        floor.message,
+        "floor 1.5.0 added (a floor upstream on stable): machines below it pass through it first"
+    );
     local.handle.shutdown().await;
     up.handle.shutdown().await;
 }
