@@ -12,6 +12,7 @@ mod concurrency;
 mod dashboard;
 mod dashboard_auth;
 mod dashboard_browser;
+mod dashboard_samples;
 mod deltas;
 mod external;
 mod payload_ops;

@@ -252,3 +252,15 @@ impl Ui {
         }
     }
 }
+
+/// The number in a status row of the group page (`<tr id="count-STATUS">…<td class="num">N`).
+pub fn count_in(body: &str, status: &str) -> i64 {
+    let at = body
+        .find(&format!(r#"id="count-{status}""#))
+        .unwrap_or_else(|| panic!("no row for {status}"));
+    let rest = &body[at..];
+    let num = &rest[rest.find(r#"class="num">"#).expect("count cell") + 12..];
+    num[..num.find('<').expect("end")]
+        .parse()
+        .expect("a number")
+}
