@@ -125,15 +125,7 @@ pub struct LocksmithdArgs {
 /// Logging to stderr with `filter` (`fallback` when it does not parse); colour only on a
 /// terminal, so a journal, a file or a pipe gets plain text.
 pub fn init_logging(filter: &str, fallback: &str) {
-    use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(filter)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(fallback)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .try_init();
+    fastpatch_logging::init(filter, fallback);
 }
 
 /// Runs locksmithd until it fails.

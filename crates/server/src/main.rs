@@ -1,5 +1,4 @@
 use clap::Parser;
-use std::io::IsTerminal;
 
 /// mimalloc instead of glibc's malloc: under load glibc's per-thread arenas grew and
 /// shrank their heaps (an `mprotect` every few thousand requests) and malloc + free were
@@ -9,14 +8,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: a journal, a file or a pipe gets plain text.
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
+    const DEFAULT_FILTER: &str = "info,sqlx=warn";
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| DEFAULT_FILTER.to_owned());
+    fastpatch_logging::init(&filter, DEFAULT_FILTER);
     fastpatch_server::cli::run(fastpatch_server::cli::Cli::parse()).await
 }
