@@ -3,7 +3,6 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use std::io::IsTerminal;
 
 #[derive(Parser)]
 #[command(
@@ -83,7 +82,7 @@ fn main() {
         _ => Some("warn"),
     };
     if let Some(default_filter) = default_filter {
-        init_logging(cli.log.as_deref().unwrap_or(default_filter));
+        fastpatch_logging::init(cli.log.as_deref().unwrap_or(default_filter), "warn");
     }
     if let Err(err) = run(cli) {
         // One line per cause: what failed, then why.
@@ -112,17 +111,4 @@ fn run(cli: Cli) -> Result<()> {
             std::process::exit(fastpatch_locksmith::cli::run_locksmithctl(&args))
         }
     }
-}
-
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
-        eprintln!("warning: log filter {filter:?} not understood ({e}); logging warnings only");
-        tracing_subscriber::EnvFilter::new("warn")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: a journal, a file or a pipe gets plain text.
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
 }

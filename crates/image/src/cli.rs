@@ -41,6 +41,10 @@ pub struct BuildArgs {
     /// The fastpatch binary to install as /usr/bin/fastpatch. Default: this program.
     #[arg(long)]
     pub fastpatch: Option<PathBuf>,
+    /// The engine daemon's binary to install as /usr/bin/fastpatch-engined (what
+    /// fastpatch-engine.service runs). Default: fastpatch-engined beside the fastpatch binary.
+    #[arg(long)]
+    pub engined: Option<PathBuf>,
     /// The kernel to use when the tree has several (a directory name in /usr/lib/modules).
     #[arg(long)]
     pub kernel_version: Option<String>,
@@ -100,6 +104,10 @@ fn run_build(a: BuildArgs) -> Result<()> {
     opts.fastpatch_binary = match a.fastpatch {
         Some(p) => p,
         None => std::env::current_exe().context("cannot find this program's path")?,
+    };
+    opts.engined_binary = match a.engined {
+        Some(p) => p,
+        None => opts.fastpatch_binary.with_file_name("fastpatch-engined"),
     };
     opts.kernel_version = a.kernel_version;
     opts.cmdline = a.cmdline;

@@ -54,6 +54,9 @@ pub struct BuildOptions {
     pub init: PathBuf,
     /// The `fastpatch` binary installed as `/usr/bin/fastpatch`.
     pub fastpatch_binary: PathBuf,
+    /// The daemon-only `fastpatch-engined` installed as `/usr/bin/fastpatch-engined`: what
+    /// fastpatch-engine.service runs (less code mapped by a process that stays resident).
+    pub engined_binary: PathBuf,
     /// The kernel to use when the tree has several.
     pub kernel_version: Option<String>,
     /// Words this release adds to its kernel's command line (`/usr/boot/cmdline`).
@@ -74,6 +77,7 @@ impl BuildOptions {
             keys: Vec::new(),
             init: PathBuf::new(),
             fastpatch_binary: PathBuf::new(),
+            engined_binary: PathBuf::new(),
             kernel_version: None,
             cmdline: None,
             slot_size: 1024 * MIB,
@@ -141,7 +145,12 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(&str)) -> Result<Rele
         &initramfs_path,
         opts.cmdline.as_deref(),
     )?;
-    usr_tree::add_fastpatch(&usr, &opts.fastpatch_binary, &public_pem)?;
+    usr_tree::add_fastpatch(
+        &usr,
+        &opts.fastpatch_binary,
+        &opts.engined_binary,
+        &public_pem,
+    )?;
     let factory_rules = usr_tree::add_factory(&tree, &usr)?;
 
     progress("making the USR file system");

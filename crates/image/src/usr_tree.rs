@@ -178,11 +178,16 @@ const DBUS_POLICY: (&str, &str) = (
 );
 
 /// Installs the fastpatch binary (also as `update_engine_client`, `locksmithctl` and
-/// locksmithd), its units enabled as
-/// shipped, its D-Bus policy, and the release's public key where the engine trusts it.
-pub fn add_fastpatch(usr: &Path, binary: &Path, public_pem: &str) -> Result<()> {
-    let data = std::fs::read(binary).map_err(io_err(format!("reading {}", binary.display())))?;
-    write_file(&usr.join("bin/fastpatch"), &data, 0o755)?;
+/// locksmithd) and the engine daemon's own binary, their units enabled as shipped, the D-Bus
+/// policy, and the release's public key where the engine trusts it.
+pub fn add_fastpatch(usr: &Path, binary: &Path, engined: &Path, public_pem: &str) -> Result<()> {
+    for (path, name) in [
+        (binary, "bin/fastpatch"),
+        (engined, "bin/fastpatch-engined"),
+    ] {
+        let data = std::fs::read(path).map_err(io_err(format!("reading {}", path.display())))?;
+        write_file(&usr.join(name), &data, 0o755)?;
+    }
     for (path, target) in ALIASES {
         link(target, &usr.join(path))?;
     }

@@ -140,6 +140,8 @@ pub fn build_static_binary(target_dir: &Path, package: &str, bin: &str) -> Resul
 /// `fastpatch` package's tests), so nothing is compiled a second time; a no-op when the test
 /// build is current. Copied without symbols into `out_dir` (a smaller image and initramfs).
 /// It links the C runtime dynamically: [`guest_runtime_files`] are what it needs.
+/// `fastpatch-engined` (the engine daemon alone, what the OS image's unit runs) is copied
+/// beside it the same way.
 pub fn build_guest_fastpatch(target_dir: &Path, out_dir: &Path) -> Result<PathBuf> {
     run_command(
         cargo_command(target_dir)
@@ -152,23 +154,24 @@ pub fn build_guest_fastpatch(target_dir: &Path, out_dir: &Path) -> Result<PathBu
             ])
             .args(["--test", "it"]),
     )?;
-    let built = target_dir.join("debug").join("fastpatch");
-    if !built.is_file() {
-        return Err(HarnessError::Invalid(format!(
-            "cargo built the workspace's tests but {} is missing",
-            built.display()
-        )));
-    }
     std::fs::create_dir_all(out_dir).map_err(io_err(format!("creating {}", out_dir.display())))?;
-    let out = out_dir.join("fastpatch");
-    run_command(
-        Command::new("strip")
-            .arg("--strip-all")
-            .arg("-o")
-            .arg(&out)
-            .arg(&built),
-    )?;
-    Ok(out)
+    for name in ["fastpatch-engined", "fastpatch"] {
+        let built = target_dir.join("debug").join(name);
+        if !built.is_file() {
+            return Err(HarnessError::Invalid(format!(
+                "cargo built the workspace's tests but {} is missing",
+                built.display()
+            )));
+        }
+        run_command(
+            Command::new("strip")
+                .arg("--strip-all")
+                .arg("-o")
+                .arg(out_dir.join(name))
+                .arg(&built),
+        )?;
+    }
+    Ok(out_dir.join("fastpatch"))
 }
 
 /// The host's C runtime that the guests' dynamically linked `fastpatch` loads (the dynamic

@@ -65,7 +65,16 @@ fn the_guest_binaries_build_and_find_their_runtime() {
         "{} needs a dynamic loader",
         lab.init.display()
     );
-    let loader = interpreter(&engine).expect("the guests' fastpatch is linked dynamically");
+    // Both dynamic binaries the guests run: fastpatch and the engine daemon's own.
+    let engined = engine.with_file_name("fastpatch-engined");
+    for binary in [&engine, &engined] {
+        runs_on_the_guest_runtime(binary);
+    }
+}
+
+/// `binary`'s loader and every library it needs are in the runtime the guests get.
+fn runs_on_the_guest_runtime(engine: &Path) {
+    let loader = interpreter(engine).expect("the guests' binaries are linked dynamically");
     assert!(
         GUEST_RUNTIME.contains(&loader.as_str()),
         "{} asks for loader {loader}, which the guests do not get ({GUEST_RUNTIME:?})",
@@ -74,7 +83,7 @@ fn the_guest_binaries_build_and_find_their_runtime() {
     // Every library it needs is in the runtime the guests get: ldd on the host, whose paths
     // are the guests' (both Debian bookworm, merged /usr).
     let out = std::process::Command::new("ldd")
-        .arg(&engine)
+        .arg(engine)
         .output()
         .expect("running ldd");
     let listing = String::from_utf8_lossy(&out.stdout);

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use fastpatch_testsupport::{PrivateBus, UpdateServer, MACHINE, NEW};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fastpatch");
+/// The daemon-only binary the OS image's unit runs (`fastpatch-engined run`).
+const ENGINED: &str = env!("CARGO_BIN_EXE_fastpatch-engined");
 
 struct Killed(Child);
 impl Drop for Killed {
@@ -67,9 +69,11 @@ fn daemon_binary_serves_update_engine_client_status_byte_for_byte() {
         ),
     )
     .unwrap();
+    // The daemon as shipped: fastpatch-engined, the unit's ExecStart (the kill -9 test
+    // below runs the same code as `fastpatch engine run`).
     let daemon = Killed(
-        Command::new(BIN)
-            .args(["engine", "run", "--config"])
+        Command::new(ENGINED)
+            .args(["run", "--config"])
             .arg(&cfg)
             .spawn()
             .unwrap(),

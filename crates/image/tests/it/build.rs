@@ -66,6 +66,10 @@ fn a_tree_becomes_a_sealed_signed_bootable_release() {
         b"quiet fastpatch.release=1\n"
     );
     assert_eq!(debugfs_cat(&image, "/bin/fastpatch"), b"\x7fELF fastpatch");
+    assert_eq!(
+        debugfs_cat(&image, "/bin/fastpatch-engined"),
+        b"\x7fELF engined"
+    );
     assert!(
         debugfs_stat(&image, "/bin/update_engine_client").contains("Fast link dest: \"fastpatch\"")
     );

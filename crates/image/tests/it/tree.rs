@@ -76,6 +76,7 @@ impl Fixture {
         write(&root.join("var/lib/thing/state"), b"s\n");
         write(&dir.path().join("init"), b"\x7fELF the slot init");
         write(&dir.path().join("fastpatch"), b"\x7fELF fastpatch");
+        write(&dir.path().join("fastpatch-engined"), b"\x7fELF engined");
         fastpatch_payload::keys::write_key_pair(
             &dir.path().join("release.pem"),
             &dir.path().join("release.pub.pem"),
@@ -98,6 +99,7 @@ impl Fixture {
         o.keys = vec![self.path("release.pem")];
         o.init = self.path("init");
         o.fastpatch_binary = self.path("fastpatch");
+        o.engined_binary = self.path("fastpatch-engined");
         o.slot_size = 64 << 20;
         o.disk_size = 512 << 20;
         o

@@ -121,6 +121,7 @@ pub fn build(tree: &Path, version: &str, key: &Path, dir: &Path) -> fastpatch_im
     opts.keys = vec![key.to_path_buf()];
     opts.init = lab().init.clone();
     opts.fastpatch_binary = lab().engine().unwrap().to_path_buf();
+    opts.engined_binary = opts.fastpatch_binary.with_file_name("fastpatch-engined");
     // A marker on the release's own kernel command line: the guest reports which it booted.
     opts.cmdline = Some(format!("fastpatch.release={version}"));
     let started = Instant::now();
