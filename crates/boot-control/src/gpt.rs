@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use fastpatch_disk::{Disk, OpenMode};
 use uuid::Uuid;
 
-use crate::{BootControl, BootControlError, Result, RollbackOutcome, Slot, SlotState};
+use crate::{BootControl, BootControlError, Result, RollbackOutcome, Slot, SlotExtent, SlotState};
 
 /// Slots on a GPT disk (image file or block device), chosen by gptprio attributes.
 pub struct GptBootControl {
@@ -78,6 +78,16 @@ impl BootControl for GptBootControl {
 
     fn slot_state(&self, slot: Slot) -> Result<SlotState> {
         Self::state_of(&self.open(OpenMode::ReadOnly)?, slot)
+    }
+
+    fn extent(&self, slot: Slot) -> Result<SlotExtent> {
+        let s = self.slot_state(slot)?;
+        Ok(SlotExtent {
+            slot,
+            device: self.disk.clone(),
+            offset: s.byte_offset,
+            len: s.byte_len,
+        })
     }
 
     fn stage(&mut self, slot: Slot) -> Result<()> {

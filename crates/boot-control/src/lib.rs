@@ -81,6 +81,17 @@ pub struct SlotState {
     pub byte_len: u64,
 }
 
+/// Where a slot's bytes are: the device (or image file) and the byte range on it. What an
+/// installer writes and what a delta reads, handed out by the boot control so no caller puts
+/// a path and a partition's offsets together itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotExtent {
+    pub slot: Slot,
+    pub device: std::path::PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
 /// What `rollback` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RollbackOutcome {
@@ -122,6 +133,15 @@ pub trait BootControl {
             return Err(BootControlError::BootNotMarkedGood(self.booted()));
         }
         self.slot_state(slot)
+    }
+
+    /// Where `slot`'s bytes are (to read the booted slot as a delta's source).
+    fn extent(&self, slot: Slot) -> Result<SlotExtent>;
+
+    /// The slot to install onto, once [`BootControl::check_writable`] allows it.
+    fn writable_target(&self, slot: Slot) -> Result<SlotExtent> {
+        self.check_writable(slot)?;
+        self.extent(slot)
     }
 
     /// Marks a freshly written slot to be tried once on the next boot (successful=0, tries=1,

@@ -156,7 +156,8 @@ pub fn run_rollback(args: RollbackArgs) -> Result<()> {
             BootedSlot::B
         };
     }
-    let (mut boot, disk) = crate::daemon::boot_control(&cfg)?;
+    let mut boot = crate::daemon::boot_control(&cfg)?;
+    let disk = boot.disk_path().to_path_buf();
     let outcome = boot
         .rollback()
         .with_context(|| format!("rolling back on {}", disk.display()))?;

@@ -90,8 +90,8 @@ impl<'a> Testbed<'a> {
     }
 
     /// The files a machine's initramfs adds: its identity and configuration under /etc, and
-    /// the CA bundle every OS has (the engine's HTTP client refuses to start without system
-    /// roots, even though the guest only speaks plain HTTP to the host).
+    /// the CA bundle every OS has (without system roots the engine starts with a warning and
+    /// can reach only plain-HTTP servers; the guest only speaks plain HTTP to the host).
     /// `engine_layer` is the admin layer of the engine config.
     pub fn etc_files(&self, engine_layer: &str) -> Result<Vec<FsFile>> {
         let update_conf = format!("GROUP={GROUP}\nSERVER={}\n", self.server.guest_update_url());

@@ -28,7 +28,7 @@ fn disk_of_partuuid(uuid: &uuid::Uuid) -> Result<PathBuf> {
 }
 
 /// The boot control the config describes.
-pub fn boot_control(cfg: &DaemonConfig) -> Result<(GptBootControl, PathBuf)> {
+pub fn boot_control(cfg: &DaemonConfig) -> Result<GptBootControl> {
     let slot = match cfg.booted_slot {
         BootedSlot::A => Some(Slot::A),
         BootedSlot::B => Some(Slot::B),
@@ -39,7 +39,7 @@ pub fn boot_control(cfg: &DaemonConfig) -> Result<(GptBootControl, PathBuf)> {
             .disk
             .clone()
             .context("engine config: `disk` must be set when booted_slot is explicit")?;
-        return Ok((GptBootControl::new(disk.clone(), slot), disk));
+        return Ok(GptBootControl::new(disk, slot));
     }
     let cmdline = std::fs::read_to_string(&cfg.cmdline_path)
         .with_context(|| format!("reading {}", cfg.cmdline_path.display()))?;
@@ -57,7 +57,7 @@ pub fn boot_control(cfg: &DaemonConfig) -> Result<(GptBootControl, PathBuf)> {
         Some(d) => d.clone(),
         None => disk_of_partuuid(&uuid)?,
     };
-    Ok((GptBootControl::from_partuuid(disk.clone(), uuid)?, disk))
+    Ok(GptBootControl::from_partuuid(disk, uuid)?)
 }
 
 /// Whether this boot's chooser refused the passive slot: fastpatch-init adds

@@ -89,7 +89,7 @@ pub fn run_engine(cmd: EngineCommand) -> Result<()> {
 async fn health_check(cfg: &DaemonConfig) -> Result<()> {
     use crate::health::{decide, HealthDecision, OnUnhealthy};
     use fastpatch_boot_control::BootControl;
-    let (boot, _) = super::boot_control(cfg).context("finding the booted slot")?;
+    let boot = super::boot_control(cfg).context("finding the booted slot")?;
     let booted = boot
         .slot_state(boot.booted())
         .context("reading the booted slot's attributes")?;

@@ -17,6 +17,7 @@ pub mod config;
 pub mod download;
 pub mod extensions;
 pub mod health;
+mod install;
 pub mod metrics;
 pub mod omaha;
 mod reporter;
@@ -24,13 +25,11 @@ mod reporter;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::hash::BuildHasher;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use fastpatch_boot_control::BootControl;
-use fastpatch_update_conf::UpdateConf;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -67,7 +66,6 @@ pub struct Daemon {
     engine: Engine,
     facts: Facts,
     boot: Box<dyn BootControl + Send>,
-    disk: PathBuf,
     http: reqwest::Client,
     snapshot: Arc<Mutex<StatusSnapshot>>,
     conn: Option<zbus::Connection>,
@@ -110,7 +108,7 @@ impl Daemon {
         // The booted version's system extensions (placed with its update) take their links.
         extensions::activate_logged(&cfg.extension_layout(), &facts.version);
         let durable = crate::persist::load(&cfg.state_file)?;
-        let (boot, disk) = boot_control(&cfg)?;
+        let boot = boot_control(&cfg)?;
         let staged = passive_staged(&boot).context("reading the slots")?;
         let refused = passive_refused(&cfg, &boot)?;
         let (mut engine, start_actions) = Engine::start(
@@ -123,12 +121,7 @@ impl Daemon {
             },
         );
         engine.reboot_after_update = cfg.reboot_after_update;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(cfg.download.connect_timeout_secs))
-            .read_timeout(Duration::from_secs(cfg.download.stall_timeout_secs))
-            .user_agent(omaha::UPDATER_VERSION)
-            .build()
-            .context("building the HTTP client")?;
+        let http = http_client(&cfg)?;
         let snapshot = Arc::new(Mutex::new(StatusSnapshot::of(&engine, 0)));
         let (conn, dbus_rx) = if cfg.dbus {
             let (dbus_tx, dbus_rx) = mpsc::channel(16);
@@ -149,7 +142,6 @@ impl Daemon {
             engine,
             facts,
             boot: Box::new(boot),
-            disk,
             http,
             snapshot,
             conn,
@@ -477,122 +469,30 @@ impl Daemon {
             }
         }
     }
-
-    fn start_install(&mut self, offer: crate::machine::UpdateOffer) {
-        let fail = |d: &mut Daemon, code: ErrorCode, why: String| {
-            tracing::error!("cannot start the install: {why}");
-            d.metrics.failure("install");
-            d.queue.push_back(Input::Failed { code });
-        };
-        let passive = self.boot.booted().other();
-        let slot = match self.boot.check_writable(passive) {
-            Ok(s) => s,
-            Err(e) => return fail(self, ErrorCode::INSTALL_DEVICE_OPEN_ERROR, e.to_string()),
-        };
-        let keys = match fastpatch_payload::keys::load_key_set(&self.cfg.trusted_keys) {
-            Ok(k) => {
-                let files: Vec<String> = k.iter().map(|(p, _)| p.display().to_string()).collect();
-                tracing::info!(keys = %files.join(", "), "payload signature keys trusted");
-                k.into_iter().map(|(_, key)| key).collect()
-            }
-            Err(e) => {
-                return fail(
-                    self,
-                    ErrorCode::DOWNLOAD_PAYLOAD_VERIFICATION_ERROR,
-                    e.to_string(),
-                )
-            }
-        };
-        let mut install = fastpatch_payload::install::InstallOptions::new(keys);
-        install.disk_rate = self.cfg.limits.disk_bytes_per_sec;
-        install.checkpoint_bytes = self.cfg.download.checkpoint_bytes;
-        install.source = self.delta_source();
-        let credentials = UpdateConf::load(&self.cfg.root).ok().and_then(|c| {
-            c.download_credentials()
-                .map(|(u, p)| (u.to_string(), p.to_string()))
-        });
-        tracing::info!(version = %offer.version, size = offer.size, slot = %passive, "downloading the update");
-        let spec = download::InstallSpec {
-            offer,
-            max_failures_per_url: self.max_failures_per_url,
-            disk: self.disk.clone(),
-            slot_offset: slot.byte_offset,
-            slot_len: slot.byte_len,
-            install,
-            state_dir: self.cfg.install_state_dir.clone(),
-            net_rate: self.cfg.limits.download_bytes_per_sec,
-            hash_point_every: self.cfg.download.hash_point_bytes,
-            retry_delay: Duration::from_secs(self.cfg.download.retry_delay_secs),
-            credentials,
-        };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let metrics = self.metrics.clone();
-        let metrics2 = self.metrics.clone();
-        let delta_okay = self.delta_okay.clone();
-        let (ftx, mut frx) = mpsc::unbounded_channel::<Input>();
-        // Count install failures on their way to the loop; a delta that does not fit the
-        // booted slot means asking for the full payload from now on.
-        tokio::spawn(async move {
-            while let Some(i) = frx.recv().await {
-                if let Input::Failed { code } = &i {
-                    metrics2.failure("install");
-                    if *code == ErrorCode::DOWNLOAD_STATE_INITIALIZATION_ERROR
-                        && delta_okay.swap(false, std::sync::atomic::Ordering::Relaxed)
-                    {
-                        tracing::warn!("the delta payload does not fit the booted slot; asking for full payloads from now on");
-                    }
-                }
-                if tx.send(i).is_err() {
-                    break;
-                }
-            }
-        });
-        self.install = Some(download::spawn(
-            spec,
-            self.http.clone(),
-            ftx,
-            Arc::new(move |n| metrics.add_bytes(n)),
-        ));
-        self.install_rx = Some(rx);
-    }
 }
 
-impl Daemon {
-    /// Places the offer's enabled system extensions in the background; the loop gets
-    /// `ExtensionsPlaced` or `Failed` (EXTENSION_ERROR).
-    fn place_extensions(&mut self, offer: crate::machine::UpdateOffer) {
-        let (layout, http, tx) = (
-            self.cfg.extension_layout(),
-            self.http.clone(),
-            self.tx.clone(),
+/// The engine's HTTP client. Without system CA certificates (no ca-certificates on a minimal
+/// OS) it still starts, with no trusted roots, and says so: plain-HTTP servers work, an
+/// https:// server or payload URL fails verification with a clear error.
+fn http_client(cfg: &DaemonConfig) -> Result<reqwest::Client> {
+    let builder = || {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(cfg.download.connect_timeout_secs))
+            .read_timeout(Duration::from_secs(cfg.download.stall_timeout_secs))
+            .user_agent(omaha::UPDATER_VERSION)
+    };
+    builder().build().or_else(|e| {
+        let why = format!("{:#}", anyhow::Error::new(e));
+        tracing::warn!(
+            "cannot load the system's CA certificates ({why}); starting without trusted roots: \
+             plain-HTTP update servers work, HTTPS ones fail verification until the \
+             ca-certificates package is installed"
         );
-        let keys = self.cfg.trusted_keys.clone();
-        tokio::spawn(async move {
-            let input = extensions::place_for_update(&http, &layout, &offer, &keys).await;
-            let _ = tx.send(Msg::Input(input));
-        });
-    }
-
-    /// The booted slot, opened read-only, as the source a delta payload applies to (a full
-    /// payload ignores it). None, with a warning, when it cannot be opened.
-    fn delta_source(&self) -> Option<Arc<dyn fastpatch_payload::install::InstallSource>> {
-        let booted = self.boot.booted();
-        let opened = self
-            .boot
-            .slot_state(booted)
-            .map_err(|e| e.to_string())
-            .and_then(|s| {
-                fastpatch_payload::install::SourceFile::open(&self.disk, s.byte_offset, s.byte_len)
-                    .map_err(|e| e.to_string())
-            });
-        match opened {
-            Ok(f) => Some(Arc::new(f)),
-            Err(e) => {
-                tracing::warn!(slot = %booted, "the booted slot cannot be read, so a delta payload would fail: {e}");
-                None
-            }
-        }
-    }
+        builder()
+            .tls_certs_only([])
+            .build()
+            .context("building the HTTP client")
+    })
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -75,6 +75,9 @@ fn daemon_binary_serves_update_engine_client_status_byte_for_byte() {
         Command::new(ENGINED)
             .args(["run", "--config"])
             .arg(&cfg)
+            // No system CA certificates (a minimal OS): it still starts and serves D-Bus.
+            .env("SSL_CERT_FILE", p.join("no-ca-bundle.pem"))
+            .env("SSL_CERT_DIR", p.join("no-ca-dir"))
             .spawn()
             .unwrap(),
     );
