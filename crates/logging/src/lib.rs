@@ -10,10 +10,10 @@ use tracing_subscriber::EnvFilter;
 /// does not parse is reported on stderr and `fallback` is used instead. A second call (a test
 /// that runs two commands in one process) keeps the first set-up.
 pub fn init(filter: &str, fallback: &str) {
-    let filter = parse(filter, fallback).unwrap_or_else(|(e, fallback)| {
-        eprintln!("warning: log filter {filter:?} not understood ({e}); using {fallback:?}");
-        fallback
-    });
+    let (filter, warning) = choose(filter, fallback);
+    if let Some(warning) = warning {
+        eprintln!("warning: {warning}");
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -21,12 +21,17 @@ pub fn init(filter: &str, fallback: &str) {
         .try_init();
 }
 
-/// `filter` parsed, or why not with the fallback to use (which must parse; `warn` if not).
-fn parse(filter: &str, fallback: &str) -> Result<EnvFilter, (String, EnvFilter)> {
-    EnvFilter::try_new(filter).map_err(|e| {
-        let fallback = EnvFilter::try_new(fallback).unwrap_or_else(|_| EnvFilter::new("warn"));
-        (e.to_string(), fallback)
-    })
+/// `filter` parsed; or, when it does not parse, `fallback` (`warn` if that does not parse
+/// either) with a warning that says why.
+fn choose(filter: &str, fallback: &str) -> (EnvFilter, Option<String>) {
+    match EnvFilter::try_new(filter) {
+        Ok(f) => (f, None),
+        Err(e) => {
+            let used = EnvFilter::try_new(fallback).unwrap_or_else(|_| EnvFilter::new("warn"));
+            let warning = format!("log filter {filter:?} not understood ({e}); using {used}");
+            (used, Some(warning))
+        }
+    }
 }
 
 /// Colour codes only on a terminal, and not with `NO_COLOR` set (no-color.org).
@@ -40,11 +45,20 @@ mod tests {
 
     #[test]
     fn a_bad_filter_falls_back_and_says_why() {
-        assert!(parse("info,fastpatch_disk=debug", "warn").is_ok());
-        let (why, fallback) = parse("info,=[", "warn").expect_err("not a filter");
-        assert!(!why.is_empty());
-        assert_eq!(fallback.to_string(), "warn");
-        let (_, fallback) = parse("=[", "also=[").expect_err("not a filter");
-        assert_eq!(fallback.to_string(), "warn");
+        let (f, warning) = choose("info,fastpatch_disk=debug", "warn");
+        assert_eq!(
+            (f.to_string().contains("fastpatch_disk=debug"), warning),
+            (true, None)
+        );
+        let (f, warning) = choose("info,=[", "error");
+        assert_eq!(f.to_string(), "error");
+        let warning = warning.expect("a warning");
+        assert!(
+            warning.starts_with("log filter \"info,=[\" not understood ("),
+            "{warning}"
+        );
+        assert!(warning.ends_with("; using error"), "{warning}");
+        let (f, _) = choose("=[", "also=[");
+        assert_eq!(f.to_string(), "warn");
     }
 }
