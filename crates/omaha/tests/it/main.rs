@@ -3,3 +3,4 @@
 
 mod no_panic;
 mod protocol;
+mod responses;

@@ -10,3 +10,4 @@ mod delta_real;
 mod fuzz_parser;
 mod http_resume;
 mod install;
+mod install_resume;
