@@ -148,30 +148,17 @@ async fn roles_and_writes(b: Backend) {
     assert!(offered(&s.check("m1", "3602.2.0", "stable", vec![], true).await).is_some());
 
     // Floors: added and removed with an activity entry each; a second add changes nothing.
-    for _ in 0..2 {
-        let floors: Value = s
+    let floor = |method: reqwest::Method| {
+        let req = s
             .http
-            .put(format!("{base}/apps/{app}/floors/3700.0.0"))
-            .bearer_auth("admin-token")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(floors, json!(["3700.0.0"]));
+            .request(method, format!("{base}/apps/{app}/floors/3700.0.0"))
+            .bearer_auth("admin-token");
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    for _ in 0..2 {
+        assert_eq!(floor(reqwest::Method::PUT).await, json!(["3700.0.0"]));
     }
-    let floors: Value = s
-        .http
-        .delete(format!("{base}/apps/{app}/floors/3700.0.0"))
-        .bearer_auth("admin-token")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(floors, json!([]));
+    assert_eq!(floor(reqwest::Method::DELETE).await, json!([]));
     let entries = s.handle.store().activity(None, 5).await.unwrap();
     let floor_entries: Vec<(&str, &str)> = entries
         .iter()
