@@ -64,7 +64,7 @@ pub enum PayloadError {
     BadSignatureBlock(String),
     #[error("no trusted public key configured; refusing to install or verify without one")]
     NoTrustedKeys,
-    #[error("no trusted public key found (looked at {0}); refusing to install without one")]
+    #[error("no trusted public key found (looked at {0}): nothing to check a signature with")]
     NoKeysFound(String),
     #[error("cannot re-sign: {0}")]
     Resign(String),
