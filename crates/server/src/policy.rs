@@ -28,7 +28,7 @@ pub enum InstanceStatus {
 
 /// A status name that is none of [`InstanceStatus::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown instance status {0:?} (one of: undefined, granted, downloading, downloaded, installed, complete, error, on-hold)")]
+#[error("unknown instance status {0:?} (one of: {names})", names = InstanceStatus::names())]
 pub struct UnknownStatus(pub String);
 
 impl std::str::FromStr for InstanceStatus {
@@ -39,18 +39,19 @@ impl std::str::FromStr for InstanceStatus {
     }
 }
 
+/// The status's name; honours width and alignment (`{:<12}` in the CLI's instance list).
+impl std::fmt::Display for InstanceStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// How a stored row's status column decodes (`#[sqlx(try_from = "String")]`).
 impl TryFrom<String> for InstanceStatus {
     type Error = UnknownStatus;
 
     fn try_from(s: String) -> Result<Self, UnknownStatus> {
         s.parse()
-    }
-}
-
-impl std::fmt::Display for InstanceStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -81,6 +82,11 @@ impl InstanceStatus {
 
     pub fn parse(s: &str) -> Option<InstanceStatus> {
         Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Every name, comma-separated (for error messages and help).
+    pub fn names() -> String {
+        Self::ALL.map(InstanceStatus::as_str).join(", ")
     }
 
     /// Holding a grant: counts against max-concurrent and can time out.

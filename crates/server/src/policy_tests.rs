@@ -348,3 +348,16 @@ fn event_status_transitions() {
         );
     }
 }
+
+#[test]
+fn status_names_pad_and_unknown_names_list_the_known_ones() {
+    assert_eq!(format!("[{:<9}]", InstanceStatus::OnHold), "[on-hold  ]");
+    let err = "bogus".parse::<InstanceStatus>().expect_err("not a status");
+    assert_eq!(
+        err.to_string(),
+        "unknown instance status \"bogus\" (one of: undefined, granted, downloading, downloaded, installed, complete, error, on-hold)"
+    );
+    for s in InstanceStatus::ALL {
+        assert_eq!(s.as_str().parse::<InstanceStatus>(), Ok(s));
+    }
+}
