@@ -1,5 +1,7 @@
 //! The engine's one decision point: `Engine::step(input) -> Vec<Action>`. Pure: no I/O, no
-//! clock, no randomness. The daemon performs the actions and feeds the outcomes back in.
+//! clock, no randomness. The daemon performs the actions and feeds the outcomes back in. The
+//! attempt's data lives in the [`State`] enum's variants (`state.rs`); the wire status is
+//! derived from it.
 //!
 //! ```text
 //!  IDLE ─CheckDue─► CHECKING ─update─► UPDATE_AVAILABLE ─progress─► DOWNLOADING ─finished─►
@@ -11,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::report::{ErrorCode, Event};
+use crate::state::{Offered, Phase, State, ThisBoot};
 use crate::status::UpdateStatus;
 
 /// An update the server offered, validated by the omaha crate (size > 0, SHA-256 decoded), with
@@ -154,82 +157,44 @@ pub struct BootFacts {
     pub passive_slot_refused: bool,
 }
 
-/// The engine's whole in-memory state.
+/// The engine's whole in-memory state. The attempt's data lives in [`State`]'s variants; the
+/// rest is this boot, what must survive a restart, and the server's error count.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Engine {
-    pub status: UpdateStatus,
-    /// 0.0 to 1.0 during a download.
-    pub progress: f64,
-    pub new_version: String,
-    pub new_size: u64,
-    pub current_version: String,
-    pub boot_id: String,
-    pub offer: Option<UpdateOffer>,
+    state: State,
+    this_boot: ThisBoot,
+    durable: DurableState,
+    /// NEW_VERSION / NEW_SIZE for GetStatus.
+    offered: Option<Offered>,
     /// Consecutive server errors (for backoff).
-    pub server_failures: u32,
-    /// This boot runs a freshly updated version that is not marked good yet.
-    pub awaiting_good_boot: bool,
-    pub durable: DurableState,
+    server_failures: u32,
     /// Reboot by itself once a staged update's events reached the server (a machine without
-    /// locksmithd). Set by the daemon from its config after [`Engine::start`].
-    pub reboot_after_update: bool,
-    /// The health gate of this boot is running (scheduled checks wait for it).
-    pub health_gate_running: bool,
+    /// locksmithd).
+    reboot_after_update: bool,
 }
 
 impl Engine {
     /// The engine at daemon start, from what was persisted and what this boot looks like.
     pub fn start(durable: DurableState, boot: BootFacts) -> (Engine, Vec<Action>) {
         let mut e = Engine {
-            status: UpdateStatus::Idle,
-            progress: 0.0,
-            new_version: String::new(),
-            new_size: 0,
-            current_version: boot.current_version.clone(),
-            boot_id: boot.boot_id.clone(),
-            offer: None,
-            server_failures: 0,
-            awaiting_good_boot: false,
+            state: State::Idle,
+            this_boot: ThisBoot {
+                version: boot.current_version.clone(),
+                id: boot.boot_id.clone(),
+                awaiting_good: false,
+                gate_running: false,
+            },
             durable,
+            offered: None,
+            server_failures: 0,
             reboot_after_update: false,
-            health_gate_running: false,
         };
         let before = e.durable.clone();
         if e.durable.aleph_version.is_none() {
             e.durable.aleph_version = Some(boot.current_version.clone());
         }
         if let Some(staged) = e.durable.staged.clone() {
-            if staged.boot_id == boot.boot_id {
-                // The daemon restarted without a reboot.
-                if boot.passive_slot_staged {
-                    e.status = UpdateStatus::UpdatedNeedReboot;
-                    e.new_version = staged.version.clone();
-                    e.progress = 1.0;
-                    if let Some(s) = e.durable.staged.as_mut() {
-                        s.gpt_staged = true;
-                    }
-                } else {
-                    // Decided to stage, but the table write never happened: try again later.
-                    e.durable.staged = None;
-                }
-            } else if staged.version == boot.current_version {
-                // Rebooted into the new version: report once the health gate passes.
-                e.awaiting_good_boot = true;
-            } else {
-                if boot.passive_slot_refused {
-                    // The chooser refused it before it ran, even if the table write was not
-                    // known to have happened.
-                    e.durable
-                        .pending_events
-                        .push(Event::slot_refused(&staged.version));
-                } else if staged.gpt_staged {
-                    e.durable
-                        .pending_events
-                        .push(Event::rolled_back(&staged.version));
-                }
-                // Not staged for sure: nothing booted it, so there is nothing to report.
-                e.durable.staged = None;
-            }
+            e.resume_staged(staged, &boot);
         }
         let mut actions = Vec::new();
         if e.durable != before {
@@ -237,7 +202,7 @@ impl Engine {
         }
         // Waiting reports (a rollback found just now, or left over from the last run) go out
         // early; NEED_REBOOT sends only pings, so they wait for the reboot there.
-        let delay = if e.durable.pending_events.is_empty() || e.status != UpdateStatus::Idle {
+        let delay = if e.durable.pending_events.is_empty() || e.state != State::Idle {
             CheckDelay::Initial
         } else {
             CheckDelay::Report
@@ -247,94 +212,215 @@ impl Engine {
         (e, actions)
     }
 
-    /// The one place that decides what happens next: which input counts in which state. Each
-    /// transition is one method below.
-    pub fn step(&mut self, input: Input) -> Vec<Action> {
-        use UpdateStatus as S;
-        match (self.status, input) {
-            (S::Idle, Input::CheckDue { interactive: false }) if self.health_gate_running => {
-                vec![Action::ScheduleCheck(CheckDelay::HealthGate)]
+    /// At start, with an update staged by an earlier run: where did it get to?
+    fn resume_staged(&mut self, staged: StagedUpdate, boot: &BootFacts) {
+        if staged.boot_id == boot.boot_id {
+            // The daemon restarted without a reboot.
+            if boot.passive_slot_staged {
+                self.state = State::NeedReboot;
+                self.offered = Some(Offered {
+                    version: staged.version,
+                    size: 0,
+                });
+                if let Some(s) = self.durable.staged.as_mut() {
+                    s.gpt_staged = true;
+                }
+            } else {
+                // Decided to stage, but the table write never happened: try again later.
+                self.durable.staged = None;
             }
-            (S::Idle, Input::CheckDue { interactive }) => self.start_check(interactive),
-            (S::UpdatedNeedReboot, Input::CheckDue { .. }) => vec![Action::SendPing],
-            (_, Input::CheckDue { .. }) => Vec::new(), // busy: the running attempt goes on
+        } else if staged.version == boot.current_version {
+            // Rebooted into the new version: report once the health gate passes.
+            self.this_boot.awaiting_good = true;
+        } else {
+            if boot.passive_slot_refused {
+                // The chooser refused it before it ran, even if the table write was not known
+                // to have happened.
+                self.durable
+                    .pending_events
+                    .push(Event::slot_refused(&staged.version));
+            } else if staged.gpt_staged {
+                self.durable
+                    .pending_events
+                    .push(Event::rolled_back(&staged.version));
+            }
+            // Not staged for sure: nothing booted it, so there is nothing to report.
+            self.durable.staged = None;
+        }
+    }
+
+    /// From the daemon's config: reboot by itself once a staged update is reported.
+    pub fn set_reboot_after_update(&mut self, on: bool) {
+        self.reboot_after_update = on;
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The wire status of the current state.
+    pub fn status(&self) -> UpdateStatus {
+        self.state.status()
+    }
+
+    pub fn progress(&self) -> f64 {
+        self.state.progress()
+    }
+
+    /// The last offer (NEW_VERSION / NEW_SIZE), if any since start or the last ResetStatus.
+    pub fn offered(&self) -> Option<&Offered> {
+        self.offered.as_ref()
+    }
+
+    /// What the daemon writes to the state file on [`Action::Persist`].
+    pub fn durable(&self) -> &DurableState {
+        &self.durable
+    }
+
+    /// This boot runs a freshly updated version whose good mark is still to come.
+    pub fn awaiting_good_boot(&self) -> bool {
+        self.this_boot.awaiting_good
+    }
+
+    pub fn health_gate_running(&self) -> bool {
+        self.this_boot.gate_running
+    }
+
+    pub fn server_failures(&self) -> u32 {
+        self.server_failures
+    }
+
+    /// The one place that decides what happens next: which input counts in which state.
+    pub fn step(&mut self, input: Input) -> Vec<Action> {
+        let state = std::mem::replace(&mut self.state, State::Idle);
+        let (next, actions) = self.transition(state, input);
+        self.state = next;
+        actions
+    }
+
+    /// Every arm names the next state; each transition with more to it is one method below.
+    fn transition(&mut self, state: State, input: Input) -> (State, Vec<Action>) {
+        use Phase as P;
+        use State as St;
+        match (state, input) {
+            // This boot's health gate, whatever the attempt is doing.
+            (s, Input::HealthGateStarted) => {
+                self.this_boot.gate_running = true;
+                (s, Vec::new())
+            }
+            (s, Input::HealthGateEnded) => {
+                self.this_boot.gate_running = false;
+                (s, Vec::new())
+            }
+            (s, Input::BootMarkedGood) => {
+                let actions = self.boot_marked_good(&s);
+                (s, actions)
+            }
+
+            (St::Idle, Input::CheckDue { interactive: false }) if self.this_boot.gate_running => (
+                St::Idle,
+                vec![Action::ScheduleCheck(CheckDelay::HealthGate)],
+            ),
+            (St::Idle, Input::CheckDue { interactive }) => self.start_check(interactive),
+            (St::NeedReboot, Input::CheckDue { .. }) => (St::NeedReboot, vec![Action::SendPing]),
+            // Busy: the running attempt goes on.
+            (busy, Input::CheckDue { .. }) => (busy, Vec::new()),
 
             (
-                S::CheckingForUpdate,
+                St::Checking,
                 Input::CheckAnswered {
                     reply,
                     poll_interval,
                 },
             ) => self.check_answered(reply, poll_interval),
-            (S::UpdatedNeedReboot, Input::CheckAnswered { poll_interval, .. }) => {
-                self.ping_answered(poll_interval)
+            (St::NeedReboot, Input::CheckAnswered { poll_interval, .. }) => {
+                (St::NeedReboot, self.ping_answered(poll_interval))
             }
-            (S::CheckingForUpdate | S::UpdatedNeedReboot, Input::CheckFailed { server_error }) => {
-                self.check_failed(server_error)
+            (St::Checking, Input::CheckFailed { server_error }) => {
+                (St::Idle, self.check_failed(server_error))
             }
-
-            (S::UpdateAvailable | S::Downloading, Input::DownloadProgress { received }) => {
-                self.download_progress(received)
+            (St::NeedReboot, Input::CheckFailed { server_error }) => {
+                (St::NeedReboot, self.check_failed(server_error))
             }
-            (S::UpdateAvailable | S::Downloading, Input::DownloadFinished) => {
-                self.download_finished()
-            }
-            (S::Verifying, Input::InstallVerified) => self.install_verified(),
-            (S::Finalizing, Input::ExtensionsPlaced) => self.stage(),
-            (S::Finalizing, Input::Staged) if self.durable.staged.is_some() => self.staged(),
 
             (
-                S::CheckingForUpdate
-                | S::UpdateAvailable
-                | S::Downloading
-                | S::Verifying
-                | S::Finalizing,
-                Input::Failed { code },
-            ) => self.attempt_failed(code),
-            (S::ReportingErrorEvent, Input::ErrorReported) => {
-                self.status = S::Idle;
-                vec![Action::PublishStatus]
-            }
+                St::Installing {
+                    offer,
+                    phase: P::Started | P::Downloading { .. },
+                },
+                Input::DownloadProgress { received },
+            ) => (
+                St::Installing {
+                    offer,
+                    phase: P::Downloading { received },
+                },
+                vec![Action::PublishStatus],
+            ),
+            (
+                St::Installing {
+                    offer,
+                    phase: P::Started | P::Downloading { .. },
+                },
+                Input::DownloadFinished,
+            ) => download_finished(offer),
+            (
+                St::Installing {
+                    offer,
+                    phase: P::Verifying,
+                },
+                Input::InstallVerified,
+            ) => install_verified(offer),
+            (
+                St::Installing {
+                    offer,
+                    phase: P::PlacingExtensions,
+                },
+                Input::ExtensionsPlaced,
+            ) => self.stage(offer),
+            (
+                St::Installing {
+                    phase: P::Staging, ..
+                },
+                Input::Staged,
+            ) => self.staged(),
 
-            (S::Idle | S::ReportingErrorEvent, Input::ResetStatus) => {
-                self.status = S::Idle;
-                self.clear_attempt();
-                vec![Action::PublishStatus]
+            (St::Checking | St::Installing { .. }, Input::Failed { code }) => {
+                self.attempt_failed(code)
             }
-            (S::UpdatedNeedReboot, Input::ResetStatus) => self.unstage(),
+            (St::ReportingError, Input::ErrorReported) => (St::Idle, vec![Action::PublishStatus]),
 
-            (_, Input::HealthGateStarted) => {
-                self.health_gate_running = true;
-                Vec::new()
+            (St::Idle | St::ReportingError, Input::ResetStatus) => {
+                self.offered = None;
+                (St::Idle, vec![Action::PublishStatus])
             }
-            (_, Input::HealthGateEnded) => {
-                self.health_gate_running = false;
-                Vec::new()
-            }
-            (_, Input::BootMarkedGood) => self.boot_marked_good(),
+            (St::NeedReboot, Input::ResetStatus) => self.unstage(),
 
             // Anything else is a stale or out-of-order report: ignore it, loudly.
-            (status, input) => {
-                tracing::debug!(?status, ?input, "input ignored in this state");
-                Vec::new()
+            (state, input) => {
+                tracing::debug!(?state, ?input, "input ignored in this state");
+                (state, Vec::new())
             }
         }
     }
 
     /// Idle → checking: the request carries the events the server has not acknowledged.
-    fn start_check(&mut self, interactive: bool) -> Vec<Action> {
-        self.status = UpdateStatus::CheckingForUpdate;
-        vec![
+    fn start_check(&mut self, interactive: bool) -> (State, Vec<Action>) {
+        let actions = vec![
             Action::SendUpdateCheck {
                 events: self.durable.pending_events.clone(),
                 interactive,
             },
             Action::PublishStatus,
-        ]
+        ];
+        (State::Checking, actions)
     }
 
     /// The server answered a check: its events are acknowledged; an update starts installing.
-    fn check_answered(&mut self, reply: CheckReply, poll_interval: Option<u64>) -> Vec<Action> {
+    fn check_answered(
+        &mut self,
+        reply: CheckReply,
+        poll_interval: Option<u64>,
+    ) -> (State, Vec<Action>) {
         self.server_failures = 0;
         let mut actions = Vec::new();
         if !self.durable.pending_events.is_empty() {
@@ -345,25 +431,25 @@ impl Engine {
             seconds,
         });
         match reply {
-            CheckReply::Update(offer) if offer.version != self.current_version => {
-                self.status = UpdateStatus::UpdateAvailable;
-                self.new_version = offer.version.clone();
-                self.new_size = offer.size;
-                self.progress = 0.0;
-                self.offer = Some(offer.clone());
+            CheckReply::Update(offer) if offer.version != self.this_boot.version => {
+                self.offered = Some(Offered {
+                    version: offer.version.clone(),
+                    size: offer.size,
+                });
                 actions.extend([
                     Action::SendEvents(vec![Event::download_started()]),
-                    Action::StartInstall(offer),
+                    Action::StartInstall(offer.clone()),
                     Action::PublishStatus,
                     Action::ScheduleCheck(next),
                 ]);
+                let phase = Phase::Started;
+                (State::Installing { offer, phase }, actions)
             }
             _ => {
-                self.status = UpdateStatus::Idle;
                 actions.extend([Action::PublishStatus, Action::ScheduleCheck(next)]);
+                (State::Idle, actions)
             }
         }
-        actions
     }
 
     /// A ping while an update waits for its reboot was answered.
@@ -378,9 +464,6 @@ impl Engine {
 
     /// A check or ping failed: server errors back off.
     fn check_failed(&mut self, server_error: bool) -> Vec<Action> {
-        if self.status == UpdateStatus::CheckingForUpdate {
-            self.status = UpdateStatus::Idle;
-        }
         let delay = if server_error {
             self.server_failures = self.server_failures.saturating_add(1);
             CheckDelay::Backoff {
@@ -392,40 +475,22 @@ impl Engine {
         vec![Action::PublishStatus, Action::ScheduleCheck(delay)]
     }
 
-    fn download_progress(&mut self, received: u64) -> Vec<Action> {
-        self.status = UpdateStatus::Downloading;
-        self.progress = if self.new_size == 0 {
-            0.0
-        } else {
-            (received as f64 / self.new_size as f64).min(1.0)
-        };
-        vec![Action::PublishStatus]
-    }
-
-    /// Every byte arrived: the installer verifies the slot.
-    fn download_finished(&mut self) -> Vec<Action> {
-        self.status = UpdateStatus::Verifying;
-        self.progress = 1.0;
-        vec![
-            Action::SendEvents(vec![Event::download_finished()]),
-            Action::FinishInstall,
-            Action::PublishStatus,
-        ]
-    }
-
-    /// The slot verified: the enabled system extensions are placed before anything is staged.
-    fn install_verified(&mut self) -> Vec<Action> {
-        self.status = UpdateStatus::Finalizing;
-        match self.offer.clone() {
-            Some(offer) => vec![Action::PlaceExtensions(offer), Action::PublishStatus],
-            // No offer to take extensions from (cannot happen): stage as before.
-            None => self.stage(),
-        }
+    /// Stages the new slot: the intent is remembered before the table is touched, so a
+    /// restart knows.
+    fn stage(&mut self, offer: UpdateOffer) -> (State, Vec<Action>) {
+        self.durable.staged = Some(StagedUpdate {
+            version: offer.version.clone(),
+            from_version: self.this_boot.version.clone(),
+            boot_id: self.this_boot.id.clone(),
+            gpt_staged: false,
+        });
+        let actions = vec![Action::Persist, Action::StageSlot, Action::PublishStatus];
+        let phase = Phase::Staging;
+        (State::Installing { offer, phase }, actions)
     }
 
     /// The table says staged: the update waits for its reboot.
-    fn staged(&mut self) -> Vec<Action> {
-        self.status = UpdateStatus::UpdatedNeedReboot;
+    fn staged(&mut self) -> (State, Vec<Action>) {
         if let Some(s) = self.durable.staged.as_mut() {
             s.gpt_staged = true;
         }
@@ -439,43 +504,40 @@ impl Engine {
             // After the 3/1 above: the reboot waits for it to reach the server.
             actions.push(Action::RebootWhenReported);
         }
-        actions
+        (State::NeedReboot, actions)
     }
 
     /// The attempt failed: an unfinished stage intent is dropped, the error is reported.
-    fn attempt_failed(&mut self, code: ErrorCode) -> Vec<Action> {
+    fn attempt_failed(&mut self, code: ErrorCode) -> (State, Vec<Action>) {
         let mut actions = Vec::new();
         if self.durable.staged.as_ref().is_some_and(|s| !s.gpt_staged) {
             self.durable.staged = None;
             actions.push(Action::Persist);
         }
-        self.status = UpdateStatus::ReportingErrorEvent;
-        self.offer = None;
-        self.progress = 0.0;
         actions.extend([
             Action::DropInstall,
             Action::SendEvents(vec![Event::error(code)]),
             Action::PublishStatus,
             Action::ScheduleCheck(CheckDelay::Regular),
         ]);
-        actions
+        (State::ReportingError, actions)
     }
 
     /// ResetStatus while an update waits for its reboot: the booted slot goes back on top.
-    fn unstage(&mut self) -> Vec<Action> {
-        self.status = UpdateStatus::Idle;
-        self.clear_attempt();
+    fn unstage(&mut self) -> (State, Vec<Action>) {
+        self.offered = None;
         self.durable.staged = None;
-        vec![Action::UnstageSlot, Action::Persist, Action::PublishStatus]
+        let actions = vec![Action::UnstageSlot, Action::Persist, Action::PublishStatus];
+        (State::Idle, actions)
     }
 
     /// The health gate passed: after an update, 3/2 goes out soon and old extensions go.
-    fn boot_marked_good(&mut self) -> Vec<Action> {
-        self.health_gate_running = false;
-        if !self.awaiting_good_boot {
+    fn boot_marked_good(&mut self, state: &State) -> Vec<Action> {
+        self.this_boot.gate_running = false;
+        if !self.this_boot.awaiting_good {
             return Vec::new();
         }
-        self.awaiting_good_boot = false;
+        self.this_boot.awaiting_good = false;
         let Some(staged) = self.durable.staged.take() else {
             return vec![Action::Persist];
         };
@@ -486,32 +548,34 @@ impl Engine {
             Action::Persist,
             // The old version's extensions are kept until now; the fallback keeps its own.
             Action::PruneExtensions {
-                keep: vec![staged.version.clone(), staged.from_version.clone()],
+                keep: vec![staged.version, staged.from_version],
             },
         ];
-        if self.status == UpdateStatus::Idle {
+        if *state == State::Idle {
             // Tell the server soon; a check already under way carries it anyway.
             actions.push(Action::ScheduleCheck(CheckDelay::Report));
         }
         actions
     }
+}
 
-    /// Stages the new slot: the intent is remembered before the table is touched, so a
-    /// restart knows.
-    fn stage(&mut self) -> Vec<Action> {
-        self.durable.staged = Some(StagedUpdate {
-            version: self.new_version.clone(),
-            from_version: self.current_version.clone(),
-            boot_id: self.boot_id.clone(),
-            gpt_staged: false,
-        });
-        vec![Action::Persist, Action::StageSlot, Action::PublishStatus]
-    }
+/// Every byte arrived: the installer verifies the slot.
+fn download_finished(offer: UpdateOffer) -> (State, Vec<Action>) {
+    let actions = vec![
+        Action::SendEvents(vec![Event::download_finished()]),
+        Action::FinishInstall,
+        Action::PublishStatus,
+    ];
+    let phase = Phase::Verifying;
+    (State::Installing { offer, phase }, actions)
+}
 
-    fn clear_attempt(&mut self) {
-        self.offer = None;
-        self.progress = 0.0;
-        self.new_version.clear();
-        self.new_size = 0;
-    }
+/// The slot verified: the enabled system extensions are placed before anything is staged.
+fn install_verified(offer: UpdateOffer) -> (State, Vec<Action>) {
+    let actions = vec![
+        Action::PlaceExtensions(offer.clone()),
+        Action::PublishStatus,
+    ];
+    let phase = Phase::PlacingExtensions;
+    (State::Installing { offer, phase }, actions)
 }

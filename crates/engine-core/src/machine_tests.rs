@@ -4,6 +4,7 @@ use proptest::prelude::*;
 
 use crate::machine::*;
 use crate::report::{ErrorCode, Event};
+use crate::state::{Phase, State};
 use crate::status::UpdateStatus as S;
 
 fn boot(version: &str, boot_id: &str, staged: bool) -> BootFacts {
@@ -36,7 +37,7 @@ fn fresh() -> Engine {
         ],
         "aleph version recorded on first start"
     );
-    assert_eq!(e.durable.aleph_version.as_deref(), Some("1"));
+    assert_eq!(e.durable().aleph_version.as_deref(), Some("1"));
     e
 }
 
@@ -55,7 +56,7 @@ fn events_sent(actions: &[Action]) -> Vec<Event> {
 fn staged_engine() -> Engine {
     let mut e = fresh();
     let a = e.step(Input::CheckDue { interactive: false });
-    assert_eq!(e.status, S::CheckingForUpdate);
+    assert_eq!(e.status(), S::CheckingForUpdate);
     assert_eq!(
         a[0],
         Action::SendUpdateCheck {
@@ -68,27 +69,30 @@ fn staged_engine() -> Engine {
         reply: CheckReply::Update(offer("2")),
         poll_interval: None,
     });
-    assert_eq!(e.status, S::UpdateAvailable);
+    assert_eq!(e.status(), S::UpdateAvailable);
     assert!(a.contains(&Action::StartInstall(offer("2"))));
     assert_eq!(events_sent(&a), vec![Event::download_started()]);
-    assert_eq!((e.new_version.as_str(), e.new_size), ("2", 1000));
+    assert_eq!(
+        e.offered().map(|o| (o.version.as_str(), o.size)),
+        Some(("2", 1000))
+    );
 
     e.step(Input::DownloadProgress { received: 250 });
-    assert_eq!((e.status, e.progress), (S::Downloading, 0.25));
+    assert_eq!((e.status(), e.progress()), (S::Downloading, 0.25));
 
     let a = e.step(Input::DownloadFinished);
-    assert_eq!(e.status, S::Verifying);
+    assert_eq!(e.status(), S::Verifying);
     assert!(a.contains(&Action::FinishInstall));
     assert_eq!(events_sent(&a), vec![Event::download_finished()]);
 
     let a = e.step(Input::InstallVerified);
-    assert_eq!(e.status, S::Finalizing);
+    assert_eq!(e.status(), S::Finalizing);
     // The enabled system extensions are placed before anything is staged.
     assert_eq!(
         a,
         [Action::PlaceExtensions(offer("2")), Action::PublishStatus]
     );
-    assert_eq!(e.durable.staged, None);
+    assert_eq!(e.durable().staged, None);
     assert_eq!(
         e.step(Input::Staged),
         [],
@@ -96,13 +100,16 @@ fn staged_engine() -> Engine {
     );
 
     let a = e.step(Input::ExtensionsPlaced);
-    assert_eq!(e.status, S::Finalizing);
+    assert_eq!(e.status(), S::Finalizing);
     // The intent is durable before the table is touched.
     assert_eq!(a[..2], [Action::Persist, Action::StageSlot]);
-    assert_eq!(e.durable.staged.as_ref().map(|s| s.gpt_staged), Some(false));
+    assert_eq!(
+        e.durable().staged.as_ref().map(|s| s.gpt_staged),
+        Some(false)
+    );
 
     let a = e.step(Input::Staged);
-    assert_eq!(e.status, S::UpdatedNeedReboot);
+    assert_eq!(e.status(), S::UpdatedNeedReboot);
     assert_eq!(a[0], Action::Persist);
     assert!(a.contains(&Action::DropInstall), "the attempt is over");
     assert!(
@@ -110,7 +117,7 @@ fn staged_engine() -> Engine {
         "locksmithd decides: {a:?}"
     );
     assert_eq!(events_sent(&a), vec![Event::installed()]);
-    let staged = e.durable.staged.clone().unwrap();
+    let staged = e.durable().staged.clone().unwrap();
     assert_eq!(
         (
             staged.version.as_str(),
@@ -138,7 +145,7 @@ fn full_update_then_only_pings() {
         vec![Action::ScheduleCheck(CheckDelay::Server { seconds: 60 })]
     );
     assert_eq!(
-        e.status,
+        e.status(),
         S::UpdatedNeedReboot,
         "no second install over a staged slot"
     );
@@ -146,9 +153,9 @@ fn full_update_then_only_pings() {
 
 #[test]
 fn reboot_into_new_version_reports_complete_only_after_the_gate() {
-    let staged = staged_engine().durable;
+    let staged = staged_engine().durable().clone();
     let (mut e, _) = Engine::start(staged, boot("2", "boot-2", false));
-    assert!(e.awaiting_good_boot);
+    assert!(e.awaiting_good_boot());
     let a = e.step(Input::CheckDue { interactive: false });
     assert_eq!(events_sent(&a), vec![], "3/2 waits for the health gate");
     e.step(Input::CheckAnswered {
@@ -168,7 +175,7 @@ fn reboot_into_new_version_reports_complete_only_after_the_gate() {
         "older extensions go once the new version is good (the fallback's stay); \
          3/2 goes out soon, not at the next regular check"
     );
-    assert_eq!(e.durable.staged, None);
+    assert_eq!(e.durable().staged, None);
     let a = e.step(Input::CheckDue { interactive: false });
     assert_eq!(events_sent(&a), vec![Event::update_complete("1")]);
     let a = e.step(Input::CheckAnswered {
@@ -179,7 +186,7 @@ fn reboot_into_new_version_reports_complete_only_after_the_gate() {
         a.contains(&Action::Persist),
         "acknowledged events are dropped durably"
     );
-    assert!(e.durable.pending_events.is_empty());
+    assert!(e.durable().pending_events.is_empty());
     assert_eq!(
         e.step(Input::BootMarkedGood),
         vec![],
@@ -189,7 +196,7 @@ fn reboot_into_new_version_reports_complete_only_after_the_gate() {
 
 #[test]
 fn coming_back_on_the_old_version_reports_rollback_44() {
-    let staged = staged_engine().durable;
+    let staged = staged_engine().durable().clone();
     let (mut e, actions) = Engine::start(staged, boot("1", "boot-3", false));
     assert!(actions.contains(&Action::Persist));
     assert!(
@@ -197,7 +204,7 @@ fn coming_back_on_the_old_version_reports_rollback_44() {
         "the rollback is reported early: {actions:?}"
     );
     assert!(!actions.contains(&Action::ScheduleCheck(CheckDelay::Initial)));
-    assert_eq!(e.durable.staged, None);
+    assert_eq!(e.durable().staged, None);
     let a = e.step(Input::CheckDue { interactive: false });
     let sent = events_sent(&a);
     assert_eq!(sent, vec![Event::rolled_back("2")]);
@@ -206,14 +213,14 @@ fn coming_back_on_the_old_version_reports_rollback_44() {
 
 #[test]
 fn a_slot_the_chooser_refused_is_reported_as_such_not_as_a_rollback() {
-    let staged = staged_engine().durable;
+    let staged = staged_engine().durable().clone();
     let refused = BootFacts {
         passive_slot_refused: true,
         ..boot("1", "boot-3", false)
     };
     let (mut e, actions) = Engine::start(staged, refused);
     assert!(actions.contains(&Action::ScheduleCheck(CheckDelay::Report)));
-    assert_eq!(e.durable.staged, None);
+    assert_eq!(e.durable().staged, None);
     let sent = events_sent(&e.step(Input::CheckDue { interactive: false }));
     assert_eq!(sent, vec![Event::slot_refused("2")]);
     assert_eq!(
@@ -225,16 +232,16 @@ fn a_slot_the_chooser_refused_is_reported_as_such_not_as_a_rollback() {
 
 #[test]
 fn a_restart_without_reboot_keeps_need_reboot_only_if_the_table_says_so() {
-    let staged = staged_engine().durable;
+    let staged = staged_engine().durable().clone();
     let (e, _) = Engine::start(staged.clone(), boot("1", "boot-1", true));
     assert_eq!(
-        (e.status, e.new_version.as_str()),
-        (S::UpdatedNeedReboot, "2")
+        (e.status(), e.offered().map(|o| o.version.as_str())),
+        (S::UpdatedNeedReboot, Some("2"))
     );
 
     let (e, actions) = Engine::start(staged, boot("1", "boot-1", false));
-    assert_eq!(e.status, S::Idle);
-    assert_eq!(e.durable.staged, None);
+    assert_eq!(e.status(), S::Idle);
+    assert_eq!(e.durable().staged, None);
     assert!(actions.contains(&Action::Persist));
 }
 
@@ -248,8 +255,8 @@ fn crash_between_intent_and_table_write_never_reports_a_false_rollback() {
     });
     e.step(Input::DownloadFinished);
     e.step(Input::InstallVerified); // intent persisted, then the power went
-    let (mut e, _) = Engine::start(e.durable.clone(), boot("1", "boot-2", false));
-    assert_eq!(e.durable.staged, None);
+    let (mut e, _) = Engine::start(e.durable().clone(), boot("1", "boot-2", false));
+    assert_eq!(e.durable().staged, None);
     let a = e.step(Input::CheckDue { interactive: false });
     assert_eq!(events_sent(&a), vec![]);
 }
@@ -311,22 +318,23 @@ fn failures_in_every_busy_state_report_3_0_and_return_to_idle() {
         for i in inputs {
             e.step(i);
         }
-        assert_eq!(e.status, state);
+        assert_eq!(e.status(), state);
         let a = e.step(Input::Failed {
             code: ErrorCode::PAYLOAD_HASH_MISMATCH,
         });
-        assert_eq!(e.status, S::ReportingErrorEvent, "{state:?}");
+        assert_eq!(e.status(), S::ReportingErrorEvent, "{state:?}");
         assert_eq!(
             events_sent(&a),
             vec![Event::error(ErrorCode::PAYLOAD_HASH_MISMATCH)],
             "{state:?}"
         );
         assert_eq!(
-            e.durable.staged, None,
+            e.durable().staged,
+            None,
             "{state:?}: an unfinished stage intent is dropped"
         );
         e.step(Input::ErrorReported);
-        assert_eq!(e.status, S::Idle, "{state:?}");
+        assert_eq!(e.status(), S::Idle, "{state:?}");
     }
 }
 
@@ -337,7 +345,7 @@ fn server_errors_back_off_and_success_resets() {
         e.step(Input::CheckDue { interactive: false });
         let a = e.step(Input::CheckFailed { server_error: true });
         assert!(a.contains(&Action::ScheduleCheck(CheckDelay::Backoff { failures: n })));
-        assert_eq!(e.status, S::Idle);
+        assert_eq!(e.status(), S::Idle);
     }
     e.step(Input::CheckDue { interactive: false });
     let a = e.step(Input::CheckFailed {
@@ -352,7 +360,7 @@ fn server_errors_back_off_and_success_resets() {
         reply: CheckReply::NoUpdate,
         poll_interval: None,
     });
-    assert_eq!(e.server_failures, 0);
+    assert_eq!(e.server_failures(), 0);
 }
 
 #[test]
@@ -363,14 +371,14 @@ fn same_version_offer_is_no_update_and_busy_checks_are_ignored() {
         reply: CheckReply::Update(offer("1")),
         poll_interval: None,
     });
-    assert_eq!(e.status, S::Idle);
+    assert_eq!(e.status(), S::Idle);
     e.step(Input::CheckDue { interactive: false });
     e.step(Input::CheckAnswered {
         reply: CheckReply::Update(offer("2")),
         poll_interval: None,
     });
     assert_eq!(e.step(Input::CheckDue { interactive: true }), vec![]);
-    assert_eq!(e.status, S::UpdateAvailable);
+    assert_eq!(e.status(), S::UpdateAvailable);
 }
 
 #[test]
@@ -381,7 +389,7 @@ fn scheduled_checks_wait_for_the_health_gate_and_interactive_ones_do_not() {
         e.step(Input::CheckDue { interactive: false }),
         [Action::ScheduleCheck(CheckDelay::HealthGate)]
     );
-    assert_eq!(e.status, S::Idle);
+    assert_eq!(e.status(), S::Idle);
     let a = e.step(Input::CheckDue { interactive: true });
     assert!(matches!(a[0], Action::SendUpdateCheck { .. }), "{a:?}");
     e.step(Input::CheckAnswered {
@@ -405,7 +413,7 @@ fn scheduled_checks_wait_for_the_health_gate_and_interactive_ones_do_not() {
 #[test]
 fn reboot_after_update_reboots_once_the_installed_event_is_out() {
     let mut e = fresh();
-    e.reboot_after_update = true;
+    e.set_reboot_after_update(true);
     e.step(Input::CheckDue { interactive: false });
     e.step(Input::CheckAnswered {
         reply: CheckReply::Update(offer("2")),
@@ -445,7 +453,7 @@ fn an_extension_that_cannot_be_placed_fails_the_update_before_staging() {
         vec![Event::error(ErrorCode::EXTENSION_ERROR)]
     );
     assert_eq!(
-        (e.status, e.durable.staged.clone()),
+        (e.status(), e.durable().staged.clone()),
         (S::ReportingErrorEvent, None)
     );
 }
@@ -458,7 +466,7 @@ fn reset_status_unstages_a_waiting_update() {
         a,
         vec![Action::UnstageSlot, Action::Persist, Action::PublishStatus]
     );
-    assert_eq!((e.status, e.durable.staged.clone()), (S::Idle, None));
+    assert_eq!((e.status(), e.durable().staged.clone()), (S::Idle, None));
     // ResetStatus during a download is refused (nothing happens).
     let mut e = fresh();
     e.step(Input::CheckDue { interactive: false });
@@ -467,7 +475,7 @@ fn reset_status_unstages_a_waiting_update() {
         poll_interval: None,
     });
     assert_eq!(e.step(Input::ResetStatus), vec![]);
-    assert_eq!(e.status, S::UpdateAvailable);
+    assert_eq!(e.status(), S::UpdateAvailable);
 }
 
 fn arb_input() -> impl Strategy<Value = Input> {
@@ -501,8 +509,8 @@ proptest! {
     fn invariants_hold_for_any_input_sequence(inputs in prop::collection::vec(arb_input(), 0..60)) {
         let mut e = fresh();
         for input in inputs {
-            let was = e.status;
-            let gate_before = e.health_gate_running;
+            let was = e.status();
+            let gate_before = e.health_gate_running();
             let scheduled = matches!(input, Input::CheckDue { interactive: false });
             let actions = e.step(input);
             for a in &actions {
@@ -517,16 +525,16 @@ proptest! {
                 }
                 if matches!(a, Action::StageSlot) {
                     prop_assert_eq!(was, S::Finalizing, "staged only after the extensions were placed");
-                    prop_assert!(e.durable.staged.is_some(), "stage intent recorded first");
+                    prop_assert!(e.durable().staged.is_some(), "stage intent recorded first");
                 }
             }
             let installing = |s: S| matches!(s, S::UpdateAvailable | S::Downloading | S::Verifying | S::Finalizing);
-            if installing(was) && !installing(e.status) {
+            if installing(was) && !installing(e.status()) {
                 prop_assert!(actions.contains(&Action::DropInstall), "an attempt that ends is dropped: {:?}", actions);
             }
-            prop_assert!((0.0..=1.0).contains(&e.progress));
-            if e.status == S::UpdatedNeedReboot {
-                prop_assert!(e.durable.staged.as_ref().is_some_and(|s| s.gpt_staged));
+            prop_assert!((0.0..=1.0).contains(&e.progress()));
+            if e.status() == S::UpdatedNeedReboot {
+                prop_assert!(e.durable().staged.as_ref().is_some_and(|s| s.gpt_staged));
             }
         }
     }
@@ -543,13 +551,54 @@ fn reports_left_from_the_last_run_go_out_early_but_not_over_a_staged_update() {
     assert!(actions.contains(&Action::ScheduleCheck(CheckDelay::Report)));
 
     // Restarted while an update waits for its reboot: pings only, so no early check.
-    let mut staged = staged_engine().durable;
+    let mut staged = staged_engine().durable().clone();
     staged.pending_events = waiting.pending_events;
     let (e, actions) = Engine::start(staged, boot("1", "boot-1", true));
-    assert_eq!(e.status, S::UpdatedNeedReboot);
+    assert_eq!(e.status(), S::UpdatedNeedReboot);
     assert!(actions.contains(&Action::ScheduleCheck(CheckDelay::Initial)));
 
     // A normal boot with nothing waiting: the regular first check.
     let (_, actions) = Engine::start(DurableState::default(), boot("1", "boot-6", false));
     assert!(actions.contains(&Action::ScheduleCheck(CheckDelay::Initial)));
+}
+
+#[test]
+fn the_status_shows_the_last_offer_until_reset_and_progress_follows_the_phase() {
+    use crate::status_report::{StatusSnapshot, NO_VERSION};
+    let mut e = fresh();
+    e.step(Input::CheckDue { interactive: false });
+    e.step(Input::CheckAnswered {
+        reply: CheckReply::Update(offer("2")),
+        poll_interval: None,
+    });
+    e.step(Input::DownloadProgress { received: 2000 });
+    assert_eq!(
+        e.progress(),
+        1.0,
+        "more bytes than offered still reads 100 %"
+    );
+    assert!(matches!(
+        e.state(),
+        State::Installing {
+            phase: Phase::Downloading { received: 2000 },
+            ..
+        }
+    ));
+    e.step(Input::Failed {
+        code: ErrorCode::DOWNLOAD_TRANSFER_ERROR,
+    });
+    e.step(Input::ErrorReported);
+    let snap = StatusSnapshot::of(&e, 7);
+    assert_eq!(
+        (
+            snap.current_operation,
+            snap.progress,
+            snap.new_version.as_str(),
+            snap.new_size
+        ),
+        (S::Idle, 0.0, "2", 1000),
+        "as update_engine: the failed offer stays in the status"
+    );
+    e.step(Input::ResetStatus);
+    assert_eq!(StatusSnapshot::of(&e, 7).new_version, NO_VERSION);
 }

@@ -36,16 +36,16 @@ impl Default for StatusSnapshot {
 
 impl StatusSnapshot {
     pub fn of(engine: &Engine, last_checked_time: i64) -> StatusSnapshot {
+        let (new_version, new_size) = match engine.offered() {
+            Some(o) => (o.version.clone(), i64::try_from(o.size).unwrap_or(i64::MAX)),
+            None => (NO_VERSION.to_string(), 0),
+        };
         StatusSnapshot {
             last_checked_time,
-            progress: engine.progress,
-            current_operation: engine.status,
-            new_version: if engine.new_version.is_empty() {
-                NO_VERSION.to_string()
-            } else {
-                engine.new_version.clone()
-            },
-            new_size: i64::try_from(engine.new_size).unwrap_or(i64::MAX),
+            progress: engine.progress(),
+            current_operation: engine.status(),
+            new_version,
+            new_size,
         }
     }
 

@@ -272,7 +272,7 @@ impl<'f> Machine<'f> {
             installer: None,
         };
         shell.perform(&mut engine, actions)?;
-        if engine.awaiting_good_boot {
+        if engine.awaiting_good_boot() {
             // The health gate passes (this test is about power, not health).
             shell
                 .boot
@@ -294,7 +294,7 @@ impl<'f> Machine<'f> {
         let actions = engine.step(Input::CheckDue { interactive: false });
         shell.perform(&mut engine, actions)?;
         assert_eq!(
-            engine.status,
+            engine.status(),
             UpdateStatus::UpdatedNeedReboot,
             "boot {} on {version}: the update should be staged now",
             self.boots
@@ -352,7 +352,7 @@ impl Shell<'_, '_> {
                 Action::DropInstall | Action::RebootWhenReported => None,
                 Action::UnstageSlot => panic!("nothing asked to unstage"),
                 Action::Persist => {
-                    persist::save(&self.m.state_file, &engine.durable)
+                    persist::save(&self.m.state_file, engine.durable())
                         .map_err(|e| PowerOff(format!("saving the engine state: {e}")))?;
                     None
                 }

@@ -43,7 +43,7 @@ impl Daemon {
             &self.cfg.board,
             &self.facts,
             conf,
-            self.engine.durable.aleph_version.as_deref(),
+            self.engine.durable().aleph_version.as_deref(),
             kind,
             events,
         )?;

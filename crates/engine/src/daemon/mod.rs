@@ -120,7 +120,7 @@ impl Daemon {
                 passive_slot_refused: refused,
             },
         );
-        engine.reboot_after_update = cfg.reboot_after_update;
+        engine.set_reboot_after_update(cfg.reboot_after_update);
         let http = http_client(&cfg)?;
         let snapshot = Arc::new(Mutex::new(StatusSnapshot::of(&engine, 0)));
         let (conn, dbus_rx) = if cfg.dbus {
@@ -166,7 +166,7 @@ impl Daemon {
     }
 
     pub fn status(&self) -> UpdateStatus {
-        self.engine.status
+        self.engine.status()
     }
 
     /// Runs until `shutdown` resolves (SIGTERM in production).
@@ -354,10 +354,10 @@ impl Daemon {
                     code: code.with_flags(self.error_flags()),
                 };
             }
-            tracing::debug!(?input, status = %self.engine.status, "input");
-            let before = self.engine.status;
+            tracing::debug!(?input, status = %self.engine.status(), "input");
+            let before = self.engine.status();
             let actions = self.engine.step(input);
-            let after = self.engine.status;
+            let after = self.engine.status();
             if after != before {
                 // One line per change, for operators and for harnesses watching a serial log.
                 tracing::info!("status {before} -> {after}");
@@ -432,7 +432,8 @@ impl Daemon {
                     }
                 }
                 Action::Persist => {
-                    if let Err(e) = crate::persist::save(&self.cfg.state_file, &self.engine.durable)
+                    if let Err(e) =
+                        crate::persist::save(&self.cfg.state_file, self.engine.durable())
                     {
                         tracing::error!(error = %e, "cannot save the engine state");
                         // Whatever was to follow relied on the state being durable.
