@@ -76,6 +76,7 @@ pub struct RecordingProxy {
     conns: Arc<Mutex<Vec<Conn>>>,
     upstream: Arc<Mutex<Option<SocketAddr>>>,
     blackhole: Arc<AtomicBool>,
+    hide_range: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -88,17 +89,19 @@ impl RecordingProxy {
         let conns: Arc<Mutex<Vec<Conn>>> = Arc::default();
         let upstream: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
         let blackhole: Arc<AtomicBool> = Arc::default();
+        let hide_range: Arc<AtomicBool> = Arc::default();
         let task = tokio::spawn(accept_loop(
             listener,
             conns.clone(),
             upstream.clone(),
-            blackhole.clone(),
+            (blackhole.clone(), hide_range.clone()),
         ));
         Ok(RecordingProxy {
             addr,
             conns,
             upstream,
             blackhole,
+            hide_range,
             task,
         })
     }
@@ -107,6 +110,12 @@ impl RecordingProxy {
     /// (a request stuck in flight); connections already open are not affected.
     pub fn set_blackhole(&self, on: bool) {
         self.blackhole.store(on, Ordering::SeqCst);
+    }
+
+    /// While on, a `Range` header is renamed on its way to the server (recorded as sent), so
+    /// the server answers 200 with the whole file: a server or cache that ignores Range.
+    pub fn set_hide_range(&self, on: bool) {
+        self.hide_range.store(on, Ordering::SeqCst);
     }
 
     pub fn forward_to(&self, upstream: SocketAddr) {
@@ -146,7 +155,7 @@ async fn accept_loop(
     listener: TcpListener,
     conns: Arc<Mutex<Vec<Conn>>>,
     upstream: Arc<Mutex<Option<SocketAddr>>>,
-    blackhole: Arc<AtomicBool>,
+    (blackhole, hide_range): (Arc<AtomicBool>, Arc<AtomicBool>),
 ) {
     let seq: Arc<AtomicU64> = Arc::default();
     loop {
@@ -166,6 +175,7 @@ async fn accept_loop(
             continue;
         }
         let seq = seq.clone();
+        let hide_range = hide_range.load(Ordering::SeqCst);
         tokio::spawn(async move {
             let Ok(server) = TcpStream::connect(target).await else {
                 return;
@@ -182,6 +192,9 @@ async fn accept_loop(
                     if let Ok(mut r) = rec.lock() {
                         r.record(&buf[..n], seq.fetch_add(1, Ordering::SeqCst));
                     }
+                    if hide_range {
+                        rename_range_header(&mut buf[..n]);
+                    }
                     if sw.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
@@ -194,6 +207,17 @@ async fn accept_loop(
             };
             tokio::join!(up, down);
         });
+    }
+}
+
+/// `Range:` becomes `Xange:` (same length, so nothing else in the stream moves).
+fn rename_range_header(bytes: &mut [u8]) {
+    let mut i = 0;
+    while i + 8 <= bytes.len() {
+        if bytes[i..i + 2] == *b"\r\n" && bytes[i + 2..i + 8].eq_ignore_ascii_case(b"range:") {
+            bytes[i + 2] = b'X';
+        }
+        i += 1;
     }
 }
 
@@ -263,6 +287,25 @@ mod tests {
         );
         assert_eq!((r[1].path.as_str(), r[1].range_start()), ("/p", Some(100)));
         assert!(r[1].body.is_empty());
+    }
+
+    #[test]
+    fn a_hidden_range_header_keeps_every_other_byte() {
+        let mut raw = b"GET /p HTTP/1.1\r\nrange: bytes=5-\r\nX-Arrange: 1\r\n\r\n".to_vec();
+        let len = raw.len();
+        rename_range_header(&mut raw);
+        assert_eq!(raw.len(), len);
+        let r = parse_requests(&raw);
+        assert_eq!(
+            r[0].1.range_start(),
+            None,
+            "{}",
+            String::from_utf8_lossy(&raw)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&raw),
+            "GET /p HTTP/1.1\r\nXange: bytes=5-\r\nX-Arrange: 1\r\n\r\n"
+        );
     }
 
     #[test]

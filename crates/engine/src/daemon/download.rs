@@ -2,6 +2,12 @@
 //! the payload pushed into the payload crate's streaming installer as it arrives; size and the
 //! Omaha SHA-256 checked over every byte before the install may finish.
 //!
+//! Each transfer is a stack of stages: ranged fetch ([`ranged_fetch`]: `Range` from the
+//! current offset) → skip what a server that ignored Range sent again → rate limit → Omaha
+//! hash (with saved states) → resume skip (bytes an earlier attempt installed feed only the
+//! hash) → the installer. Errors are typed: [`TransferError`] per transfer, an [`ErrorCode`]
+//! for the attempt.
+//!
 //! Two tasks: an async downloader and a blocking installer task that owns the
 //! [`Installer`] (it hashes, decompresses and writes on its own threads). The installer keeps
 //! its own resume checkpoints; the downloader keeps the running Omaha SHA-256 at
@@ -14,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fastpatch_boot_control::SlotExtent;
 use fastpatch_payload::install::{FileRange, InstallOptions, Installer};
 use fastpatch_payload::ratelimit::TokenBucket;
 use fastpatch_payload::{PayloadError, ResumableSha256};
@@ -32,10 +39,8 @@ const HASH_FILE: &str = "omaha-sha256.json";
 pub struct InstallSpec {
     pub offer: UpdateOffer,
     pub max_failures_per_url: u32,
-    /// The passive slot: disk path, byte offset and length (from `check_writable`).
-    pub disk: PathBuf,
-    pub slot_offset: u64,
-    pub slot_len: u64,
+    /// The passive slot, as the boot control handed it out (`writable_target`).
+    pub target: SlotExtent,
     /// Trusted keys, disk rate limit (payload crate options); state dir and payload id are
     /// filled in here.
     pub install: InstallOptions,
@@ -173,7 +178,7 @@ pub fn spawn(
     let mut opts = spec.install.clone();
     opts.state_dir = Some(spec.state_dir.clone());
     opts.payload_id = Some(fastpatch_omaha::encode_b64(&spec.offer.sha256));
-    let target = (spec.disk.clone(), spec.slot_offset, spec.slot_len);
+    let target = spec.target.clone();
     let installer_report = report.clone();
     let resumed = Arc::new(AtomicBool::new(false));
     let resumed2 = resumed.clone();
@@ -197,7 +202,7 @@ pub fn spawn(
 }
 
 fn installer_task(
-    (disk, offset, len): (PathBuf, u64, u64),
+    target: SlotExtent,
     opts: InstallOptions,
     ready: oneshot::Sender<u64>,
     mut feed: mpsc::Receiver<Feed>,
@@ -210,11 +215,12 @@ fn installer_task(
             code: error_code(&e),
         });
     };
-    let mut installer =
-        match FileRange::open(&disk, offset, len).and_then(|t| Installer::new(Arc::new(t), opts)) {
-            Ok(i) => i,
-            Err(e) => return fail(e),
-        };
+    let mut installer = match FileRange::open(&target.device, target.offset, target.len)
+        .and_then(|t| Installer::new(Arc::new(t), opts))
+    {
+        Ok(i) => i,
+        Err(e) => return fail(e),
+    };
     let _ = ready.send(installer.resume_offset());
     loop {
         match feed.blocking_recv() {
@@ -363,8 +369,8 @@ fn resume_point(spec: &InstallSpec, payload_id: &str, resume_at: u64) -> Receive
     }
 }
 
-/// One request to `url` from `rx.offset`, its body hashed, rate-limited and fed on until it
-/// ends. `Ok` also when the installer stopped taking bytes (it reports why itself).
+/// One request to `url` from `rx.offset`, its body pushed through the stages until it ends.
+/// `Ok` also when the installer stopped taking bytes (it reports why itself).
 async fn transfer(
     spec: &InstallSpec,
     http: &reqwest::Client,
@@ -373,81 +379,115 @@ async fn transfer(
     rx: &mut Received,
     sinks: &Sinks<'_>,
 ) -> Result<(), TransferError> {
-    let size = spec.offer.size;
+    let (mut resp, mut resent) = ranged_fetch(spec, http, url, rx.offset).await?;
+    while let Some(chunk) = resp.chunk().await? {
+        // Drop what a server that ignored Range sent again.
+        let n = resent.min(chunk.len() as u64) as usize;
+        resent -= n as u64;
+        let data = &chunk[n..];
+        if data.is_empty() {
+            continue;
+        }
+        if rx.offset + data.len() as u64 > spec.offer.size {
+            return Err(TransferError::TooLong {
+                size: spec.offer.size,
+            });
+        }
+        rx.throttle(data.len() as u64).await;
+        rx.hash(data, spec);
+        let fed = rx.feed_installer(data, resume_at, sinks).await;
+        rx.offset += data.len() as u64;
+        (sinks.on_bytes)(data.len() as u64);
+        if !fed {
+            return Ok(());
+        }
+        rx.report_progress(spec.offer.size, sinks);
+    }
+    Ok(())
+}
+
+/// The request from `offset` on (`Range`, credentials) and how many leading bytes of its body
+/// were received before (a server that ignores Range answers 200 with the whole payload).
+async fn ranged_fetch(
+    spec: &InstallSpec,
+    http: &reqwest::Client,
+    url: &str,
+    offset: u64,
+) -> Result<(reqwest::Response, u64), TransferError> {
     let mut req = http.get(url);
-    if rx.offset > 0 {
-        req = req.header(reqwest::header::RANGE, format!("bytes={}-", rx.offset));
+    if offset > 0 {
+        req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
     }
     if let Some((user, pass)) = &spec.credentials {
         req = req.basic_auth(user, Some(pass));
     }
-    let mut resp = req.send().await?;
-    let mut skip = match resp.status() {
-        // The server ignored Range: drop what we already have.
-        reqwest::StatusCode::OK => rx.offset,
+    let resp = req.send().await?;
+    let resent = match resp.status() {
+        reqwest::StatusCode::OK => offset,
         reqwest::StatusCode::PARTIAL_CONTENT => {
             let range = resp
                 .headers()
                 .get(reqwest::header::CONTENT_RANGE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
-            if !range.starts_with(&format!("bytes {}-", rx.offset)) {
+            if !range.starts_with(&format!("bytes {offset}-")) {
                 return Err(TransferError::Range {
                     got: range.to_string(),
-                    offset: rx.offset,
+                    offset,
                 });
             }
             0
         }
         status => return Err(TransferError::Status(status)),
     };
-    while let Some(chunk) = resp.chunk().await? {
-        let mut data = &chunk[..];
-        if skip > 0 {
-            let n = skip.min(data.len() as u64) as usize;
-            data = &data[n..];
-            skip -= n as u64;
-        }
-        if data.is_empty() {
-            continue;
-        }
-        if rx.offset + data.len() as u64 > size {
-            return Err(TransferError::TooLong { size });
-        }
-        if let Some(b) = rx.bucket.as_mut() {
-            let wait = b.reserve(data.len() as u64);
+    Ok((resp, resent))
+}
+
+/// The stages each received chunk passes, in order.
+impl Received {
+    /// The network rate limit (`limits.download_bytes_per_sec`).
+    async fn throttle(&mut self, n: u64) {
+        if let Some(b) = self.bucket.as_mut() {
+            let wait = b.reserve(n);
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
         }
-        // Bytes below the installer's resume offset only feed the hash.
-        let feed_from = resume_at.saturating_sub(rx.offset).min(data.len() as u64) as usize;
+    }
+
+    /// The Omaha SHA-256, with its state saved at every `hash_point_every` boundary.
+    fn hash(&mut self, data: &[u8], spec: &InstallSpec) {
         hash_in(
-            &mut rx.hasher,
-            &mut rx.points,
+            &mut self.hasher,
+            &mut self.points,
             data,
             &spec.state_dir,
             spec.hash_point_every,
         );
-        rx.offset += data.len() as u64;
-        (sinks.on_bytes)(data.len() as u64);
-        if feed_from < data.len()
-            && sinks
+    }
+
+    /// Bytes at or past the installer's resume offset go to the installer; the ones before it
+    /// were installed by an earlier attempt and only feed the hash. False when the installer
+    /// stopped taking bytes.
+    async fn feed_installer(&self, data: &[u8], resume_at: u64, sinks: &Sinks<'_>) -> bool {
+        let from = resume_at.saturating_sub(self.offset).min(data.len() as u64) as usize;
+        from == data.len()
+            || sinks
                 .feed
-                .send(Feed::Data(data[feed_from..].to_vec()))
+                .send(Feed::Data(data[from..].to_vec()))
                 .await
-                .is_err()
-        {
-            return Ok(());
-        }
-        if rx.offset - rx.last_progress >= size / 200 || rx.offset == size {
-            rx.last_progress = rx.offset;
+                .is_ok()
+    }
+
+    /// DownloadProgress every 0.5 % of the payload, and at its end.
+    fn report_progress(&mut self, size: u64, sinks: &Sinks<'_>) {
+        if self.offset - self.last_progress >= size / 200 || self.offset == size {
+            self.last_progress = self.offset;
             let _ = sinks.report.send(Input::DownloadProgress {
-                received: rx.offset,
+                received: self.offset,
             });
         }
     }
-    Ok(())
 }
 
 fn hash_in(

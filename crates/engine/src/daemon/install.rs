@@ -40,9 +40,7 @@ impl Daemon {
         let spec = download::InstallSpec {
             offer,
             max_failures_per_url: self.max_failures_per_url,
-            disk: target.device,
-            slot_offset: target.offset,
-            slot_len: target.len,
+            target,
             install,
             state_dir: self.cfg.install_state_dir.clone(),
             net_rate: self.cfg.limits.download_bytes_per_sec,

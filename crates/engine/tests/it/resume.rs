@@ -14,17 +14,12 @@ use support::*;
 
 const SPACING: u64 = 256 << 10;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resumed_download_asks_range_from_the_checkpoint_and_the_result_verifies() {
-    let dir = tempfile::tempdir().unwrap();
-    let bus = PrivateBus::start();
-    let server = UpdateServer::start(dir.path(), 6).await;
-    let mut m = TestMachine::new(dir.path(), &server, Some(&bus.address));
+/// The first run of a resume test: a rate-limited download cut once more than half the
+/// payload arrived. Returns the installer's checkpoint offset.
+async fn cut_halfway(m: &mut TestMachine, bus: &PrivateBus) -> u64 {
     m.cfg.download.checkpoint_bytes = SPACING;
     m.cfg.download.hash_point_bytes = SPACING;
     m.cfg.limits.download_bytes_per_sec = Some(3 << 20); // ~2 s for the payload
-
-    // First run: cut once more than half the payload arrived.
     let daemon = Daemon::new(m.cfg.clone()).await.expect("daemon starts");
     let run = tokio::spawn(daemon.run(std::future::pending()));
     let client = dbus::client(Some(&bus.address)).await.unwrap();
@@ -57,16 +52,46 @@ async fn resumed_download_asks_range_from_the_checkpoint_and_the_result_verifies
         "several checkpoints were taken before the cut: {checkpoint}"
     );
     assert_eq!(m.next_boot(), fastpatch_disk::USR_A_INDEX, "nothing staged");
-
-    // Second run, full speed: continues from the checkpoint.
     m.cfg.limits.download_bytes_per_sec = None;
+    checkpoint
+}
+
+/// The second run, full speed, to NEED_REBOOT; checks B is staged and the events.
+async fn finish_resumed(m: &TestMachine, bus: &PrivateBus, server: &UpdateServer) {
     let (stop, run) = run_until_stopped(m.cfg.clone()).await;
-    let seen = attempt(&bus, ENDED).await;
+    let seen = attempt(bus, ENDED).await;
     assert_eq!(
         seen.last().map(String::as_str),
         Some("UPDATE_STATUS_UPDATED_NEED_REBOOT"),
         "{seen:?}"
     );
+    assert_eq!(
+        m.next_boot(),
+        fastpatch_disk::USR_B_INDEX,
+        "B verified and staged"
+    );
+    let names: Vec<String> = server
+        .wait_events(4)
+        .await
+        .iter()
+        .map(SeenEvent::short)
+        .collect();
+    assert_eq!(names, ["13/1", "13/1", "14/1", "3/1"]);
+    assert_no_empty_request(server);
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_download_asks_range_from_the_checkpoint_and_the_result_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = PrivateBus::start();
+    let server = UpdateServer::start(dir.path(), 6).await;
+    let mut m = TestMachine::new(dir.path(), &server, Some(&bus.address));
+    let checkpoint = cut_halfway(&mut m, &bus).await;
+
+    // Second run, full speed: continues from the checkpoint.
+    finish_resumed(&m, &bus, &server).await;
     let ranges = server.payload_ranges();
     assert_eq!(
         ranges.len(),
@@ -81,19 +106,24 @@ async fn resumed_download_asks_range_from_the_checkpoint_and_the_result_verifies
         "the Range starts at the last hash point at or below the checkpoint ({checkpoint})"
     );
     assert!(from > 0 && from < server.payload_size);
-    assert_eq!(
-        m.next_boot(),
-        fastpatch_disk::USR_B_INDEX,
-        "B verified and staged"
+}
+
+/// A server (or cache) that ignores Range answers 200 with the whole payload: the bytes the
+/// engine already has are dropped, and the resumed install still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_a_server_that_ignores_range_drops_what_it_sends_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = PrivateBus::start();
+    let server = UpdateServer::start(dir.path(), 6).await;
+    let mut m = TestMachine::new(dir.path(), &server, Some(&bus.address));
+    cut_halfway(&mut m, &bus).await;
+
+    server.proxy.set_hide_range(true);
+    finish_resumed(&m, &bus, &server).await;
+    let ranges = server.payload_ranges();
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert!(
+        ranges[1].is_some_and(|from| from > 0),
+        "the engine asked for a Range (the server never saw it): {ranges:?}"
     );
-    let names: Vec<String> = server
-        .wait_events(4)
-        .await
-        .iter()
-        .map(SeenEvent::short)
-        .collect();
-    assert_eq!(names, ["13/1", "13/1", "14/1", "3/1"]);
-    assert_no_empty_request(&server);
-    stop.send(()).unwrap();
-    run.await.unwrap().unwrap();
 }
