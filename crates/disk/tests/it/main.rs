@@ -2,6 +2,8 @@
 //! `power_cut.rs`): GPT images checked against sgdisk, corrupted, and walked through A/B updates.
 
 #[path = "../support/mod.rs"]
+mod shared;
+
 mod support;
 
 mod ab_walk;

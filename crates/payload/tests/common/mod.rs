@@ -1,43 +1,36 @@
-//! Shared helpers for the payload integration tests: keys, images, disks, payload surgery.
-#![allow(dead_code)]
+//! The helpers both payload test binaries use (`it` and the fail-point `failpoints`): the
+//! test key, images, payloads, disks. What only `it` needs is in `it/common.rs`.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use fastpatch_boot_control::{GptBootControl, Slot};
 use fastpatch_disk::{Disk, LayoutSpec, OpenMode, SlotAttrs, USR_A_INDEX, USR_B_INDEX};
-use fastpatch_payload::format::{encode_header, HEADER_LEN};
 use fastpatch_payload::generate::{self, Compression, GenerateOptions};
 use fastpatch_payload::install::{FileRange, InstallOptions, InstallTarget};
-use fastpatch_payload::proto::DeltaArchiveManifest;
-use fastpatch_payload::signing;
-use prost::Message;
 use rand::{Rng, RngCore, SeedableRng};
 use rsa::{RsaPrivateKey, RsaPublicKey};
-use sha2::{Digest, Sha256};
 
 pub struct Keys {
     pub private: RsaPrivateKey,
     pub public: RsaPublicKey,
-    pub other_private: RsaPrivateKey,
-    pub other_public: RsaPublicKey,
 }
 
-/// Two key pairs, made once per test binary.
-pub fn keys() -> &'static Keys {
-    static KEYS: OnceLock<Keys> = OnceLock::new();
-    KEYS.get_or_init(|| {
+impl Keys {
+    pub fn generate() -> Keys {
         let private = fastpatch_payload::keys::generate_key().unwrap();
-        let other_private = fastpatch_payload::keys::generate_key().unwrap();
         Keys {
             public: private.to_public_key(),
-            other_public: other_private.to_public_key(),
             private,
-            other_private,
         }
-    })
+    }
+}
+
+/// The test key pair, made once per test binary.
+pub fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(Keys::generate)
 }
 
 /// A USR-like image: random, zero and text blocks in 64 KiB runs.
@@ -55,15 +48,6 @@ pub fn make_image(path: &Path, size: usize, seed: u64) -> Vec<u8> {
             }
         }
     }
-    fs::write(path, &data).unwrap();
-    data
-}
-
-/// Fully random image (incompressible).
-pub fn make_random_image(path: &Path, size: usize, seed: u64) -> Vec<u8> {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut data = vec![0u8; size];
-    rng.fill_bytes(&mut data);
     fs::write(path, &data).unwrap();
     data
 }
@@ -90,21 +74,6 @@ pub fn signed_zstd_payload(dir: &Path, size: usize, seed: u64) -> (Vec<u8>, Vec<
     let out = dir.join("update.gz");
     generate(&img, &out, Compression::Zstd, &[keys().private.clone()]);
     (image, fs::read(&out).unwrap())
-}
-
-/// A Flatcar-layout disk image with the given USR size; USR-A booted and marked good.
-pub fn make_disk(path: &Path, usr_size: u64) -> PathBuf {
-    let spec = LayoutSpec {
-        total_size: 2 * usr_size + (40 << 20),
-        usr_size,
-        efi_size: 2 << 20,
-        oem_size: 2 << 20,
-        ..Default::default()
-    };
-    fastpatch_disk::create(path, &spec, false).unwrap();
-    let mut disk = Disk::open(path, OpenMode::ReadWrite).unwrap();
-    disk.mark_good(USR_A_INDEX).unwrap();
-    path.to_path_buf()
 }
 
 pub fn standard_disk(dir: &Path) -> PathBuf {
@@ -153,47 +122,4 @@ pub fn usr_b() -> u32 {
 
 pub fn opts(trusted: Vec<RsaPublicKey>) -> InstallOptions {
     InstallOptions::new(trusted)
-}
-
-/// Splits a payload into (manifest, blobs between manifest and signatures).
-pub fn split(payload: &[u8]) -> (DeltaArchiveManifest, Vec<u8>) {
-    let mlen = u64::from_be_bytes(payload[12..20].try_into().unwrap()) as usize;
-    let start = HEADER_LEN as usize;
-    let manifest = DeltaArchiveManifest::decode(&payload[start..start + mlen]).unwrap();
-    let blobs_end = start
-        + mlen
-        + manifest
-            .signatures_offset
-            .unwrap_or((payload.len() - start - mlen) as u64) as usize;
-    (manifest, payload[start + mlen..blobs_end].to_vec())
-}
-
-/// Re-assembles a payload from a (possibly edited) manifest and blobs, signed by `signers`.
-pub fn assemble(
-    mut manifest: DeltaArchiveManifest,
-    blobs: &[u8],
-    signers: &[RsaPrivateKey],
-) -> Vec<u8> {
-    if signers.is_empty() {
-        manifest.signatures_offset = None;
-        manifest.signatures_size = None;
-        manifest.noop_operations.clear();
-    } else {
-        manifest.signatures_offset = Some(blobs.len() as u64);
-        manifest.signatures_size = Some(signing::signatures_len(signers));
-    }
-    let m = manifest.encode_to_vec();
-    let mut out = encode_header(m.len() as u64).to_vec();
-    out.extend_from_slice(&m);
-    out.extend_from_slice(blobs);
-    if !signers.is_empty() {
-        let digest: [u8; 32] = Sha256::digest(&out).into();
-        out.extend_from_slice(&signing::sign(&digest, signers).unwrap());
-    }
-    out
-}
-
-pub fn write(path: &Path, bytes: &[u8]) {
-    let mut f = fs::File::create(path).unwrap();
-    f.write_all(bytes).unwrap();
 }

@@ -82,7 +82,7 @@ fn several_signatures_any_trusted_one_suffices() {
         &img,
         &payload,
         Compression::Zstd,
-        &[keys().other_private.clone(), keys().private.clone()],
+        &[other_keys().private.clone(), keys().private.clone()],
     );
     let disk = standard_disk(dir.path());
     let report = install_from_reader(
@@ -242,7 +242,7 @@ fn flipped_byte_in_signature_is_refused() {
 #[test]
 fn wrong_key_is_refused() {
     let fx = fixture();
-    let err = refused(&fx, &fx.payload, None, vec![keys().other_public.clone()]);
+    let err = refused(&fx, &fx.payload, None, vec![other_keys().public.clone()]);
     assert!(
         matches!(err, PayloadError::BadSignature { keys: 1 }),
         "{err}"

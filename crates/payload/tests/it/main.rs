@@ -2,6 +2,8 @@
 //! `failpoints.rs`): CrAU payloads and deltas made, signed, served over HTTP and installed.
 
 #[path = "../common/mod.rs"]
+mod shared;
+
 mod common;
 
 mod cli;
