@@ -9,6 +9,8 @@
 //! **Invariant:** `dir/NAME` exists only with the announced size and SHA-256 (and SHA-1 when
 //! given); it is synced to disk before it takes that name.
 
+pub mod client;
+
 use std::path::{Path, PathBuf};
 
 use sha1::Sha1;

@@ -211,7 +211,7 @@ impl Client {
         ca_file: Option<&std::path::Path>,
     ) -> Result<Self, ClientError> {
         install_tls_provider();
-        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        let mut extra = Vec::new();
         if let Some(path) = ca_file {
             let pem = std::fs::read(path).map_err(|e| ClientError::Setup {
                 what: format!("reading CA file {}", path.display()),
@@ -228,9 +228,14 @@ impl Client {
                     error: "no PEM certificate in it".into(),
                 });
             }
-            builder = builder.tls_certs_merge(certs);
+            extra = certs;
         }
-        let http = builder.build().map_err(|e| ClientError::Setup {
+        let http = fastpatch_fetch::client::with_system_roots("FleetLock client", || {
+            reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .tls_certs_merge(extra.clone())
+        })
+        .map_err(|e| ClientError::Setup {
             what: "building the HTTP client".into(),
             error: e.to_string(),
         })?;

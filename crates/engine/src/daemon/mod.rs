@@ -476,24 +476,13 @@ impl Daemon {
 /// OS) it still starts, with no trusted roots, and says so: plain-HTTP servers work, an
 /// https:// server or payload URL fails verification with a clear error.
 fn http_client(cfg: &DaemonConfig) -> Result<reqwest::Client> {
-    let builder = || {
+    fastpatch_fetch::client::with_system_roots("update engine", || {
         reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(cfg.download.connect_timeout_secs))
             .read_timeout(Duration::from_secs(cfg.download.stall_timeout_secs))
             .user_agent(omaha::UPDATER_VERSION)
-    };
-    builder().build().or_else(|e| {
-        let why = format!("{:#}", anyhow::Error::new(e));
-        tracing::warn!(
-            "cannot load the system's CA certificates ({why}); starting without trusted roots: \
-             plain-HTTP update servers work, HTTPS ones fail verification until the \
-             ca-certificates package is installed"
-        );
-        builder()
-            .tls_certs_only([])
-            .build()
-            .context("building the HTTP client")
     })
+    .context("building the HTTP client")
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -437,7 +437,15 @@ async fn fleetlock_strategy_takes_and_releases_a_slot() {
             fastpatch_locksmith::fleetlock::GroupConfig::new(groups),
         ),
     ));
-    let fl = [("LOCKSMITHD_FLEETLOCK_URL", url)];
+    // No system CA certificates (a minimal OS): a plain-HTTP FleetLock server still works.
+    let fl = [
+        ("LOCKSMITHD_FLEETLOCK_URL", url),
+        (
+            "SSL_CERT_FILE",
+            root.join("no-ca-bundle.pem").display().to_string(),
+        ),
+        ("SSL_CERT_DIR", root.join("no-ca-dir").display().to_string()),
+    ];
     let d = start(root, &e.endpoint(), &bus.address, &fl);
     wait_for("reboot", Duration::from_secs(15), || {
         root.join("rebooted").exists()

@@ -128,12 +128,13 @@ pub struct Syncer<'a> {
 /// The HTTP client of the syncer (rustls with the ring provider, as the engine's).
 pub fn http_client() -> Result<reqwest::Client, SyncError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(20))
-        .read_timeout(Duration::from_secs(60))
-        .user_agent(concat!("fastpatch-server-sync/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| SyncError::UpstreamRequest(e.to_string()))
+    fastpatch_fetch::client::with_system_roots("upstream sync", || {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(20))
+            .read_timeout(Duration::from_secs(60))
+            .user_agent(concat!("fastpatch-server-sync/", env!("CARGO_PKG_VERSION")))
+    })
+    .map_err(|e| SyncError::UpstreamRequest(e.to_string()))
 }
 
 pub fn work_dir(data_dir: &Path) -> PathBuf {

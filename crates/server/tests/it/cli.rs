@@ -18,7 +18,13 @@ struct Cli<'a> {
 
 impl Cli<'_> {
     fn run(&self, args: &[&str]) -> (bool, String) {
+        self.run_env(args, &[])
+    }
+
+    /// `run` with extra environment variables.
+    fn run_env(&self, args: &[&str], env: &[(&str, std::path::PathBuf)]) -> (bool, String) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fastpatch-server"));
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         cmd.arg("--data-dir").arg(self.data_dir);
         if let Some(url) = &self.db_url {
             cmd.arg("--database-url").arg(url);
@@ -497,7 +503,12 @@ async fn sync_mirrors_an_upstream_channel_once() {
                 db_url: None,
             };
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            cli.run(&args)
+            // No system CA certificates (a minimal OS): a plain-HTTP upstream still works.
+            let no_ca = [
+                ("SSL_CERT_FILE", data_dir.join("no-ca-bundle.pem")),
+                ("SSL_CERT_DIR", data_dir.join("no-ca-dir")),
+            ];
+            cli.run_env(&args, &no_ca)
         })
     };
     let args = vec![
