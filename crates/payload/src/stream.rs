@@ -158,18 +158,7 @@ impl Demux {
             };
             match plan.ops.get(*next_op) {
                 Some(op) if !op.kind.carries_data() => {
-                    let op = *next_op;
-                    *next_op += 1;
-                    let resume = ResumePoint {
-                        offset: self.offset,
-                        next_op: *next_op,
-                        hasher: self.hasher.clone(),
-                    };
-                    sink(Item::OpData {
-                        op,
-                        data: Vec::new(),
-                        resume,
-                    })?;
+                    emit_op(next_op, self.offset, &self.hasher, Vec::new(), sink)?;
                 }
                 None if plan.signatures.is_none() => {
                     self.stage = Stage::Done;
@@ -246,18 +235,7 @@ impl Demux {
             }
             Stage::Body { plan, next_op } => {
                 if *next_op < plan.ops.len() {
-                    let op = *next_op;
-                    *next_op += 1;
-                    let resume = ResumePoint {
-                        offset: self.offset,
-                        next_op: *next_op,
-                        hasher: self.hasher.clone(),
-                    };
-                    sink(Item::OpData {
-                        op,
-                        data: buf,
-                        resume,
-                    })?;
+                    emit_op(next_op, self.offset, &self.hasher, buf, sink)?;
                 } else {
                     let digest = self.hasher.finalize();
                     self.stage = Stage::Done;
@@ -283,4 +261,23 @@ impl Demux {
             expected,
         })
     }
+}
+
+/// Hands operation `*next_op` and its data to the sink, with the point a resume restarts from
+/// (right after it: this offset, the next operation, the payload hash so far).
+fn emit_op(
+    next_op: &mut usize,
+    offset: u64,
+    hasher: &ResumableSha256,
+    data: Vec<u8>,
+    sink: &mut dyn FnMut(Item) -> Result<()>,
+) -> Result<()> {
+    let op = *next_op;
+    *next_op += 1;
+    let resume = ResumePoint {
+        offset,
+        next_op: *next_op,
+        hasher: hasher.clone(),
+    };
+    sink(Item::OpData { op, data, resume })
 }

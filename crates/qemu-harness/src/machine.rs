@@ -47,6 +47,18 @@ pub struct Machine<'a> {
 }
 
 impl<'a> Machine<'a> {
+    /// A machine of `disk`, not booted yet, with the lab's initramfs and no extra words.
+    fn on_disk(lab: &'a Lab, name: &str, disk: PathBuf) -> Machine<'a> {
+        Machine {
+            lab,
+            name: name.to_string(),
+            disk,
+            initrd: lab.initramfs.clone(),
+            cmdline: Vec::new(),
+            boots: Vec::new(),
+        }
+    }
+
     /// Creates `dir/<name>.img` with [`test_layout`], version `version` (healthy) on USR-A and
     /// an empty ext4 ROOT.
     pub fn new(lab: &'a Lab, dir: &Path, name: &str, version: &str) -> Result<Machine<'a>> {
@@ -59,14 +71,7 @@ impl<'a> Machine<'a> {
             &[health_file(true)],
         )?;
         format_root(&disk, &[])?;
-        Ok(Machine {
-            lab,
-            name: name.to_string(),
-            disk,
-            initrd: lab.initramfs.clone(),
-            cmdline: Vec::new(),
-            boots: Vec::new(),
-        })
+        Ok(Machine::on_disk(lab, name, disk))
     }
 
     /// Creates `dir/<name>.img` with [`engine_layout`], `os` on USR-A (good, priority 1) and
@@ -76,14 +81,7 @@ impl<'a> Machine<'a> {
         create(&disk, &engine_layout(), false)?;
         write_filesystem(&disk, fastpatch_disk::USR_A_INDEX, "USR-A", &os.files()?)?;
         format_root(&disk, &[])?;
-        Ok(Machine {
-            lab,
-            name: name.to_string(),
-            disk,
-            initrd: lab.initramfs.clone(),
-            cmdline: Vec::new(),
-            boots: Vec::new(),
-        })
+        Ok(Machine::on_disk(lab, name, disk))
     }
 
     /// Formats ROOT again with `files` (before the first boot: what the machine already has).

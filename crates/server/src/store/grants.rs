@@ -64,14 +64,7 @@ impl Store {
         let cutoff = now - policy.update_timeout_secs;
 
         if policy.safe_mode && !policy.halted {
-            if let Some(stuck) = timed_out_machine(&mut tx, req.app_id, req.group, cutoff).await? {
-                halt_in_tx(
-                    &mut tx,
-                    &group,
-                    &format!("update timed out on {stuck}"),
-                    now,
-                )
-                .await?;
+            if let Some(stuck) = halt_if_timed_out(&mut tx, &group, now).await? {
                 tx.commit().await?;
                 return Ok(GrantOutcome::HaltedByTimeout { machine_id: stuck });
             }
@@ -177,17 +170,7 @@ impl Store {
                 .bind(group.name.clone())
                 .execute(&mut *tx)
                 .await?;
-            let cutoff = now - group.update_timeout_secs;
-            if let Some(stuck) =
-                timed_out_machine(&mut tx, &group.app_id, &group.name, cutoff).await?
-            {
-                halt_in_tx(
-                    &mut tx,
-                    &group,
-                    &format!("update timed out on {stuck}"),
-                    now,
-                )
-                .await?;
+            if halt_if_timed_out(&mut tx, &group, now).await?.is_some() {
                 halted.push((group.app_id.clone(), group.name.clone()));
                 self.cache.clear();
             }
@@ -280,6 +263,21 @@ impl Store {
                 .await?,
         )
     }
+}
+
+/// Safe mode's timeout rule, inside the group's locked transaction: a grant older than the
+/// group's update timeout, never completed, halts the group. Returns the stuck machine.
+async fn halt_if_timed_out(
+    tx: &mut Transaction<'static, Any>,
+    group: &Group,
+    now: i64,
+) -> Result<Option<String>> {
+    let cutoff = now - group.update_timeout_secs;
+    let Some(stuck) = timed_out_machine(tx, &group.app_id, &group.name, cutoff).await? else {
+        return Ok(None);
+    };
+    halt_in_tx(tx, group, &format!("update timed out on {stuck}"), now).await?;
+    Ok(Some(stuck))
 }
 
 async fn timed_out_machine(

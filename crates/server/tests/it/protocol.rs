@@ -361,6 +361,44 @@ async fn timeout_halts_safe_mode_group(b: Backend) {
     s.handle.shutdown().await;
 }
 
+/// The background sweep applies the same rule without any check-in: it halts the group once,
+/// and only after the timeout.
+async fn the_sweep_halts_a_timed_out_safe_mode_group(b: Backend) {
+    use fastpatch_server::clock::Clock as _;
+    let s = server(b).await;
+    s.publish(NEW, &payload(), Some("stable")).await;
+    let store = s.handle.store();
+    let mut g = store
+        .group(FLATCAR_APP_ID, "stable")
+        .await
+        .unwrap()
+        .unwrap();
+    g.update_timeout_secs = 600;
+    store.upsert_group(&g).await.unwrap();
+    assert!(offered(&s.check("a", OLD, "stable", vec![], true).await).is_some());
+    s.clock.advance(Duration::seconds(599));
+    let now = s.clock.now().timestamp();
+    assert_eq!(store.sweep_timeouts(now).await.unwrap(), []);
+    s.clock.advance(Duration::seconds(2));
+    let now = s.clock.now().timestamp();
+    assert_eq!(
+        store.sweep_timeouts(now).await.unwrap(),
+        [(FLATCAR_APP_ID.to_string(), "stable".to_string())]
+    );
+    let g = store
+        .group(FLATCAR_APP_ID, "stable")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(g.halted && g.halted_reason.unwrap().contains("timed out on a"));
+    assert_eq!(
+        store.sweep_timeouts(now).await.unwrap(),
+        [],
+        "a halted group is not halted again"
+    );
+    s.handle.shutdown().await;
+}
+
 async fn floors_are_served_first(b: Backend) {
     let s = server(b).await;
     s.publish("3650.0.0", b"floor payload", None).await;
@@ -549,6 +587,7 @@ both_backends!(
     bad_input_is_4xx_and_harmless,
     limits_per_period_and_concurrency,
     timeout_halts_safe_mode_group,
+    the_sweep_halts_a_timed_out_safe_mode_group,
     floors_are_served_first,
     promotion_is_bit_for_bit,
     retention_prunes_old_data,
