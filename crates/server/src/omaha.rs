@@ -111,77 +111,9 @@ async fn answer_app(
         group: &group.name,
     };
     let before = state.store.check_in(&checkin, ts).await?;
-    let mut inst = match before {
-        Some(mut row) => {
-            row.version = version.to_owned();
-            row.group_name = group.name.clone();
-            row
-        }
-        None => InstanceRow {
-            app_id: app_id.clone(),
-            machine_id: machine_id.to_owned(),
-            alias: checkin.alias.map(str::to_owned),
-            ip: checkin.ip.map(str::to_owned),
-            version: version.to_owned(),
-            arch: arch.clone(),
-            group_name: group.name.clone(),
-            status: InstanceStatus::Undefined,
-            target_version: None,
-            granted_at: None,
-            status_at: ts,
-            last_check_at: ts,
-            created_at: ts,
-            last_error_code: None,
-        },
-    };
-
-    let policy = group.policy();
+    let mut inst = instance_after_check_in(before, &checkin, ts);
     for ev in &app.events {
-        m.inc(&m.events);
-        state.store.record_event(&inst, ev, ts).await?;
-        let kind = ev.kind();
-        if let Some(status) = policy::status_after_event(kind) {
-            let code = ev.error_code.map(|c| i64::from(c.0));
-            state.store.set_status(&inst, status, code, ts).await?;
-            inst.status = status;
-            if status == InstanceStatus::Error {
-                m.inc(&m.update_failures);
-            }
-            if status == InstanceStatus::Complete {
-                let channel_version = config
-                    .channels
-                    .iter()
-                    .find(|c| c.name == group.channel)
-                    .and_then(|c| c.version.as_deref());
-                if channel_version == Some(inst.version.as_str())
-                    && state
-                        .store
-                        .finish_rollout_if_done(&app_id, &group.name, &inst.version, ts)
-                        .await?
-                {
-                    info!(app = %app_id, group = %group.name, version = %inst.version, "rollout finished");
-                }
-            }
-        }
-        if policy::event_halts_group(&policy, kind) && inst.target_version.is_some() {
-            let what = match kind {
-                fastpatch_omaha::EventKind::RolledBack => {
-                    format!("{machine_id} rolled back (error code 44)")
-                }
-                _ => format!(
-                    "{machine_id} reported error code {}",
-                    ev.error_code.map(|c| c.base()).unwrap_or(0)
-                ),
-            };
-            if state
-                .store
-                .halt_for_failure(&app_id, &group.name, &what, ts)
-                .await?
-            {
-                m.inc(&m.halts);
-                warn!(app = %app_id, group = %group.name, reason = %what, "safe mode halted the group");
-            }
-        }
+        apply_event(state, &config, group, &mut inst, ev, ts).await?;
         answer.events.push(Status::Ok);
     }
 
@@ -195,6 +127,107 @@ async fn answer_app(
             Some(update_check(state, &config, group, &inst, &arch, &client, now).await?);
     }
     Ok(answer)
+}
+
+/// The machine's row as this check-in leaves it: the stored one with the reported version and
+/// group, or a new one.
+fn instance_after_check_in(before: Option<InstanceRow>, c: &CheckIn<'_>, ts: i64) -> InstanceRow {
+    match before {
+        Some(mut row) => {
+            row.version = c.version.to_owned();
+            row.group_name = c.group.to_owned();
+            row
+        }
+        None => InstanceRow {
+            app_id: c.app_id.to_owned(),
+            machine_id: c.machine_id.to_owned(),
+            alias: c.alias.map(str::to_owned),
+            ip: c.ip.map(str::to_owned),
+            version: c.version.to_owned(),
+            arch: c.arch.to_owned(),
+            group_name: c.group.to_owned(),
+            status: InstanceStatus::Undefined,
+            target_version: None,
+            granted_at: None,
+            status_at: ts,
+            last_check_at: ts,
+            created_at: ts,
+            last_error_code: None,
+        },
+    }
+}
+
+/// One reported event: recorded, the machine's status moved, the rollout finished when this
+/// was its last machine, and the group halted when safe mode says so.
+async fn apply_event(
+    state: &AppState,
+    config: &AppConfig,
+    group: &crate::store::Group,
+    inst: &mut InstanceRow,
+    ev: &fastpatch_omaha::Event,
+    ts: i64,
+) -> Result<(), OmahaError> {
+    let m = &state.metrics;
+    m.inc(&m.events);
+    state.store.record_event(inst, ev, ts).await?;
+    let kind = ev.kind();
+    if let Some(status) = policy::status_after_event(kind) {
+        let code = ev.error_code.map(|c| i64::from(c.0));
+        state.store.set_status(inst, status, code, ts).await?;
+        inst.status = status;
+        if status == InstanceStatus::Error {
+            m.inc(&m.update_failures);
+        }
+        if status == InstanceStatus::Complete {
+            finish_rollout_if_done(state, config, group, inst, ts).await?;
+        }
+    }
+    if policy::event_halts_group(&group.policy(), kind) && inst.target_version.is_some() {
+        let machine_id = &inst.machine_id;
+        let what = match kind {
+            fastpatch_omaha::EventKind::RolledBack => {
+                format!("{machine_id} rolled back (error code 44)")
+            }
+            _ => format!(
+                "{machine_id} reported error code {}",
+                ev.error_code.map(|c| c.base()).unwrap_or(0)
+            ),
+        };
+        if state
+            .store
+            .halt_for_failure(&inst.app_id, &group.name, &what, ts)
+            .await?
+        {
+            m.inc(&m.halts);
+            warn!(app = %inst.app_id, group = %group.name, reason = %what, "safe mode halted the group");
+        }
+    }
+    Ok(())
+}
+
+/// A machine completed its update: when it was on the channel's version and no machine of the
+/// group is left on another, the rollout is recorded as finished.
+async fn finish_rollout_if_done(
+    state: &AppState,
+    config: &AppConfig,
+    group: &crate::store::Group,
+    inst: &InstanceRow,
+    ts: i64,
+) -> Result<(), OmahaError> {
+    let channel_version = config
+        .channels
+        .iter()
+        .find(|c| c.name == group.channel)
+        .and_then(|c| c.version.as_deref());
+    if channel_version == Some(inst.version.as_str())
+        && state
+            .store
+            .finish_rollout_if_done(&inst.app_id, &group.name, &inst.version, ts)
+            .await?
+    {
+        info!(app = %inst.app_id, group = %group.name, version = %inst.version, "rollout finished");
+    }
+    Ok(())
 }
 
 /// What the client said it can apply.
