@@ -69,60 +69,92 @@ pub fn create(path: &Path, spec: &LayoutSpec, overwrite: bool) -> Result<Disk> {
         path: path.to_path_buf(),
         message,
     };
-    let ss = spec.sector_size;
-    if ss != 512 && ss != 4096 {
-        return Err(invalid(format!(
-            "sector size must be 512 or 4096 (got {ss})"
-        )));
+    spec.check().map_err(invalid)?;
+    let g = Geometry::of(spec);
+    let entries = lay_out(&partition_plan(spec), &g).map_err(invalid)?;
+    let disk_guid = spec.disk_guid.unwrap_or_else(Uuid::new_v4);
+    let f = open_image(path, g.total, overwrite)?;
+    write_tables(&f, &g, &entries, disk_guid).map_err(|(op, source)| DiskError::Io {
+        path: path.to_path_buf(),
+        op,
+        error: source,
+    })?;
+    drop(f);
+    Disk::open_with_sector_size(path, OpenMode::ReadWrite, Some(g.ss))
+}
+
+impl LayoutSpec {
+    /// The sector size, the total size and every partition size make sense together.
+    fn check(&self) -> std::result::Result<(), String> {
+        let ss = self.sector_size;
+        if ss != 512 && ss != 4096 {
+            return Err(format!("sector size must be 512 or 4096 (got {ss})"));
+        }
+        if self.total_size < self.minimum_total() {
+            return Err(format!(
+                "{} bytes is too small for this layout; it needs at least {} bytes ({} MiB)",
+                self.total_size,
+                self.minimum_total(),
+                self.minimum_total().div_ceil(MIB)
+            ));
+        }
+        for (name, size) in [
+            ("EFI", self.efi_size),
+            ("BIOS-BOOT", self.bios_boot_size),
+            ("USR", self.usr_size),
+            ("OEM", self.oem_size),
+        ] {
+            if size == 0 || !size.is_multiple_of(ss) {
+                return Err(format!(
+                    "{name} size must be a positive multiple of {ss} bytes"
+                ));
+            }
+        }
+        Ok(())
     }
-    if spec.total_size < spec.minimum_total() {
-        return Err(invalid(format!(
-            "{} bytes is too small for this layout; it needs at least {} bytes ({} MiB)",
-            spec.total_size,
-            spec.minimum_total(),
-            spec.minimum_total().div_ceil(MIB)
-        )));
-    }
-    for (name, size) in [
-        ("EFI", spec.efi_size),
-        ("BIOS-BOOT", spec.bios_boot_size),
-        ("USR", spec.usr_size),
-        ("OEM", spec.oem_size),
-    ] {
-        if size == 0 || !size.is_multiple_of(ss) {
-            return Err(invalid(format!(
-                "{name} size must be a positive multiple of {ss} bytes"
-            )));
+}
+
+/// Where the tables and the usable area are, in sectors.
+struct Geometry {
+    ss: u64,
+    /// The image size, whole sectors.
+    total: u64,
+    sectors: u64,
+    last_lba: u64,
+    entries_bytes: u64,
+    entries_sectors: u64,
+    first_usable: u64,
+    last_usable: u64,
+    /// 1 MiB in sectors: partitions start on these boundaries.
+    align: u64,
+}
+
+impl Geometry {
+    fn of(spec: &LayoutSpec) -> Geometry {
+        let ss = spec.sector_size;
+        let total = spec.total_size / ss * ss;
+        let sectors = total / ss;
+        let last_lba = sectors - 1;
+        let entries_bytes = u64::from(ENTRY_COUNT) * u64::from(gpt::ENTRY_MIN_SIZE);
+        let entries_sectors = entries_bytes.div_ceil(ss);
+        Geometry {
+            ss,
+            total,
+            sectors,
+            last_lba,
+            entries_bytes,
+            entries_sectors,
+            first_usable: 2 + entries_sectors,
+            last_usable: last_lba - entries_sectors - 1,
+            align: MIB / ss,
         }
     }
-    let total = spec.total_size / ss * ss;
-    let sectors = total / ss;
-    let last_lba = sectors - 1;
-    let entries_bytes = u64::from(ENTRY_COUNT) * u64::from(gpt::ENTRY_MIN_SIZE);
-    let entries_sectors = entries_bytes.div_ceil(ss);
-    let first_usable = 2 + entries_sectors;
-    let last_usable = last_lba - entries_sectors - 1;
-    let align = MIB / ss;
+}
 
-    let mut file = OpenOptions::new();
-    file.write(true);
-    if overwrite {
-        file.create(true).truncate(true);
-    } else {
-        file.create_new(true);
-    }
-    let f = file.open(path).map_err(|source| DiskError::Open {
-        path: path.to_path_buf(),
-        error: source,
-    })?;
-    f.set_len(total).map_err(|source| DiskError::Io {
-        path: path.to_path_buf(),
-        op: "resize",
-        error: source,
-    })?;
-
-    // Lay the partitions out one after another on 1 MiB boundaries.
-    let plan: [PlannedPartition; 6] = [
+/// Flatcar's partitions, in table order: (index, label, type, fixed unique GUID, size (0: the
+/// rest of the disk), attributes). USR-A starts good and first.
+fn partition_plan(spec: &LayoutSpec) -> [PlannedPartition; 6] {
+    [
         (
             1,
             "EFI-SYSTEM",
@@ -175,18 +207,23 @@ pub fn create(path: &Path, spec: &LayoutSpec, overwrite: bool) -> Result<Disk> {
             0,
             SlotAttrs::default(),
         ),
-    ];
-    let mut entries = vec![0u8; entries_bytes as usize];
-    let mut next = align; // first partition at 1 MiB
-    for (index, name, type_guid, unique, size, attrs) in plan {
-        let first = next.div_ceil(align) * align;
+    ]
+}
+
+/// The partition entries array: the partitions one after another on 1 MiB boundaries, the
+/// last one (size 0) taking the rest.
+fn lay_out(plan: &[PlannedPartition], g: &Geometry) -> std::result::Result<Vec<u8>, String> {
+    let mut entries = vec![0u8; g.entries_bytes as usize];
+    let mut next = g.align; // first partition at 1 MiB
+    for &(index, name, type_guid, unique, size, attrs) in plan {
+        let first = next.div_ceil(g.align) * g.align;
         let last = if size == 0 {
-            (last_usable + 1) / align * align - 1
+            (g.last_usable + 1) / g.align * g.align - 1
         } else {
-            first + size / ss - 1
+            first + size / g.ss - 1
         };
-        if last > last_usable || last < first {
-            return Err(invalid(format!("partition {name} does not fit")));
+        if last > g.last_usable || last < first {
+            return Err(format!("partition {name} does not fit"));
         }
         let entry = RawEntry {
             type_guid,
@@ -199,42 +236,62 @@ pub fn create(path: &Path, spec: &LayoutSpec, overwrite: bool) -> Result<Disk> {
         gpt::write_entry(&mut entries, gpt::ENTRY_MIN_SIZE, index - 1, &entry);
         next = last + 1;
     }
+    Ok(entries)
+}
 
-    let disk_guid = spec.disk_guid.unwrap_or_else(Uuid::new_v4);
+/// The image file at its full (sparse) size; an existing file only with `overwrite`.
+fn open_image(path: &Path, total: u64, overwrite: bool) -> Result<std::fs::File> {
+    let mut file = OpenOptions::new();
+    file.write(true);
+    if overwrite {
+        file.create(true).truncate(true);
+    } else {
+        file.create_new(true);
+    }
+    let f = file.open(path).map_err(|source| DiskError::Open {
+        path: path.to_path_buf(),
+        error: source,
+    })?;
+    f.set_len(total).map_err(|source| DiskError::Io {
+        path: path.to_path_buf(),
+        op: "resize",
+        error: source,
+    })?;
+    Ok(f)
+}
+
+/// The protective MBR, both tables and their entries, then a sync.
+fn write_tables(
+    f: &std::fs::File,
+    g: &Geometry,
+    entries: &[u8],
+    disk_guid: Uuid,
+) -> std::result::Result<(), (&'static str, std::io::Error)> {
+    use std::os::unix::fs::FileExt;
+    let ss = g.ss;
     let mut primary = Header::new(
         ss,
         1,
-        last_lba,
-        first_usable,
-        last_usable,
+        g.last_lba,
+        g.first_usable,
+        g.last_usable,
         disk_guid,
         2,
         ENTRY_COUNT,
     );
-    primary.set_entries_crc(&entries);
+    primary.set_entries_crc(entries);
     let mut backup = primary.clone();
-    backup.set_location(last_lba, 1, last_lba - entries_sectors);
-
-    use std::os::unix::fs::FileExt;
-    let io = |op: &'static str| {
-        move |source| DiskError::Io {
-            path: path.to_path_buf(),
-            op,
-            error: source,
-        }
-    };
-    f.write_all_at(&protective_mbr(sectors, ss), 0)
-        .map_err(io("write"))?;
-    f.write_all_at(&entries, 2 * ss).map_err(io("write"))?;
-    f.write_all_at(primary.as_bytes(), ss)
-        .map_err(io("write"))?;
-    f.write_all_at(&entries, backup.entries_lba() * ss)
-        .map_err(io("write"))?;
-    f.write_all_at(backup.as_bytes(), last_lba * ss)
-        .map_err(io("write"))?;
-    f.sync_all().map_err(io("sync"))?;
-    drop(f);
-    Disk::open_with_sector_size(path, OpenMode::ReadWrite, Some(ss))
+    backup.set_location(g.last_lba, 1, g.last_lba - g.entries_sectors);
+    let write = |e| ("write", e);
+    f.write_all_at(&protective_mbr(g.sectors, ss), 0)
+        .map_err(write)?;
+    f.write_all_at(entries, 2 * ss).map_err(write)?;
+    f.write_all_at(primary.as_bytes(), ss).map_err(write)?;
+    f.write_all_at(entries, backup.entries_lba() * ss)
+        .map_err(write)?;
+    f.write_all_at(backup.as_bytes(), g.last_lba * ss)
+        .map_err(write)?;
+    f.sync_all().map_err(|e| ("sync", e))
 }
 
 /// LBA 0: one partition of type 0xEE covering the disk, so MBR-only tools keep their hands off.
@@ -250,4 +307,60 @@ fn protective_mbr(sectors: u64, ss: u64) -> Vec<u8> {
     mbr[510] = 0x55;
     mbr[511] = 0xAA;
     mbr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> LayoutSpec {
+        LayoutSpec {
+            total_size: 64 * MIB,
+            efi_size: 2 * MIB,
+            bios_boot_size: 2 * MIB,
+            usr_size: 8 * MIB,
+            oem_size: 2 * MIB,
+            ..LayoutSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_spec_that_cannot_be_laid_out_is_refused_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                LayoutSpec {
+                    sector_size: 1024,
+                    ..small()
+                },
+                "sector size must be 512 or 4096 (got 1024)",
+            ),
+            (
+                LayoutSpec {
+                    total_size: 20 * MIB,
+                    ..small()
+                },
+                "20971520 bytes is too small for this layout; it needs at least",
+            ),
+            (
+                LayoutSpec {
+                    oem_size: 1000,
+                    ..small()
+                },
+                "OEM size must be a positive multiple of 512 bytes",
+            ),
+        ];
+        for (i, (spec, want)) in cases.into_iter().enumerate() {
+            let path = dir.path().join(format!("{i}.img"));
+            let Err(err) = create(&path, &spec, false) else {
+                panic!("case {i} was accepted");
+            };
+            let err = err.to_string();
+            assert!(err.contains(want), "{err}");
+            assert!(!path.exists(), "{err}: nothing is created");
+        }
+        let path = dir.path().join("ok.img");
+        let disk = create(&path, &small(), false).unwrap();
+        assert_eq!(disk.partitions().len(), 6);
+    }
 }
