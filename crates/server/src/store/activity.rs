@@ -180,7 +180,7 @@ pub struct ActivityRow {
 impl Store {
     /// Writes one entry on its own (a change that has no transaction of its own).
     pub async fn add_activity(&self, a: &Activity<'_>) -> Result<()> {
-        record(&self.writer, a).await
+        record(&self.pool, a).await
     }
 
     /// One group's entries, newest first (its dashboard page).

@@ -257,7 +257,7 @@ pub async fn samples(
 /// every other migration), so a sampler on a database that is not migrated fails clearly.
 pub async fn ensure_schema(store: &Store) -> Result<()> {
     sqlx::query("SELECT COUNT(*) FROM dashboard_samples WHERE 1 = 0")
-        .execute(store.writer())
+        .execute(store.pool())
         .await?;
     Ok(())
 }
@@ -286,7 +286,7 @@ fn points(rows: &[CountRow]) -> Points {
 async fn write_sample(store: &Store, now: i64, rows: &[CountRow]) -> Result<usize> {
     let points = points(rows);
     let mut written = 0;
-    let mut tx = store.writer().begin().await?;
+    let mut tx = store.pool().begin().await?;
     for (res, keep) in TIERS {
         let bucket = now - now.rem_euclid(res);
         // Keys that vanished since an earlier sample in this bucket drop to 0.

@@ -130,7 +130,7 @@ impl Store {
             .bind(c.arch.to_owned())
             .bind(c.group.to_owned())
             .bind(now)
-            .fetch_one(&self.writer)
+            .fetch_one(&self.pool)
             .await?;
         self.recent.store(inst.clone(), now);
         if inst.created_at == now
@@ -213,13 +213,13 @@ impl Store {
             return Ok(true);
         }
         let busy: i64 = sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
-            .fetch_one(&self.writer)
+            .fetch_one(&self.pool)
             .await?;
         Ok(busy == 0)
     }
 
     async fn write_last_checks(&self, items: &[(String, String, i64)]) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.pool.begin().await?;
         for chunk in items.chunks(FLUSH_CHUNK) {
             let mut sql = String::from("WITH v (app_id, machine_id, ts) AS (VALUES ");
             for i in 0..chunk.len() {
@@ -263,7 +263,7 @@ impl Store {
             .bind(version.to_owned())
             .bind(target.map(str::to_owned))
             .bind(now)
-            .execute(&self.writer)
+            .execute(&self.pool)
             .await?;
         Ok(())
     }
@@ -285,7 +285,7 @@ impl Store {
             .bind(error_code)
             .bind(inst.app_id.clone())
             .bind(inst.machine_id.clone())
-            .execute(&self.writer)
+            .execute(&self.pool)
             .await;
         if let Err(e) = res {
             self.recent.forget(&inst.app_id, &inst.machine_id);
@@ -329,7 +329,7 @@ impl Store {
             .bind(ev.previous_version.clone())
             .bind(inst.version.clone())
             .bind(now)
-            .execute(&self.writer)
+            .execute(&self.pool)
             .await?;
         Ok(())
     }

@@ -60,12 +60,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[derive(Clone)]
 pub struct Store {
-    /// Reads (and, on PostgreSQL, everything).
     pool: AnyPool,
-    /// Every write. On SQLite a pool of one connection, so writes queue here in order instead
-    /// of sleeping in SQLite's busy handler for its single write lock; on PostgreSQL the same
-    /// pool as `pool`.
-    writer: AnyPool,
     backend: Backend,
     cache: std::sync::Arc<config::ConfigCache>,
     recent: std::sync::Arc<recent::RecentCheckIns>,
@@ -104,19 +99,24 @@ impl Store {
             return Err(StoreError::UnsupportedUrl(url.to_owned()));
         };
         let opts = AnyConnectOptions::from_str(url)?;
-        let (pool, writer) = match backend {
-            Backend::Sqlite => (
-                connect(&opts, backend, 8).await?,
-                connect(&opts, backend, 1).await?,
-            ),
-            Backend::Postgres => {
-                let pool = connect(&opts, backend, 16).await?;
-                (pool.clone(), pool)
-            }
-        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 30000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await?;
         let store = Store {
             pool,
-            writer,
             backend,
             cache: Default::default(),
             recent: Default::default(),
@@ -129,20 +129,13 @@ impl Store {
         self.backend
     }
 
-    /// The pool for reads.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
-    /// The pool every write goes through (see [`Store`]'s `writer`).
-    pub fn writer(&self) -> &AnyPool {
-        &self.writer
-    }
-
-    /// Closes the pools. Call [`Store::flush_last_checks`] first to keep
+    /// Closes the pool. Call [`Store::flush_last_checks`] first to keep
     /// the last-check timestamps still in memory (the server does).
     pub async fn close(&self) {
-        self.writer.close().await;
         self.pool.close().await;
     }
 
@@ -202,26 +195,6 @@ impl Store {
         }
         result
     }
-}
-
-/// A pool of at most `max` connections; SQLite's are set up for WAL.
-async fn connect(opts: &AnyConnectOptions, backend: Backend, max: u32) -> Result<AnyPool> {
-    Ok(AnyPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(30))
-        .after_connect(move |conn, _| {
-            Box::pin(async move {
-                if backend == Backend::Sqlite {
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = NORMAL").await?;
-                    conn.execute("PRAGMA busy_timeout = 30000").await?;
-                    conn.execute("PRAGMA foreign_keys = ON").await?;
-                }
-                Ok(())
-            })
-        })
-        .connect_with(opts.clone())
-        .await?)
 }
 
 /// Splits a migration into statements (on `;` at line end), dropping comments.

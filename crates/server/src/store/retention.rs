@@ -26,7 +26,7 @@ impl Store {
         version: &str,
         now: i64,
     ) -> Result<u64> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.pool.begin().await?;
         let mut done = 0u64;
         while done < count {
             let batch = (count - done).min(500);
@@ -78,7 +78,7 @@ impl Store {
             let sql = format!("DELETE FROM {table} WHERE at < $1");
             *slot = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(cutoff)
-                .execute(&self.writer)
+                .execute(&self.pool)
                 .await?
                 .rows_affected();
         }
@@ -86,7 +86,7 @@ impl Store {
         self.flush_last_checks(now).await?;
         report.instances = sqlx::query("DELETE FROM instances WHERE last_check_at < $1")
             .bind(now - silent_secs)
-            .execute(&self.writer)
+            .execute(&self.pool)
             .await?
             .rows_affected();
         if report.instances > 0 {

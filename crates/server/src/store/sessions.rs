@@ -18,7 +18,7 @@ impl Store {
         .bind(token_sha256)
         .bind(now)
         .bind(expires_at)
-        .execute(&self.writer)
+        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -39,7 +39,7 @@ impl Store {
         Ok(
             sqlx::query("DELETE FROM dashboard_sessions WHERE id_sha256 = $1")
                 .bind(id_sha256)
-                .execute(&self.writer)
+                .execute(&self.pool)
                 .await?
                 .rows_affected()
                 > 0,
@@ -51,7 +51,7 @@ impl Store {
         Ok(
             sqlx::query("DELETE FROM dashboard_sessions WHERE expires_at <= $1")
                 .bind(now)
-                .execute(&self.writer)
+                .execute(&self.pool)
                 .await?
                 .rows_affected(),
         )

@@ -96,7 +96,7 @@ impl Store {
         .bind(row.total_bytes)
         .bind(row.message.clone())
         .bind(row.updated_at)
-        .execute(&self.writer)
+        .execute(&self.pool)
         .await?;
         Ok(())
     }
