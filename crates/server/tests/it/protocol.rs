@@ -334,8 +334,9 @@ async fn limits_per_period_and_concurrency(b: Backend) {
     s.handle.shutdown().await;
 }
 
-async fn timeout_halts_safe_mode_group(b: Backend) {
-    let s = server(b).await;
+/// NEW on stable, whose grants time out after 600 s (safe mode is the default); machine "a"
+/// on OLD has just been granted it.
+async fn granted_with_600_s_timeout(s: &support::TestServer) -> &fastpatch_server::store::Store {
     s.publish(NEW, &payload(), Some("stable")).await;
     let store = s.handle.store();
     let mut g = store
@@ -346,6 +347,12 @@ async fn timeout_halts_safe_mode_group(b: Backend) {
     g.update_timeout_secs = 600;
     store.upsert_group(&g).await.unwrap();
     assert!(offered(&s.check("a", OLD, "stable", vec![], true).await).is_some());
+    store
+}
+
+async fn timeout_halts_safe_mode_group(b: Backend) {
+    let s = server(b).await;
+    let store = granted_with_600_s_timeout(&s).await;
     s.clock.advance(Duration::seconds(601));
     assert_eq!(
         offered(&s.check("b", OLD, "stable", vec![], true).await),
@@ -366,16 +373,7 @@ async fn timeout_halts_safe_mode_group(b: Backend) {
 async fn the_sweep_halts_a_timed_out_safe_mode_group(b: Backend) {
     use fastpatch_server::clock::Clock as _;
     let s = server(b).await;
-    s.publish(NEW, &payload(), Some("stable")).await;
-    let store = s.handle.store();
-    let mut g = store
-        .group(FLATCAR_APP_ID, "stable")
-        .await
-        .unwrap()
-        .unwrap();
-    g.update_timeout_secs = 600;
-    store.upsert_group(&g).await.unwrap();
-    assert!(offered(&s.check("a", OLD, "stable", vec![], true).await).is_some());
+    let store = granted_with_600_s_timeout(&s).await;
     s.clock.advance(Duration::seconds(599));
     let now = s.clock.now().timestamp();
     assert_eq!(store.sweep_timeouts(now).await.unwrap(), []);
