@@ -25,8 +25,8 @@ fuzz_target!(|data: &[u8]| {
             passive_slot_refused,
         };
         let (engine, _actions) = Engine::start(state.clone(), boot);
-        let json = serde_json::to_vec(&engine.durable).expect("state encodes");
+        let json = serde_json::to_vec(engine.durable()).expect("state encodes");
         let back: DurableState = serde_json::from_slice(&json).expect("our own state decodes");
-        assert_eq!(back, engine.durable, "state changed across save + load");
+        assert_eq!(&back, engine.durable(), "state changed across save + load");
     }
 });
