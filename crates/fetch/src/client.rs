@@ -15,15 +15,17 @@ pub fn with_system_roots(
             "{who}: cannot load the system's CA certificates ({}); going on without them: \
              plain-HTTP servers work, HTTPS ones fail verification until the \
              ca-certificates package is installed",
-            chain(&e)
+            error_chain(&e)
         );
         // Only the roots the builder added (none, or a configured CA file).
         builder().tls_certs_only([]).build()
     })
 }
 
-/// An error with its causes, `outer: inner: innermost`.
-fn chain(e: &dyn std::error::Error) -> String {
+/// An error with its causes, `outer: inner: innermost` (reqwest's own Display stops at the
+/// first level, which hides why TLS failed); a cause that repeats the text before it is said
+/// once.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -62,6 +64,6 @@ mod tests {
                 Some(Box::new(E("no CA certificates", None))),
             ))),
         );
-        assert_eq!(chain(&e), "builder error: no CA certificates");
+        assert_eq!(error_chain(&e), "builder error: no CA certificates");
     }
 }

@@ -265,7 +265,7 @@ impl Client {
             .json(&body)
             .send()
             .await
-            .map_err(|e| ClientError::Http(error_chain(&e)))?;
+            .map_err(|e| ClientError::Http(fastpatch_fetch::client::error_chain(&e)))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(());
@@ -291,19 +291,6 @@ impl Client {
     pub async fn steady_state(&self) -> Result<(), ClientError> {
         self.call("/v1/steady-state").await
     }
-}
-
-/// An error with its causes ("error sending request: ... : invalid peer certificate: UnknownIssuer"):
-/// reqwest's own Display stops at the first level, which hides why TLS failed.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
 
 /// reqwest is built with rustls but no bundled crypto provider (we use ring, as the engine does,
