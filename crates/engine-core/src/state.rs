@@ -67,11 +67,6 @@ impl State {
             State::Idle | State::Checking | State::ReportingError => 0.0,
         }
     }
-
-    /// Whether an install is under way (its download or installer may be running).
-    pub fn is_installing(&self) -> bool {
-        matches!(self, State::Installing { .. })
-    }
 }
 
 /// What GetStatus shows as NEW_VERSION / NEW_SIZE: the last offer. Like update_engine, it
