@@ -19,6 +19,9 @@ pub mod urls;
 #[cfg(test)]
 mod machine_tests;
 
+#[cfg(test)]
+mod machine_props;
+
 pub use machine::{
     Action, BootFacts, CheckDelay, CheckReply, DurableState, Engine, Input, StagedUpdate,
     UpdateOffer,
