@@ -26,7 +26,7 @@ pub use offer::{
     DEFAULT_MAX_FAILURE_COUNT_PER_URL,
 };
 pub use ops::{PayloadOps, PAYLOAD_OPS_ATTR, STOCK_FLATCAR_OPS};
-pub use request::{normalize_appid, Event, Os, Ping, Request, RequestApp, UpdateCheck};
+pub use request::{normalize_appid, Event, Os, Ping, Request, RequestApp, Text, UpdateCheck};
 pub use response::{
     Action, DayStart, Manifest, Package, Response, ResponseApp, Status, UpdateCheckResponse,
 };

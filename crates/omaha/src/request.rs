@@ -1,78 +1,85 @@
 //! The client → server document: `<request>` with `<os>` and one or more `<app>`s.
 
+use std::borrow::Cow;
+
 use crate::event::{event_result, event_type, ErrorCode, EventKind};
 use crate::xml::{parse_tree, Element, Writer};
 use crate::{Limits, ParseError, PROTOCOL_VERSION};
 
+/// A request's text: borrowed from the body it was parsed from (a server answers without
+/// copying a string), or owned (a client builds its request). `"x".into()` and
+/// `String::into()` both give one.
+pub type Text<'a> = Cow<'a, str>;
+
 /// `<request protocol="3.0" ...>`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Request {
+pub struct Request<'a> {
     /// Always "3.0" after a successful parse.
-    pub protocol: String,
+    pub protocol: Text<'a>,
     /// `version`, e.g. "update_engine-0.4.10".
-    pub version: Option<String>,
+    pub version: Option<Text<'a>>,
     /// `updaterversion`.
-    pub updater_version: Option<String>,
+    pub updater_version: Option<Text<'a>>,
     /// `installsource`: "scheduler" or "ondemandupdate".
-    pub install_source: Option<String>,
+    pub install_source: Option<Text<'a>>,
     /// `ismachine`.
-    pub is_machine: Option<String>,
-    pub os: Option<Os>,
-    pub apps: Vec<RequestApp>,
+    pub is_machine: Option<Text<'a>>,
+    pub os: Option<Os<'a>>,
+    pub apps: Vec<RequestApp<'a>>,
     /// Attributes of `<request>` not modelled above, in document order.
-    pub extra: Vec<(String, String)>,
+    pub extra: Vec<(Text<'a>, Text<'a>)>,
 }
 
 /// `<os version platform sp arch>`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Os {
-    pub version: Option<String>,
-    pub platform: Option<String>,
-    pub sp: Option<String>,
-    pub arch: Option<String>,
+pub struct Os<'a> {
+    pub version: Option<Text<'a>>,
+    pub platform: Option<Text<'a>>,
+    pub sp: Option<Text<'a>>,
+    pub arch: Option<Text<'a>>,
 }
 
 /// `<app ...>` inside a request.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct RequestApp {
+pub struct RequestApp<'a> {
     /// As sent; may carry braces. Compare with [`normalize_appid`].
-    pub appid: String,
-    pub version: Option<String>,
+    pub appid: Text<'a>,
+    pub version: Option<Text<'a>>,
     /// The group (update.conf GROUP=).
-    pub track: Option<String>,
-    pub bootid: Option<String>,
-    pub oem: Option<String>,
-    pub oem_version: Option<String>,
-    pub aleph_version: Option<String>,
-    pub machine_id: Option<String>,
-    pub machine_alias: Option<String>,
-    pub lang: Option<String>,
+    pub track: Option<Text<'a>>,
+    pub bootid: Option<Text<'a>>,
+    pub oem: Option<Text<'a>>,
+    pub oem_version: Option<Text<'a>>,
+    pub aleph_version: Option<Text<'a>>,
+    pub machine_id: Option<Text<'a>>,
+    pub machine_alias: Option<Text<'a>>,
+    pub lang: Option<Text<'a>>,
     /// e.g. "amd64-usr", "arm64-usr".
-    pub board: Option<String>,
-    pub hardware_class: Option<String>,
-    pub delta_okay: Option<String>,
+    pub board: Option<Text<'a>>,
+    pub hardware_class: Option<Text<'a>>,
+    pub delta_okay: Option<Text<'a>>,
     /// [`crate::PAYLOAD_OPS_ATTR`]: the payload operations the client applies (fastpatch's
     /// engine sends it; stock Flatcar does not). Read it with [`RequestApp::applies`].
-    pub payload_ops: Option<String>,
-    pub ping: Option<Ping>,
-    pub update_check: Option<UpdateCheck>,
+    pub payload_ops: Option<Text<'a>>,
+    pub ping: Option<Ping<'a>>,
+    pub update_check: Option<UpdateCheck<'a>>,
     pub events: Vec<Event>,
     /// Attributes of `<app>` not modelled above, in document order.
-    pub extra: Vec<(String, String)>,
+    pub extra: Vec<(Text<'a>, Text<'a>)>,
 }
 
 /// `<ping active="1" a r>`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Ping {
-    pub active: Option<String>,
-    pub a: Option<String>,
-    pub r: Option<String>,
+pub struct Ping<'a> {
+    pub active: Option<Text<'a>>,
+    pub a: Option<Text<'a>>,
+    pub r: Option<Text<'a>>,
 }
 
 /// `<updatecheck>`; Flatcar sends it without attributes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct UpdateCheck {
-    pub target_version_prefix: Option<String>,
+pub struct UpdateCheck<'a> {
+    pub target_version_prefix: Option<Text<'a>>,
 }
 
 /// `<event eventtype eventresult errorcode previousversion>`. The engine persists the events
@@ -188,7 +195,7 @@ const REQUEST_ATTRS: &[&str] = &[
     "ismachine",
 ];
 
-impl RequestApp {
+impl RequestApp<'_> {
     /// The client can apply delta payloads (`delta_okay="true"`; stock Flatcar
     /// sends "false").
     pub fn accepts_delta(&self) -> bool {
@@ -205,13 +212,13 @@ impl RequestApp {
     }
 }
 
-impl Request {
-    /// Parses a request with [`Limits::default`].
-    pub fn parse(input: &[u8]) -> Result<Request, ParseError> {
+impl<'a> Request<'a> {
+    /// Parses a request with [`Limits::default`]; its text borrows from `input`.
+    pub fn parse(input: &'a [u8]) -> Result<Request<'a>, ParseError> {
         Self::parse_with_limits(input, &Limits::default())
     }
 
-    pub fn parse_with_limits(input: &[u8], limits: &Limits) -> Result<Request, ParseError> {
+    pub fn parse_with_limits(input: &'a [u8], limits: &Limits) -> Result<Request<'a>, ParseError> {
         let mut root = parse_tree(input, limits)?;
         if root.name != "request" {
             return Err(ParseError::UnexpectedRoot(root.name.into_owned()));
@@ -221,7 +228,7 @@ impl Request {
             attribute: "protocol",
         })?;
         if protocol != PROTOCOL_VERSION {
-            return Err(ParseError::UnsupportedProtocol(protocol));
+            return Err(ParseError::UnsupportedProtocol(protocol.into_owned()));
         }
         let os = root.child_mut("os").map(|os| Os {
             version: os.take("version"),
@@ -244,7 +251,11 @@ impl Request {
             is_machine: root.take("ismachine"),
             os,
             apps,
-            extra: root.extra_attrs(REQUEST_ATTRS),
+            extra: root
+                .attrs
+                .drain(..)
+                .filter(|(k, _)| !REQUEST_ATTRS.contains(&k.as_ref()))
+                .collect(),
         })
     }
 
@@ -311,7 +322,7 @@ impl Request {
     }
 }
 
-fn parse_app(app: &mut Element, limits: &Limits) -> Result<RequestApp, ParseError> {
+fn parse_app<'a>(app: &mut Element<'a>, limits: &Limits) -> Result<RequestApp<'a>, ParseError> {
     let missing_appid = ParseError::MissingAttribute {
         element: "app",
         attribute: "appid",
@@ -357,11 +368,11 @@ fn parse_app(app: &mut Element, limits: &Limits) -> Result<RequestApp, ParseErro
             "delta_okay" => &mut out.delta_okay,
             crate::PAYLOAD_OPS_ATTR => &mut out.payload_ops,
             _ => {
-                out.extra.push((key.into_owned(), value.into_owned()));
+                out.extra.push((key, value));
                 continue;
             }
         };
-        *slot = Some(value.into_owned());
+        *slot = Some(value);
     }
     out.appid = appid.ok_or(missing_appid)?;
     Ok(out)

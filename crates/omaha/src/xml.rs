@@ -39,11 +39,11 @@ impl<'a> Element<'a> {
     /// Moves an attribute's value out (the name stays, with an empty value): for
     /// building a typed value from the tree without copying each string again.
     /// Names are unique within an element (the reader refuses duplicates).
-    pub fn take(&mut self, name: &str) -> Option<String> {
+    pub fn take(&mut self, name: &str) -> Option<Cow<'a, str>> {
         self.attrs
             .iter_mut()
             .find(|(k, _)| k == name)
-            .map(|(_, v)| std::mem::take(v).into_owned())
+            .map(|(_, v)| std::mem::take(v))
     }
 
     /// The first child element named `name`, mutably.
@@ -325,8 +325,9 @@ impl Writer {
         self
     }
 
-    pub fn attrs(&mut self, extra: &[(String, String)]) -> &mut Self {
+    pub fn attrs(&mut self, extra: &[(impl AsRef<str>, impl AsRef<str>)]) -> &mut Self {
         for (k, v) in extra {
+            let (k, v) = (k.as_ref(), v.as_ref());
             if is_xml_name(k) {
                 self.attr(k, v);
             }

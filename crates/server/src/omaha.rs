@@ -49,7 +49,7 @@ pub async fn handle(
 
 async fn answer_app(
     state: &AppState,
-    app: &RequestApp,
+    app: &RequestApp<'_>,
     ip: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<ResponseApp, OmahaError> {

@@ -37,7 +37,7 @@ impl Daemon {
         conf: &UpdateConf,
         kind: &RequestKind,
         events: &[Event],
-    ) -> Option<fastpatch_omaha::Request> {
+    ) -> Option<fastpatch_omaha::Request<'static>> {
         let mut request = omaha::build_request(
             &self.cfg.app_id,
             &self.cfg.board,

@@ -80,7 +80,7 @@ pub fn build_request(
     aleph_version: Option<&str>,
     kind: &RequestKind,
     events: &[Event],
-) -> Option<Request> {
+) -> Option<Request<'static>> {
     let (ping, update_check, install_source) = match kind {
         RequestKind::Check { interactive } => (
             true,
@@ -98,20 +98,20 @@ pub fn build_request(
         return None;
     }
     let app = RequestApp {
-        appid: app_id.to_string(),
-        version: Some(facts.version.clone()),
-        track: Some(conf.group().to_string()),
-        bootid: Some(format!("{{{}}}", facts.boot_id)),
-        oem: Some(facts.oem.clone().unwrap_or_default()),
-        oem_version: Some(facts.oem_version.clone().unwrap_or_default()),
-        aleph_version: Some(aleph_version.unwrap_or(&facts.version).to_string()),
-        machine_id: Some(facts.machine_id.clone()),
-        machine_alias: Some(conf.machine_alias().unwrap_or_default().to_string()),
+        appid: app_id.to_string().into(),
+        version: Some(facts.version.clone().into()),
+        track: Some(conf.group().to_string().into()),
+        bootid: Some(format!("{{{}}}", facts.boot_id).into()),
+        oem: Some(facts.oem.clone().unwrap_or_default().into()),
+        oem_version: Some(facts.oem_version.clone().unwrap_or_default().into()),
+        aleph_version: Some(aleph_version.unwrap_or(&facts.version).to_string().into()),
+        machine_id: Some(facts.machine_id.clone().into()),
+        machine_alias: Some(conf.machine_alias().unwrap_or_default().to_string().into()),
         lang: Some("en-US".into()),
-        board: Some(board.to_string()),
-        hardware_class: Some(String::new()),
+        board: Some(board.to_string().into()),
+        hardware_class: Some(String::new().into()),
         delta_okay: Some("false".into()),
-        payload_ops: Some(applied_ops().to_string()),
+        payload_ops: Some(applied_ops().to_string().into()),
         ping: ping.then(|| Ping {
             active: Some("1".into()),
             a: None,
@@ -130,7 +130,7 @@ pub fn build_request(
         os: Some(Os {
             version: Some("Chateau".into()),
             platform: Some("CoreOS".into()),
-            sp: Some(format!("{}_x86_64", facts.version)),
+            sp: Some(format!("{}_x86_64", facts.version).into()),
             arch: None,
         }),
         apps: vec![app],
@@ -161,7 +161,7 @@ impl TransportError {
 pub async fn post(
     http: &reqwest::Client,
     url: &str,
-    request: &Request,
+    request: &Request<'_>,
     timeout: Duration,
 ) -> Result<Vec<u8>, TransportError> {
     let resp = http

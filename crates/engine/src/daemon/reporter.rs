@@ -13,7 +13,7 @@ use crate::machine::Input;
 /// Work for the event reporter.
 pub(super) enum ReportJob {
     Send {
-        request: Option<Box<fastpatch_omaha::Request>>,
+        request: Option<Box<fastpatch_omaha::Request<'static>>>,
         is_error: bool,
     },
     /// Answered once every job queued before it is done.

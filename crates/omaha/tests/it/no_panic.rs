@@ -27,7 +27,7 @@ fn event() -> impl Strategy<Value = Event> {
         })
 }
 
-fn request_app() -> impl Strategy<Value = RequestApp> {
+fn request_app() -> impl Strategy<Value = RequestApp<'static>> {
     (
         attr_value(),
         opt_value(),
@@ -40,11 +40,11 @@ fn request_app() -> impl Strategy<Value = RequestApp> {
     )
         .prop_map(
             |(appid, version, track, machine_id, board, ping, uc, events)| RequestApp {
-                appid,
-                version,
-                track,
-                machine_id,
-                board,
+                appid: appid.into(),
+                version: version.map(Into::into),
+                track: track.map(Into::into),
+                machine_id: machine_id.map(Into::into),
+                board: board.map(Into::into),
                 ping: ping.then(|| Ping {
                     active: Some("1".into()),
                     ..Ping::default()
@@ -91,11 +91,12 @@ proptest! {
     fn requests_round_trip(apps in proptest::collection::vec(request_app(), 0..3), install in opt_value()) {
         let req = Request {
             protocol: "3.0".into(),
-            install_source: install,
+            install_source: install.map(Into::into),
             apps,
             ..Request::default()
         };
-        let parsed = Request::parse(req.to_xml().as_bytes()).unwrap();
+        let xml = req.to_xml();
+        let parsed = Request::parse(xml.as_bytes()).unwrap();
         prop_assert_eq!(parsed, req);
     }
 

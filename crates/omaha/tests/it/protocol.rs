@@ -14,7 +14,8 @@ pub fn fixture(name: &str) -> Vec<u8> {
 
 #[test]
 fn flatcar_update_check_request() {
-    let req = Request::parse(&fixture("request_updatecheck.xml")).unwrap();
+    let body = fixture("request_updatecheck.xml");
+    let req = Request::parse(&body).unwrap();
     assert_eq!(req.protocol, "3.0");
     assert_eq!(req.install_source.as_deref(), Some("scheduler"));
     assert_eq!(req.is_machine.as_deref(), Some("1"));
@@ -49,7 +50,8 @@ fn flatcar_update_check_request() {
 
 #[test]
 fn payload_ops_attribute_is_read_and_written() {
-    let mut req = Request::parse(&fixture("request_updatecheck.xml")).unwrap();
+    let body = fixture("request_updatecheck.xml");
+    let mut req = Request::parse(&body).unwrap();
     req.apps[0].payload_ops = Some("REPLACE,REPLACE_ZSTD,SOURCE_COPY".into());
     let xml = req.to_xml();
     assert!(
@@ -65,7 +67,8 @@ fn payload_ops_attribute_is_read_and_written() {
 
 #[test]
 fn appid_without_braces_and_upper_case() {
-    let req = Request::parse(&fixture("request_ondemand_nobraces.xml")).unwrap();
+    let body = fixture("request_ondemand_nobraces.xml");
+    let req = Request::parse(&body).unwrap();
     let app = &req.apps[0];
     assert_eq!(normalize_appid(&app.appid), FLATCAR_APP_ID);
     assert_eq!(req.install_source.as_deref(), Some("ondemandupdate"));
@@ -78,7 +81,8 @@ fn appid_without_braces_and_upper_case() {
 #[test]
 fn event_kinds() {
     let kind = |f: &str| {
-        let req = Request::parse(&fixture(f)).unwrap();
+        let body = fixture(f);
+        let req = Request::parse(&body).unwrap();
         req.apps[0]
             .events
             .iter()
@@ -122,7 +126,8 @@ fn event_kinds() {
 
 #[test]
 fn multiple_apps_kept_in_order() {
-    let req = Request::parse(&fixture("request_multiple_apps.xml")).unwrap();
+    let body = fixture("request_multiple_apps.xml");
+    let req = Request::parse(&body).unwrap();
     assert_eq!(req.apps.len(), 2);
     assert_eq!(
         normalize_appid(&req.apps[0].appid),
@@ -142,7 +147,8 @@ fn requests_round_trip() {
         "request_event_error_flags.xml",
         "request_multiple_apps.xml",
     ] {
-        let req = Request::parse(&fixture(f)).unwrap();
+        let body = fixture(f);
+        let req = Request::parse(&body).unwrap();
         let xml = req.to_xml();
         assert_eq!(Request::parse(xml.as_bytes()).unwrap(), req, "{f}:\n{xml}");
     }
@@ -163,7 +169,7 @@ fn engine_written_request_has_flatcar_attribute_names() {
             arch: None,
         }),
         apps: vec![RequestApp {
-            appid: format!("{{{FLATCAR_APP_ID}}}"),
+            appid: format!("{{{FLATCAR_APP_ID}}}").into(),
             version: Some("3602.2.0".into()),
             track: Some("stable".into()),
             machine_id: Some("abc".into()),

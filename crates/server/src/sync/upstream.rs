@@ -32,28 +32,34 @@ fn os_arch(arch: &str) -> (&'static str, String) {
 }
 
 /// The update check a stock machine running `version` on `channel` sends.
-pub fn request(app: &str, channel: &str, arch: &str, version: &str, machine_id: &str) -> Request {
+pub fn request<'a>(
+    app: &str,
+    channel: &'a str,
+    arch: &str,
+    version: &'a str,
+    machine_id: &'a str,
+) -> Request<'a> {
     let (os_arch, board) = os_arch(arch);
     Request {
-        protocol: PROTOCOL_VERSION.to_owned(),
-        version: Some(concat!("fastpatch-sync-", env!("CARGO_PKG_VERSION")).to_owned()),
-        updater_version: Some(concat!("fastpatch-sync-", env!("CARGO_PKG_VERSION")).to_owned()),
-        install_source: Some("scheduler".to_owned()),
-        is_machine: Some("1".to_owned()),
+        protocol: PROTOCOL_VERSION.into(),
+        version: Some(concat!("fastpatch-sync-", env!("CARGO_PKG_VERSION")).into()),
+        updater_version: Some(concat!("fastpatch-sync-", env!("CARGO_PKG_VERSION")).into()),
+        install_source: Some("scheduler".into()),
+        is_machine: Some("1".into()),
         os: Some(Os {
-            version: Some("Chateau".to_owned()),
-            platform: Some("CoreOS".to_owned()),
-            sp: Some(format!("{version}_{os_arch}")),
-            arch: Some(os_arch.to_owned()),
+            version: Some("Chateau".into()),
+            platform: Some("CoreOS".into()),
+            sp: Some(format!("{version}_{os_arch}").into()),
+            arch: Some(os_arch.to_owned().into()),
         }),
         apps: vec![RequestApp {
-            appid: format!("{{{app}}}"),
-            version: Some(version.to_owned()),
-            track: Some(channel.to_owned()),
-            bootid: Some(format!("{{{}}}", uuid::Uuid::new_v4())),
-            machine_id: Some(machine_id.to_owned()),
-            board: Some(board),
-            delta_okay: Some("false".to_owned()),
+            appid: format!("{{{app}}}").into(),
+            version: Some(version.into()),
+            track: Some(channel.into()),
+            bootid: Some(format!("{{{}}}", uuid::Uuid::new_v4()).into()),
+            machine_id: Some(machine_id.into()),
+            board: Some(board.into()),
+            delta_okay: Some("false".into()),
             update_check: Some(UpdateCheck::default()),
             ..RequestApp::default()
         }],

@@ -120,8 +120,8 @@ async fn check_applying(
     ops: Option<&str>,
 ) -> String {
     let mut req = request(machine, version, "stable", vec![], true);
-    req.apps[0].delta_okay = delta_okay.map(str::to_owned);
-    req.apps[0].payload_ops = ops.map(str::to_owned);
+    req.apps[0].delta_okay = delta_okay.map(Into::into);
+    req.apps[0].payload_ops = ops.map(Into::into);
     let (status, body) = s.post(req.to_xml()).await;
     assert_eq!(status, 200, "{body}");
     body

@@ -45,7 +45,7 @@ async fn publish(s: &TestServer, version: &str, file: &Path) -> Result<PackageRo
 /// An update check from 1.0.0; `ops` as announced (`None`: stock Flatcar says nothing).
 async fn check(s: &TestServer, machine: &str, ops: Option<&str>) -> String {
     let mut req = request(machine, "1.0.0", "stable", vec![], true);
-    req.apps[0].payload_ops = ops.map(str::to_owned);
+    req.apps[0].payload_ops = ops.map(Into::into);
     let (status, body) = s.post(req.to_xml()).await;
     assert_eq!(status, 200, "{body}");
     body

@@ -287,13 +287,13 @@ impl NowTs for ManualClock {
     }
 }
 
-pub fn request(
-    machine: &str,
-    version: &str,
-    track: &str,
+pub fn request<'a>(
+    machine: &'a str,
+    version: &'a str,
+    track: &'a str,
     events: Vec<Event>,
     update_check: bool,
-) -> Request {
+) -> Request<'a> {
     Request {
         protocol: "3.0".into(),
         version: Some("update_engine-0.4.10".into()),
@@ -302,11 +302,11 @@ pub fn request(
         is_machine: Some("1".into()),
         os: None,
         apps: vec![RequestApp {
-            appid: format!("{{{FLATCAR_APP_ID}}}"),
+            appid: format!("{{{FLATCAR_APP_ID}}}").into(),
             version: Some(version.into()),
             track: Some(track.into()),
             machine_id: Some(machine.into()),
-            machine_alias: Some(String::new()),
+            machine_alias: Some("".into()),
             board: Some("amd64-usr".into()),
             ping: Some(fastpatch_omaha::Ping {
                 active: Some("1".into()),
