@@ -166,12 +166,12 @@ impl<'a> Scanner<'a> {
             return None;
         }
         let start = self.pos + 1;
-        let len = self.b[start..].iter().position(|&c| c == quote)?;
-        let value = &self.b[start..start + len];
-        if value
+        // One pass: up to the closing quote, declining at the first byte that needs the full
+        // parser.
+        let len = self.b[start..]
             .iter()
-            .any(|&c| matches!(c, b'<' | b'&' | b'\t' | b'\n' | b'\r'))
-        {
+            .position(|&c| c == quote || matches!(c, b'<' | b'&' | b'\t' | b'\n' | b'\r'))?;
+        if self.b[start + len] != quote {
             return None;
         }
         self.pos = start + len + 1;
