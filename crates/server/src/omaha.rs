@@ -1,6 +1,8 @@
 //! The Omaha v3 endpoint: parse, record, decide, answer. Every `<app>` in a
 //! request gets an answer, known or not.
 
+use std::sync::OnceLock;
+
 use chrono::{DateTime, Timelike, Utc};
 use fastpatch_omaha::{
     normalize_appid, Limits, ParseError, PayloadOps, Request, RequestApp, Response, ResponseApp,
@@ -121,7 +123,8 @@ async fn answer_app(
         m.inc(&m.update_checks);
         let client = Client {
             delta_okay: app.accepts_delta(),
-            applies: app.applies(),
+            app,
+            applies: OnceLock::new(),
         };
         answer.update_check =
             Some(update_check(state, &config, group, &inst, &arch, &client, now).await?);
@@ -231,11 +234,19 @@ async fn finish_rollout_if_done(
 }
 
 /// What the client said it can apply.
-struct Client {
+struct Client<'r> {
     /// `delta_okay="true"`.
     delta_okay: bool,
-    /// The payload operations it applies ([`RequestApp::applies`]).
-    applies: PayloadOps,
+    app: &'r RequestApp<'r>,
+    /// [`RequestApp::applies`], read when an offer needs it (most checks end in no update).
+    applies: OnceLock<PayloadOps>,
+}
+
+impl Client<'_> {
+    /// The payload operations it applies.
+    fn applies(&self) -> &PayloadOps {
+        self.applies.get_or_init(|| self.app.applies())
+    }
 }
 
 async fn update_check(
@@ -244,7 +255,7 @@ async fn update_check(
     group: &crate::store::Group,
     inst: &InstanceRow,
     arch: &str,
-    client: &Client,
+    client: &Client<'_>,
     now: DateTime<Utc>,
 ) -> Result<UpdateCheckResponse, OmahaError> {
     let store = &state.store;
@@ -275,8 +286,8 @@ async fn update_check(
     // is spent on it: a grant it cannot use would hold a safe-mode group until the timeout.
     if let Decision::Offer { version, .. } = &pre {
         if let Some(pkg) = packages.iter().find(|p| &p.version == version) {
-            if variants::choose(pkg, &config.variants, &client.applies).is_none() {
-                return Ok(no_readable_payload(state, inst, pkg, &client.applies));
+            if variants::choose(pkg, &config.variants, client.applies()).is_none() {
+                return Ok(no_readable_payload(state, inst, pkg, client.applies()));
             }
         }
     }
@@ -315,8 +326,8 @@ async fn update_check(
                 m.inc(&m.no_update);
                 return Ok(UpdateCheckResponse::no_update());
             };
-            let Some(chosen) = variants::choose(pkg, &config.variants, &client.applies) else {
-                return Ok(no_readable_payload(state, inst, pkg, &client.applies));
+            let Some(chosen) = variants::choose(pkg, &config.variants, client.applies()) else {
+                return Ok(no_readable_payload(state, inst, pkg, client.applies()));
             };
             if new_grant {
                 m.inc(&m.grants);
@@ -328,7 +339,7 @@ async fn update_check(
                 .get(&pkg.id)
                 .map_or(&[][..], Vec::as_slice);
             // A delta only to a client that applies them and runs its source version.
-            let delta_fits = client.delta_okay && client.applies.covers(&variants::delta_ops());
+            let delta_fits = client.delta_okay && client.applies().covers(&variants::delta_ops());
             let delta = config
                 .deltas
                 .iter()

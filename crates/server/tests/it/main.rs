@@ -6,6 +6,7 @@ mod dashboard_support;
 mod support;
 
 mod api;
+mod body_read;
 mod checkins;
 mod cli;
 mod concurrency;
