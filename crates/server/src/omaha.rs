@@ -122,7 +122,6 @@ async fn answer_app(
     if app.update_check.is_some() {
         m.inc(&m.update_checks);
         let client = Client {
-            delta_okay: app.accepts_delta(),
             app,
             applies: OnceLock::new(),
         };
@@ -235,8 +234,6 @@ async fn finish_rollout_if_done(
 
 /// What the client said it can apply.
 struct Client<'r> {
-    /// `delta_okay="true"`.
-    delta_okay: bool,
     app: &'r RequestApp<'r>,
     /// [`RequestApp::applies`], read when an offer needs it (most checks end in no update).
     applies: OnceLock<PayloadOps>,
@@ -339,7 +336,8 @@ async fn update_check(
                 .get(&pkg.id)
                 .map_or(&[][..], Vec::as_slice);
             // A delta only to a client that applies them and runs its source version.
-            let delta_fits = client.delta_okay && client.applies().covers(&variants::delta_ops());
+            let delta_fits =
+                client.app.accepts_delta() && client.applies().covers(&variants::delta_ops());
             let delta = config
                 .deltas
                 .iter()

@@ -109,7 +109,7 @@ pub fn build_request(
         machine_alias: Some(conf.machine_alias().unwrap_or_default().to_string().into()),
         lang: Some("en-US".into()),
         board: Some(board.to_string().into()),
-        hardware_class: Some(String::new().into()),
+        hardware_class: Some("".into()),
         delta_okay: Some("false".into()),
         payload_ops: Some(applied_ops().to_string().into()),
         ping: ping.then(|| Ping {

@@ -50,7 +50,7 @@ pub fn request<'a>(
             version: Some("Chateau".into()),
             platform: Some("CoreOS".into()),
             sp: Some(format!("{version}_{os_arch}").into()),
-            arch: Some(os_arch.to_owned().into()),
+            arch: Some(os_arch.into()),
         }),
         apps: vec![RequestApp {
             appid: format!("{{{app}}}").into(),
