@@ -399,6 +399,10 @@ fn kill_9_in_every_phase_resumes_or_restarts_cleanly() {
     m.start();
     assert!(m.client(&["-check_for_update"]).status.success());
     m.wait_op(&["UPDATE_STATUS_VERIFYING"], Duration::from_secs(60));
+    // The 14/1 report goes out on the reporter's own task, after the status change: wait for
+    // the server to hold it, so the kill lands mid-verification with the report delivered.
+    assert_eq!(event_names(&rt, &server, 3), ["13/1", "13/1", "14/1"]);
+    assert_eq!(m.op().as_deref(), Some("UPDATE_STATUS_VERIFYING"));
     m.kill9();
     assert_eq!(m.next_boot(), fastpatch_disk::USR_A_INDEX, "nothing staged");
     assert!(!m.state().contains("\"staged\": {"), "no stage intent");
