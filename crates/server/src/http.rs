@@ -42,6 +42,17 @@ async fn update(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: axum::extract::Request,
 ) -> Response {
+    omaha_update(&state, peer, req).await
+}
+
+/// One Omaha request from `peer`: the body read within its limits, answered or refused.
+/// Served before the router for `POST /v1/update/` (`crate::front`), and by the router's
+/// route for the same path.
+pub(crate) async fn omaha_update(
+    state: &AppState,
+    peer: SocketAddr,
+    req: axum::extract::Request,
+) -> Response {
     state.metrics.inc(&state.metrics.requests);
     // The whole request, not a `HeaderMap` extractor: that one clones the headers.
     let (parts, body) = req.into_parts();
@@ -54,9 +65,16 @@ async fn update(
             return e.into_response();
         }
     };
-    let ip = client_ip(peer.ip(), headers, &state.trusted_proxies).to_string();
-    match crate::omaha::handle(&state, &body, Some(ip)).await {
-        Ok(xml) => ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], xml).into_response(),
+    let ip = ip_text(client_ip(peer.ip(), headers, &state.trusted_proxies));
+    match crate::omaha::handle(state, &body, Some(ip)).await {
+        Ok(xml) => {
+            let mut resp = Response::new(Body::from(xml));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/xml; charset=utf-8"),
+            );
+            resp
+        }
         Err(OmahaError::BadRequest(e)) => {
             state.metrics.inc(&state.metrics.bad_requests);
             warn!(error = %e, "malformed Omaha request");
@@ -266,6 +284,28 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     nearest
 }
 
+/// An address as text, as `Display` writes it; an IPv4 address without `core::fmt`, which
+/// costs about 1 % of an update check's CPU.
+pub fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut s = String::with_capacity(15);
+    for (i, o) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        if o >= 100 {
+            s.push(char::from(b'0' + o / 100));
+        }
+        if o >= 10 {
+            s.push(char::from(b'0' + o / 10 % 10));
+        }
+        s.push(char::from(b'0' + o % 10));
+    }
+    s
+}
+
 /// The file a payload id names (`/v1/payloads/{id}/{file_name}`).
 struct OwnFile {
     file_name: String,
@@ -308,4 +348,23 @@ async fn hosted_payload(
         }
     };
     Ok(store.package(&package_id).await?.map(|p| (p, own)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn ip_text_writes_what_display_writes() {
+        for a in 0..=255u8 {
+            for b in [0u8, 1, 9, 10, 99, 100, 199, 200, 255] {
+                let ip = IpAddr::V4(Ipv4Addr::new(a, b, 255 - a, b.wrapping_mul(a)));
+                assert_eq!(super::ip_text(ip), ip.to_string());
+            }
+        }
+        let v6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x42));
+        assert_eq!(super::ip_text(v6), "fd00::42");
+        let mapped = IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped());
+        assert_eq!(super::ip_text(mapped), "::ffff:10.0.0.1");
+    }
 }

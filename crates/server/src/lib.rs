@@ -16,6 +16,7 @@ pub mod cli;
 pub mod clock;
 pub mod dashboard;
 pub mod deltas;
+mod front;
 pub mod http;
 pub mod metrics;
 pub mod omaha;
@@ -280,8 +281,8 @@ impl Server {
             served: served::ServedBytes::default(),
         });
         let (stop, stopped) = watch::channel(false);
-        let router = http::router(state.clone());
-        let http = serve::spawn(listeners, router, tls, stopped.clone()).map_err(|source| {
+        let front = front::MakeFront::new(http::router(state.clone()), Some(state.clone()));
+        let http = serve::spawn(listeners, front, tls, stopped.clone()).map_err(|source| {
             StartError::Bind {
                 addr: config.listen,
                 error: source,

@@ -1,7 +1,7 @@
 //! The Omaha v3 endpoint: parse, record, decide, answer. Every `<app>` in a
 //! request gets an answer, known or not.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Timelike, Utc};
 use fastpatch_omaha::{
@@ -133,14 +133,23 @@ async fn answer_app(
 
 /// The machine's row as this check-in leaves it: the stored one with the reported version and
 /// group, or a new one.
-fn instance_after_check_in(before: Option<InstanceRow>, c: &CheckIn<'_>, ts: i64) -> InstanceRow {
+fn instance_after_check_in(
+    before: Option<Arc<InstanceRow>>,
+    c: &CheckIn<'_>,
+    ts: i64,
+) -> Arc<InstanceRow> {
     match before {
         Some(mut row) => {
-            row.version = c.version.to_owned();
-            row.group_name = c.group.to_owned();
+            // Equal when the check-in matched the cached row: the row is shared, not copied.
+            if row.version != c.version {
+                c.version.clone_into(&mut Arc::make_mut(&mut row).version);
+            }
+            if row.group_name != c.group {
+                c.group.clone_into(&mut Arc::make_mut(&mut row).group_name);
+            }
             row
         }
-        None => InstanceRow {
+        None => Arc::new(InstanceRow {
             app_id: c.app_id.to_owned(),
             machine_id: c.machine_id.to_owned(),
             alias: c.alias.map(str::to_owned),
@@ -155,7 +164,7 @@ fn instance_after_check_in(before: Option<InstanceRow>, c: &CheckIn<'_>, ts: i64
             last_check_at: ts,
             created_at: ts,
             last_error_code: None,
-        },
+        }),
     }
 }
 
@@ -165,7 +174,7 @@ async fn apply_event(
     state: &AppState,
     config: &AppConfig,
     group: &crate::store::Group,
-    inst: &mut InstanceRow,
+    inst: &mut Arc<InstanceRow>,
     ev: &fastpatch_omaha::Event,
     ts: i64,
 ) -> Result<(), OmahaError> {
@@ -176,7 +185,7 @@ async fn apply_event(
     if let Some(status) = policy::status_after_event(kind) {
         let code = ev.error_code.map(|c| i64::from(c.0));
         state.store.set_status(inst, status, code, ts).await?;
-        inst.status = status;
+        Arc::make_mut(inst).status = status;
         if status == InstanceStatus::Error {
             m.inc(&m.update_failures);
         }

@@ -12,10 +12,10 @@
 use std::net::SocketAddr;
 
 use axum::serve::{Listener, ListenerExt};
-use axum::Router;
 use tokio::sync::{oneshot, watch};
 use tracing::warn;
 
+use crate::front::MakeFront;
 use crate::tls::TlsListener;
 
 /// Binds `n` listening sockets to `addr` (port 0: one port chosen for all).
@@ -53,11 +53,11 @@ pub(crate) struct HttpThreads {
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// Serves `router` on each listener in its own thread until `stop` turns true; over TLS
+/// Serves `front` on each listener in its own thread until `stop` turns true; over TLS
 /// when an acceptor is given.
 pub(crate) fn spawn(
     listeners: Vec<std::net::TcpListener>,
-    router: Router,
+    front: MakeFront,
     tls: Option<tokio_rustls::TlsAcceptor>,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<HttpThreads> {
@@ -68,7 +68,7 @@ pub(crate) fn spawn(
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let router = router.clone();
+        let front = front.clone();
         let tls = tls.clone();
         let mut stop = stop.clone();
         let mut released = released.clone();
@@ -89,14 +89,14 @@ pub(crate) fn spawn(
                                     let listener = listener.tap_io(|tcp| {
                                         let _ = tcp.set_nodelay(true);
                                     });
-                                    serve(listener, router, stopped).await
+                                    serve(listener, front, stopped).await
                                 }
                                 Some(acceptor) => match TlsListener::new(listener, acceptor) {
                                     Ok(l) => {
                                         let l = l.tap_io(|tls| {
                                             let _ = tls.get_ref().0.set_nodelay(true);
                                         });
-                                        serve(l, router, stopped).await
+                                        serve(l, front, stopped).await
                                     }
                                     Err(e) => Err(e),
                                 },
@@ -122,19 +122,15 @@ pub(crate) fn spawn(
 /// One thread's accept loop over any listener whose address is the peer's socket address.
 async fn serve<L>(
     listener: L,
-    router: Router,
+    front: MakeFront,
     stopped: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
     L: Listener<Addr = SocketAddr>,
-    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopped)
-    .await
+    axum::serve(listener, front)
+        .with_graceful_shutdown(stopped)
+        .await
 }
 
 impl HttpThreads {

@@ -273,7 +273,8 @@ pub async fn serve_static(
         crate::serve::bind(listen, threads).with_context(|| format!("binding {listen}"))?;
     let signal = shutdown_signal()?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut served = crate::serve::spawn(listeners, router, None, stopped)
+    let front = crate::front::MakeFront::new(router, None);
+    let mut served = crate::serve::spawn(listeners, front, None, stopped)
         .context("starting the HTTP threads")?;
     println!("serving {} on http://{addr}", file.display());
     signal.await;

@@ -1,6 +1,8 @@
 //! Instances: check-ins (served from recent memory when nothing changed),
 //! status history, events and lists.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::recent::Identity;
@@ -94,7 +96,7 @@ impl Store {
     /// Records a check-in; returns the instance as it was before (None if new).
     /// A machine re-checking with nothing new costs no database round trip:
     /// its row comes from recent memory and `last_check_at` is flushed later.
-    pub async fn check_in(&self, c: &CheckIn<'_>, now: i64) -> Result<Option<InstanceRow>> {
+    pub async fn check_in(&self, c: &CheckIn<'_>, now: i64) -> Result<Option<Arc<InstanceRow>>> {
         let id = Identity {
             alias: c.alias,
             ip: c.ip,
@@ -109,7 +111,8 @@ impl Store {
             if id.matches(&inst) {
                 self.recent.mark_seen(c.app_id, c.machine_id, now);
                 inst.last_check_at = inst.last_check_at.max(now);
-                self.recent.store(inst.clone(), now);
+                let inst = Arc::new(inst);
+                self.recent.store(Arc::clone(&inst), now);
                 return Ok(Some(inst));
             }
         }
@@ -132,7 +135,8 @@ impl Store {
             .bind(now)
             .fetch_one(&self.pool)
             .await?;
-        self.recent.store(inst.clone(), now);
+        let inst = Arc::new(inst);
+        self.recent.store(Arc::clone(&inst), now);
         if inst.created_at == now
             && inst.status == InstanceStatus::Undefined
             && inst.status_at == now

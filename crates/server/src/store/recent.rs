@@ -11,7 +11,7 @@
 //! at most one interval of last-seen timestamps.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::instances::InstanceRow;
 
@@ -23,7 +23,8 @@ const MAX_ENTRIES: usize = 200_000;
 
 #[derive(Debug, Clone)]
 struct Entry {
-    row: InstanceRow,
+    /// Shared with the requests that read it; a write copies it only while one holds it.
+    row: Arc<InstanceRow>,
     /// Clock value (unix seconds) when the row was last read from or written to the database.
     synced_at: i64,
 }
@@ -72,7 +73,7 @@ impl RecentCheckIns {
         machine: &str,
         id: &Identity<'_>,
         now: i64,
-    ) -> Option<InstanceRow> {
+    ) -> Option<Arc<InstanceRow>> {
         let row = {
             let mut rows = lock(&self.rows);
             let e = rows.get_mut(app)?.get_mut(machine)?;
@@ -80,15 +81,17 @@ impl RecentCheckIns {
             if !(0..INSTANCE_TTL_SECS).contains(&age) || !id.matches(&e.row) {
                 return None;
             }
-            e.row.last_check_at = e.row.last_check_at.max(now);
-            e.row.clone()
+            if e.row.last_check_at < now {
+                Arc::make_mut(&mut e.row).last_check_at = now;
+            }
+            Arc::clone(&e.row)
         };
         self.mark_seen(app, machine, now);
         Some(row)
     }
 
     /// Remembers a row just read from or written to the database.
-    pub fn store(&self, row: InstanceRow, now: i64) {
+    pub fn store(&self, row: Arc<InstanceRow>, now: i64) {
         let mut rows = lock(&self.rows);
         if rows.values().map(HashMap::len).sum::<usize>() >= MAX_ENTRIES {
             evict_expired(&mut rows, now);
@@ -126,7 +129,7 @@ impl RecentCheckIns {
             .get_mut(app)
             .and_then(|m| m.get_mut(machine))
         {
-            f(&mut e.row);
+            f(Arc::make_mut(&mut e.row));
         }
     }
 
@@ -219,7 +222,7 @@ mod tests {
             r.touch("app", "m", &id("1.0.0"), 100).is_none(),
             "empty cache"
         );
-        r.store(row("m", "1.0.0"), 100);
+        r.store(Arc::new(row("m", "1.0.0")), 100);
         let got = r.touch("app", "m", &id("1.0.0"), 130).expect("cached");
         assert_eq!(got.last_check_at, 130);
         assert_eq!(r.pending_last_check("app", "m"), Some(130));
@@ -247,7 +250,7 @@ mod tests {
     #[test]
     fn updates_and_expiry() {
         let r = RecentCheckIns::default();
-        r.store(row("m", "1.0.0"), 100);
+        r.store(Arc::new(row("m", "1.0.0")), 100);
         r.update("app", "m", |row| {
             row.status = crate::policy::InstanceStatus::OnHold
         });
@@ -257,7 +260,7 @@ mod tests {
         );
         r.forget("app", "m");
         assert!(r.touch("app", "m", &id("1.0.0"), 102).is_none());
-        r.store(row("m", "1.0.0"), 100);
+        r.store(Arc::new(row("m", "1.0.0")), 100);
         r.take_pending(100 + INSTANCE_TTL_SECS);
         assert_eq!(r.cached_rows(), 0, "expired rows are dropped at flush time");
     }

@@ -16,6 +16,7 @@ mod dashboard_browser;
 mod dashboard_samples;
 mod deltas;
 mod external;
+mod omaha_route;
 mod payload_ops;
 mod protocol;
 mod rollout;
