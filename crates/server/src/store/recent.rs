@@ -235,6 +235,21 @@ mod tests {
     }
 
     #[test]
+    fn a_row_a_request_holds_is_copied_on_write_not_changed_under_it() {
+        let r = RecentCheckIns::default();
+        r.store(Arc::new(row("m", "1.0.0")), 100);
+        let held = r.touch("app", "m", &id("1.0.0"), 110).expect("cached");
+        r.update("app", "m", |row| {
+            row.status = crate::policy::InstanceStatus::OnHold
+        });
+        let later = r.touch("app", "m", &id("1.0.0"), 120).expect("cached");
+        assert_eq!(held.status, crate::policy::InstanceStatus::Undefined);
+        assert_eq!(held.last_check_at, 110);
+        assert_eq!(later.status, crate::policy::InstanceStatus::OnHold);
+        assert_eq!(later.last_check_at, 120);
+    }
+
+    #[test]
     fn pending_keeps_the_newest_and_survives_a_failed_flush() {
         let r = RecentCheckIns::default();
         r.mark_seen("app", "m", 200);
