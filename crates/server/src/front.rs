@@ -93,7 +93,7 @@ impl Service<Request> for Front {
     }
 }
 
-/// `POST /v1/update/` (or without the slash), as the router routes it.
+/// `POST` to one of [`crate::http::OMAHA_PATHS`], as the router routes it.
 fn is_omaha(req: &Request) -> bool {
-    req.method() == Method::POST && matches!(req.uri().path(), "/v1/update/" | "/v1/update")
+    req.method() == Method::POST && crate::http::OMAHA_PATHS.contains(&req.uri().path())
 }

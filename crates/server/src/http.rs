@@ -17,18 +17,18 @@ use tracing::{error, warn};
 use crate::omaha::OmahaError;
 use crate::AppState;
 
+/// The Omaha endpoint's paths, with and without the slash: routed here, and served before the
+/// router by `crate::front`.
+pub const OMAHA_PATHS: [&str; 2] = ["/v1/update/", "/v1/update"];
+
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    for path in OMAHA_PATHS {
         // The cap is enforced by `read_omaha_body`, which drains an oversized
         // body before answering 413 (a bare limit would cut the upload off).
-        .route(
-            "/v1/update/",
-            post(update).layer(DefaultBodyLimit::disable()),
-        )
-        .route(
-            "/v1/update",
-            post(update).layer(DefaultBodyLimit::disable()),
-        )
+        router = router.route(path, post(update).layer(DefaultBodyLimit::disable()));
+    }
+    router
         .route("/v1/payloads/{id}/{file}", get(payload))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
