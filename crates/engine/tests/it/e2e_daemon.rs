@@ -418,7 +418,9 @@ async fn a_delta_that_does_not_fit_the_booted_slot_reports_20_then_the_full_payl
         .map(|c| fastpatch_omaha::ErrorCode(c as u32).base());
     assert_eq!(base, Some(20), "{ev:?}");
     assert_eq!(m.next_boot(), fastpatch_disk::USR_A_INDEX, "nothing staged");
-    // The next check asks for the full payload, gets it, and it installs.
+    // The next check asks for the full payload, gets it, and it installs. It is asked for once
+    // the error report is done: a busy daemon ignores AttemptUpdate (CI once lost it so).
+    wait_idle(&bus).await;
     let seen = attempt(&bus, ENDED).await;
     assert_eq!(
         seen.last().map(String::as_str),

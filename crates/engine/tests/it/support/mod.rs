@@ -147,6 +147,24 @@ pub const ENDED: &[&str] = &[
 ];
 
 /// Runs the daemon in-process until the sender is used.
+/// Waits (up to 10 s) until the daemon reports IDLE: a busy daemon ignores AttemptUpdate, as
+/// update_engine does, so a second attempt must wait for the first to end.
+pub async fn wait_idle(bus: &PrivateBus) {
+    let client = dbus::client(Some(&bus.address)).await.expect("client");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, op, _, _) = client.get_status().await.expect("GetStatus");
+        if op == "UPDATE_STATUS_IDLE" {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {op} after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn run_until_stopped(
     cfg: DaemonConfig,
 ) -> (
