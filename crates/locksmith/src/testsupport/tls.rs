@@ -12,6 +12,7 @@ use super::free_port;
 pub struct NginxTlsProxy {
     child: Child,
     pub port: u16,
+    conf: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -48,6 +49,7 @@ impl NginxTlsProxy {
         let mut proxy = NginxTlsProxy {
             child,
             port,
+            conf: conf_path,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -68,6 +70,29 @@ impl NginxTlsProxy {
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
     }
+
+    /// The master's child processes (its worker), from `/proc`.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        children_of(self.child.id())
+    }
+}
+
+/// Processes whose parent is `pid` (field 4 of `/proc/N/stat`, after the parenthesised name).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|n| {
+            std::fs::read_to_string(format!("/proc/{n}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let (_, rest) = s.rsplit_once(')')?;
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }
 
 fn nginx_binary() -> PathBuf {
@@ -90,7 +115,28 @@ fn nix_is_root() -> bool {
 }
 
 impl Drop for NginxTlsProxy {
+    /// `nginx -s stop` (SIGTERM to the master through its pid file): the master stops its
+    /// worker before it exits. A SIGKILL to the master alone leaves the worker running,
+    /// adopted by init; that is only the fallback.
     fn drop(&mut self) {
+        let stopped = Command::new(nginx_binary())
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("-p")
+            .arg(self._dir.path())
+            .args(["-s", "stop"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stopped && Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

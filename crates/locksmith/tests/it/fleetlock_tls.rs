@@ -58,4 +58,16 @@ async fn fleetlock_over_https_with_a_private_ca() {
     std::fs::write(&garbage, "not a certificate\n").unwrap();
     let err = fleetlock::Client::new(&base, "", "m", Some(&garbage)).unwrap_err();
     assert!(err.to_string().contains("garbage.pem"), "{err}");
+
+    // Stopping the proxy stops its worker too (a SIGKILL to the master alone left the
+    // worker running after every test run).
+    let workers = nginx.worker_pids();
+    assert!(!workers.is_empty(), "nginx has no worker process");
+    drop(nginx);
+    for w in workers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{w}")).exists(),
+            "nginx worker {w} outlived its master"
+        );
+    }
 }
