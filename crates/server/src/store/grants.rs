@@ -8,6 +8,35 @@ use super::groups::{halted_message, Group, GROUP_COLS};
 use super::{Result, Store};
 use crate::policy::{self, Decision, GroupCounts, InstanceView};
 
+/// The statuses of a machine between its grant and its result, as SQL. The partial index
+/// `instances_in_flight` (migration 8) has this predicate word for word: SQLite uses a
+/// partial index only for a query with the same term.
+macro_rules! in_flight {
+    () => {
+        "status IN ('granted', 'downloading', 'downloaded', 'installed')"
+    };
+}
+
+/// The oldest grant still in flight that began before `$3` (safe mode's timeout).
+const TIMED_OUT_SQL: &str = concat!(
+    "SELECT machine_id FROM instances WHERE app_id = $1 AND group_name = $2 AND ",
+    in_flight!(),
+    " AND granted_at < $3 ORDER BY granted_at LIMIT 1"
+);
+
+/// Grants in flight that began at or after `$3` (the update timeout), `$4` aside.
+const IN_PROGRESS_SQL: &str = concat!(
+    "SELECT COUNT(*) FROM instances WHERE app_id = $1 AND group_name = $2 AND ",
+    in_flight!(),
+    " AND granted_at >= $3 AND machine_id <> $4"
+);
+
+/// The two queries a grant decision runs over the machines in flight (arguments: app,
+/// group, a time, and for the count a machine), for a test that checks that their plans
+/// read `instances_in_flight` on both databases.
+#[doc(hidden)]
+pub const IN_FLIGHT_QUERIES: [&str; 2] = [TIMED_OUT_SQL, IN_PROGRESS_SQL];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GrantOutcome {
     /// A new grant was recorded (or a live one re-offered).
@@ -286,14 +315,12 @@ async fn timed_out_machine(
     group: &str,
     cutoff: i64,
 ) -> Result<Option<String>> {
-    Ok(sqlx::query_scalar(
-        "SELECT machine_id FROM instances WHERE app_id = $1 AND group_name = $2 AND status IN ('granted', 'downloading', 'downloaded', 'installed') AND granted_at < $3 ORDER BY granted_at LIMIT 1",
-    )
-    .bind(app.to_owned())
-    .bind(group.to_owned())
-    .bind(cutoff)
-    .fetch_optional(&mut **tx)
-    .await?)
+    Ok(sqlx::query_scalar(TIMED_OUT_SQL)
+        .bind(app.to_owned())
+        .bind(group.to_owned())
+        .bind(cutoff)
+        .fetch_optional(&mut **tx)
+        .await?)
 }
 
 async fn counts_in_tx(
@@ -311,15 +338,13 @@ async fn counts_in_tx(
     .bind(now - group.period_secs)
     .fetch_one(&mut **tx)
     .await?;
-    let in_progress: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM instances WHERE app_id = $1 AND group_name = $2 AND status IN ('granted', 'downloading', 'downloaded', 'installed') AND granted_at >= $3 AND machine_id <> $4",
-    )
-    .bind(req.app_id.to_owned())
-    .bind(req.group.to_owned())
-    .bind(cutoff)
-    .bind(req.machine_id.to_owned())
-    .fetch_one(&mut **tx)
-    .await?;
+    let in_progress: i64 = sqlx::query_scalar(IN_PROGRESS_SQL)
+        .bind(req.app_id.to_owned())
+        .bind(req.group.to_owned())
+        .bind(cutoff)
+        .bind(req.machine_id.to_owned())
+        .fetch_one(&mut **tx)
+        .await?;
     let target = req
         .channel_version
         .map(|c| policy::next_version(req.current_version, c, req.floors).to_owned());

@@ -26,7 +26,7 @@ use sqlx::{AnyPool, Executor};
 pub use activity::{Activity, ActivityKind, ActivityRow};
 pub use config::{normalize_arch, App, AppConfig, Channel, DEFAULT_ARCH};
 pub use deltas::{DeltaJob, DeltaRow, DeltaState};
-pub use grants::{GrantOutcome, GrantRequest};
+pub use grants::{GrantOutcome, GrantRequest, IN_FLIGHT_QUERIES};
 pub use groups::{hhmm, policy_change, Group, DAYS};
 pub use instances::{CheckIn, EventRow, HistoryRow, InstanceFilter, InstanceRow};
 pub use packages::{
@@ -74,6 +74,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../../migrations/0005_deltas.sql")),
     (6, include_str!("../../migrations/0006_payload_ops.sql")),
     (7, include_str!("../../migrations/0007_upstream_sync.sql")),
+    (8, include_str!("../../migrations/0008_in_flight_index.sql")),
 ];
 
 impl Store {
