@@ -192,19 +192,27 @@ impl Store {
 
     /// Writes the last-check timestamps held in memory (batched; only ever
     /// moves a timestamp forward). Returns how many were written. On an error
-    /// the timestamps are kept for the next flush.
+    /// the timestamps not yet written are kept for the next flush.
+    ///
+    /// Each batch of [`FLUSH_CHUNK`] commits on its own. One transaction over the
+    /// whole flush held every row it touched (about 18,000 per flush in the soak at
+    /// 4,600 req/s), and SQLite's write lock, until its last batch: an event or a
+    /// grant for any of those machines waited behind it. The batches go in (app,
+    /// machine) order, so two server processes flushing at once lock rows in one order.
     pub async fn flush_last_checks(&self, now: i64) -> Result<usize> {
-        let pending = self.recent.take_pending(now);
-        if pending.is_empty() {
-            return Ok(0);
-        }
-        match self.write_last_checks(&pending).await {
-            Ok(()) => Ok(pending.len()),
-            Err(e) => {
+        let mut pending = self.recent.take_pending(now);
+        pending.sort_unstable();
+        let mut written = 0;
+        while written < pending.len() {
+            let end = (written + FLUSH_CHUNK).min(pending.len());
+            if let Err(e) = self.write_last_checks(&pending[written..end]).await {
+                pending.drain(..written);
                 self.recent.restore_pending(pending);
-                Err(e)
+                return Err(e);
             }
+            written = end;
         }
+        Ok(written)
     }
 
     /// SQLite: checkpoints the write-ahead log into the database and truncates it. The
@@ -222,29 +230,29 @@ impl Store {
         Ok(busy == 0)
     }
 
-    async fn write_last_checks(&self, items: &[(String, String, i64)]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for chunk in items.chunks(FLUSH_CHUNK) {
-            let mut sql = String::from("WITH v (app_id, machine_id, ts) AS (VALUES ");
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push(',');
-                }
-                let n = i * 3;
-                sql.push_str(&format!("(${}, ${}, ${})", n + 1, n + 2, n + 3));
+    /// One batch, in one statement.
+    async fn write_last_checks(&self, chunk: &[(String, String, i64)]) -> Result<()> {
+        let mut sql = String::from("WITH v (app_id, machine_id, ts) AS (VALUES ");
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push(',');
             }
-            sql.push_str(
-                ") UPDATE instances SET last_check_at = v.ts FROM v \
-                 WHERE instances.app_id = v.app_id AND instances.machine_id = v.machine_id \
-                 AND instances.last_check_at < v.ts",
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (app, machine, at) in chunk {
-                q = q.bind(app.clone()).bind(machine.clone()).bind(*at);
-            }
-            q.execute(&mut *tx).await?;
+            let n = i * 3;
+            sql.push_str(&format!("(${}, ${}, ${})", n + 1, n + 2, n + 3));
         }
-        tx.commit().await?;
+        sql.push_str(
+            ") UPDATE instances SET last_check_at = v.ts FROM v \
+             WHERE instances.app_id = v.app_id AND instances.machine_id = v.machine_id \
+             AND instances.last_check_at < v.ts",
+        );
+        // Not kept as a prepared statement: the last batch's length, and so its text,
+        // differs from flush to flush, and each one would take a place in every
+        // connection's statement cache.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+        for (app, machine, at) in chunk {
+            q = q.bind(app.clone()).bind(machine.clone()).bind(*at);
+        }
+        q.execute(&self.pool).await?;
         Ok(())
     }
 

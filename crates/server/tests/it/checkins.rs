@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fastpatch_omaha::FLATCAR_APP_ID;
 use fastpatch_server::Store;
-use support::{offered, server_with, Backend, NowTs};
+use support::{fresh_database, offered, server_with, Backend, NowTs};
 
 const V: &str = "3732.0.0";
 
@@ -150,4 +150,79 @@ async fn checkpoint_empties_the_sqlite_log() {
     assert_eq!(n, 2_000);
     store.close().await;
     other.close().await;
+}
+
+/// PostgreSQL: a flush commits batch by batch. While one batch waits for a row another
+/// transaction holds, the batches before it are already in the database and hold no
+/// locks (one transaction over the whole flush kept them all locked, and every event or
+/// grant for those machines waited behind it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_commits_batch_by_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = fresh_database(Backend::Postgres, dir.path()).await;
+    let store = Store::open(&url).await.expect("open");
+    let t0 = 1_800_000_000;
+    let machines: Vec<String> = (0..1200).map(|i| format!("b-{i:05}")).collect();
+    let check = |m: &str, at: i64| {
+        let store = store.clone();
+        let m = m.to_owned();
+        async move {
+            let c = fastpatch_server::store::CheckIn {
+                app_id: FLATCAR_APP_ID,
+                machine_id: &m,
+                alias: None,
+                ip: None,
+                version: V,
+                arch: "amd64",
+                group: "stable",
+            };
+            store.check_in(&c, at).await.expect("check-in");
+        }
+    };
+    for m in &machines {
+        check(m, t0).await;
+    }
+    // The second check-ins are served from memory: only pending timestamps.
+    for m in &machines {
+        check(m, t0 + 10).await;
+    }
+    // Another transaction holds the row of the machine that sorts last (the last batch).
+    let mut holder = store.pool().begin().await.expect("begin");
+    sqlx::query(
+        "SELECT machine_id FROM instances WHERE app_id = $1 AND machine_id = $2 FOR UPDATE",
+    )
+    .bind(FLATCAR_APP_ID)
+    .bind("b-01199")
+    .fetch_one(&mut *holder)
+    .await
+    .expect("lock a row");
+    let flushing = tokio::spawn({
+        let store = store.clone();
+        async move { store.flush_last_checks(t0 + 10).await }
+    });
+    let written = || async {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM instances WHERE last_check_at = $1")
+            .bind(t0 + 10)
+            .fetch_one(store.pool())
+            .await
+            .expect("count");
+        n
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while written().await < 1000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first two batches of 500 are not in the database while the last one waits ({} are)",
+            written().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !flushing.is_finished(),
+        "the last batch waits for the held row"
+    );
+    holder.rollback().await.expect("release");
+    assert_eq!(flushing.await.expect("task").expect("flush"), 1200);
+    assert_eq!(written().await, 1200);
+    store.close().await;
 }
