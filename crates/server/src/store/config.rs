@@ -231,7 +231,7 @@ impl Store {
             )));
         }
         self.create_channel(app, name, now).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE channels SET version = $1, updated_at = $2 WHERE app_id = $3 AND name = $4",
         )
@@ -348,7 +348,7 @@ impl Store {
         now: i64,
     ) -> Result<bool> {
         self.cache.clear();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let changed = sqlx::query(sql)
             .bind(app.to_owned())
             .bind(version.to_owned())

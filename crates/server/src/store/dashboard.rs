@@ -286,7 +286,7 @@ fn points(rows: &[CountRow]) -> Points {
 async fn write_sample(store: &Store, now: i64, rows: &[CountRow]) -> Result<usize> {
     let points = points(rows);
     let mut written = 0;
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.begin_write().await?;
     for (res, keep) in TIERS {
         let bucket = now - now.rem_euclid(res);
         // Keys that vanished since an earlier sample in this bucket drop to 0.

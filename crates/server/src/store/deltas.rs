@@ -222,7 +222,7 @@ impl Store {
     /// transaction. A second row for the same (package, source) — another server process
     /// made it first — is not written: false.
     pub async fn add_delta(&self, d: &DeltaRow, message: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let n = sqlx::query("INSERT INTO deltas (id, app_id, package_id, source_version, source_package_id, state, file_name, size, sha1_b64, sha256_b64, note, served_bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 0, $12) ON CONFLICT (package_id, source_version) DO NOTHING")
             .bind(d.id.clone())
             .bind(d.app_id.clone())
@@ -279,7 +279,7 @@ impl Store {
                 "delta {source_version} → {version} ({arch}) is ready; there is nothing to retry"
             )));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM deltas WHERE id = $1")
             .bind(row.id.clone())
             .execute(&mut *tx)
@@ -318,7 +318,7 @@ impl Store {
         if served.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for (id, n) in served {
             let n = i64::try_from(*n).unwrap_or(i64::MAX);
             for table in ["packages", "deltas", "package_variants"] {

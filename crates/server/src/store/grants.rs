@@ -75,7 +75,7 @@ impl Store {
     /// for one group, from any number of server processes, are serialised and
     /// every count below sees all earlier grants.
     pub async fn grant(&self, req: &GrantRequest<'_>) -> Result<GrantOutcome> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let sql = format!("UPDATE update_groups SET grant_seq = grant_seq + 1 WHERE app_id = $1 AND name = $2 RETURNING {GROUP_COLS}");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(req.app_id.to_owned())
@@ -193,7 +193,7 @@ impl Store {
             .await?;
         for row in rows {
             let group = Group::from_row(&row)?;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin_write().await?;
             sqlx::query("UPDATE update_groups SET grant_seq = grant_seq + 1 WHERE app_id = $1 AND name = $2")
                 .bind(group.app_id.clone())
                 .bind(group.name.clone())
@@ -228,7 +228,7 @@ impl Store {
         if behind.is_some() {
             return Ok(false);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // The group row lock makes "once" hold across server processes.
         sqlx::query(
             "UPDATE update_groups SET grant_seq = grant_seq + 1 WHERE app_id = $1 AND name = $2",
@@ -265,7 +265,7 @@ impl Store {
         now: i64,
     ) -> Result<bool> {
         self.cache.clear();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query("UPDATE update_groups SET halted = 1, halted_reason = $1, halted_at = $2 WHERE app_id = $3 AND name = $4 AND halted = 0")
             .bind(reason.to_owned())
             .bind(now)

@@ -191,7 +191,7 @@ impl Store {
         g.validate()?;
         self.cache.clear();
         let sql = format!("SELECT {GROUP_COLS} FROM update_groups WHERE app_id = $1 AND name = $2");
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let before: Option<Group> = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
             .bind(g.app_id.clone())
             .bind(g.name.clone())
@@ -244,7 +244,7 @@ impl Store {
         now: i64,
     ) -> Result<()> {
         self.cache.clear();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let res = sqlx::query("UPDATE update_groups SET halted = $1, halted_reason = $2, halted_at = $3 WHERE app_id = $4 AND name = $5")
             .bind(b(halted))
             .bind(reason.map(str::to_owned))

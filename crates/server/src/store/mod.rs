@@ -21,7 +21,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use sqlx::{Any, AnyPool, Executor, Transaction};
 
 pub use activity::{Activity, ActivityKind, ActivityRow};
 pub use config::{normalize_arch, App, AppConfig, Channel, DEFAULT_ARCH};
@@ -132,6 +132,19 @@ impl Store {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// A transaction that writes: every one the store opens. SQLite: `BEGIN IMMEDIATE`,
+    /// which takes the write lock at the start and, while another connection writes,
+    /// waits for it in the busy handler. A deferred transaction that reads first and then
+    /// writes cannot wait: if another connection committed in between, SQLite fails it at
+    /// once with "database is locked" (SQLITE_BUSY / BUSY_SNAPSHOT); the soak's admin
+    /// writes got that under load. PostgreSQL: a plain `BEGIN`.
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     /// Closes the pool. Call [`Store::flush_last_checks`] first to keep

@@ -216,7 +216,7 @@ impl Store {
                 p.version, p.arch
             )));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO packages (id, app_id, version, arch, file_name, base_url, size, sha1_b64, sha256_b64, created_at, payload_ops, image_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )

@@ -26,7 +26,7 @@ impl Store {
         version: &str,
         now: i64,
     ) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut done = 0u64;
         while done < count {
             let batch = (count - done).min(500);

@@ -56,7 +56,7 @@ impl Store {
                 v.ops()
             )));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO package_variants (id, package_id, payload_ops, file_name, size, sha1_b64, sha256_b64, served_bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8)")
             .bind(v.id.clone())
             .bind(v.package_id.clone())

@@ -166,3 +166,58 @@ both_backends!(
     two_servers_never_over_grant,
     grant_counts_read_the_in_flight_index
 );
+
+/// SQLite: a store transaction that reads before it writes (an operator's policy change)
+/// waits for another connection's write and then succeeds. Begun deferred, it read under
+/// the other write, could not upgrade once that committed, and failed at once with
+/// "database is locked" (BUSY_SNAPSHOT): the soak's admin writes got 500s under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_write_transaction_waits_for_another_writer() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let store = fastpatch_server::Store::open_data_dir(dir.path())
+        .await
+        .unwrap();
+    store.ensure_defaults(0).await.unwrap();
+    let g = store
+        .group(FLATCAR_APP_ID, "stable")
+        .await
+        .unwrap()
+        .expect("the default stable group");
+    // Another connection holds the write lock, with a write not yet committed.
+    let url = format!("sqlite://{}", dir.path().join("fastpatch.db").display());
+    sqlx::any::install_default_drivers();
+    let mut other = sqlx::AnyConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE instances SET last_check_at = 1 WHERE 1 = 0")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (999, 0)")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let change = tokio::spawn({
+        let store = store.clone();
+        let mut g = g.clone();
+        g.max_concurrent = Some(7);
+        async move { store.set_group_policy(&g, 1).await }
+    });
+    // Long enough for the change to start and block; it cannot finish meanwhile.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !change.is_finished(),
+        "the change did not wait for the lock"
+    );
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    let stored = change
+        .await
+        .unwrap()
+        .expect("the change after the other write");
+    assert_eq!(stored.max_concurrent, Some(7));
+    other.close().await.unwrap();
+    store.close().await;
+}
