@@ -313,6 +313,14 @@ fn no_arguments_serves_with_defaults() {
         banner.contains(&format!("listening on http://127.0.0.1:{port}")),
         "{banner}"
     );
+    // No transparent huge pages for the server (see `disable_transparent_huge_pages`).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().eq(["THP_enabled:", "0"])),
+        "transparent huge pages are on for the server: {status}"
+    );
     assert!(
         banner.contains("SQLite") && banner.contains("/v1/update/"),
         "{banner}"
