@@ -146,7 +146,6 @@ pub const ENDED: &[&str] = &[
     "UPDATE_STATUS_REPORTING_ERROR_EVENT",
 ];
 
-/// Runs the daemon in-process until the sender is used.
 /// Waits (up to 10 s) until the daemon reports IDLE: a busy daemon ignores AttemptUpdate, as
 /// update_engine does, so a second attempt must wait for the first to end.
 pub async fn wait_idle(bus: &PrivateBus) {
@@ -165,6 +164,7 @@ pub async fn wait_idle(bus: &PrivateBus) {
     }
 }
 
+/// Runs the daemon in-process until the sender is used.
 pub async fn run_until_stopped(
     cfg: DaemonConfig,
 ) -> (
