@@ -26,6 +26,7 @@ pub(super) fn parse<'a>(text: &'a str, limits: &Limits) -> Option<Element<'a>> {
     let mut stack: Vec<Element<'a>> = Vec::new();
     let mut root: Option<Element<'a>> = None;
     let mut elements = 0usize;
+    let mut attrs: Vec<(&'a str, &'a str)> = Vec::new();
     loop {
         s.skip_ws();
         if s.pos == s.b.len() {
@@ -55,38 +56,46 @@ pub(super) fn parse<'a>(text: &'a str, limits: &Limits) -> Option<Element<'a>> {
         if elements > limits.max_elements || stack.len() + 1 > limits.max_depth {
             return None;
         }
-        let mut el = Element {
-            name: Cow::Borrowed(name),
-            attrs: Vec::new(),
-            children: Vec::new(),
-        };
-        loop {
+        // Attributes gather in `attrs` (reused across elements) and move into the element
+        // in one exact-size allocation once its tag ends.
+        attrs.clear();
+        let self_closing = loop {
             let spaced = s.skip_ws() > 0;
             match s.peek()? {
                 b'>' => {
                     s.pos += 1;
-                    stack.push(el);
-                    break;
+                    break false;
                 }
                 b'/' => {
                     s.pos += 1;
                     s.expect(b'>')?;
-                    attach(&mut stack, &mut root, el);
-                    break;
+                    break true;
                 }
                 _ if spaced => {
                     let key = s.name()?;
                     s.expect(b'=')?;
                     let value = s.value()?;
-                    if el.attrs.len() >= limits.max_attributes
-                        || el.attrs.iter().any(|(k, _)| k == key)
+                    if attrs.len() >= limits.max_attributes || attrs.iter().any(|&(k, _)| k == key)
                     {
                         return None;
                     }
-                    el.attrs.push((Cow::Borrowed(key), Cow::Borrowed(value)));
+                    attrs.push((key, value));
                 }
                 _ => return None,
             }
+        };
+        let el = Element {
+            name: Cow::Borrowed(name),
+            attrs: attrs
+                .iter()
+                .map(|&(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v)))
+                .collect(),
+            children: Vec::new(),
+        };
+        if self_closing {
+            attach(&mut stack, &mut root, el);
+        } else {
+            stack.push(el);
         }
     }
     if !stack.is_empty() {
@@ -132,12 +141,11 @@ impl<'a> Scanner<'a> {
         if !self.b.starts_with(b"<?xml ") {
             return Some(());
         }
-        let end = self.text.find("?>")?;
-        let inner = &self.b[6..end];
-        if !inner
+        // One pass over the plain characters; the first other byte must start `?>`.
+        let end = 6 + self.b[6..]
             .iter()
-            .all(|&c| c.is_ascii_alphanumeric() || b" =\"'._-".contains(&c))
-        {
+            .position(|&c| CLASS[usize::from(c)] & DECLARATION == 0)?;
+        if !self.b[end..].starts_with(b"?>") {
             return None;
         }
         self.pos = end + 2;
@@ -148,14 +156,15 @@ impl<'a> Scanner<'a> {
     /// (a subset of what XML and our writer accept).
     fn name(&mut self) -> Option<&'a str> {
         let start = self.pos;
-        match self.peek()? {
-            c if c.is_ascii_alphabetic() || c == b'_' => self.pos += 1,
-            _ => return None,
+        if CLASS[usize::from(self.peek()?)] & NAME_START == 0 {
+            return None;
         }
-        while matches!(self.peek(), Some(c) if c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
-        {
-            self.pos += 1;
-        }
+        let len = self.b[start + 1..]
+            .iter()
+            .position(|&c| CLASS[usize::from(c)] & NAME == 0)
+            .unwrap_or(self.b.len() - start - 1);
+        self.pos = start + 1 + len;
+        // Name bytes are ASCII: the slice ends on boundaries.
         Some(&self.text[start..self.pos])
     }
 
@@ -166,16 +175,43 @@ impl<'a> Scanner<'a> {
             return None;
         }
         let start = self.pos + 1;
-        // One pass: up to the closing quote, declining at the first byte that needs the full
-        // parser.
-        let len = self.b[start..]
-            .iter()
-            .position(|&c| c == quote || matches!(c, b'<' | b'&' | b'\t' | b'\n' | b'\r'))?;
-        if self.b[start + len] != quote {
+        let len = memchr::memchr(quote, &self.b[start..])?;
+        let value = &self.b[start..start + len];
+        // Declines at any byte that needs the full parser: one pass with no early exit
+        // (the compiler vectorises it; values are short and almost never hold one).
+        if value.iter().fold(false, |acc, &c| {
+            acc | matches!(c, b'<' | b'&' | b'\t' | b'\n' | b'\r')
+        }) {
             return None;
         }
         self.pos = start + len + 1;
-        // Quotes and the bytes refused above are ASCII: the slice ends on boundaries.
+        // Quotes are ASCII: the slice ends on boundaries.
         Some(&self.text[start..start + len])
     }
 }
+
+/// Byte classes for the scanner, one table lookup per byte.
+const NAME_START: u8 = 1;
+const NAME: u8 = 2;
+/// Bytes inside `<?xml ...?>` that the fast path accepts.
+const DECLARATION: u8 = 4;
+
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        if b.is_ascii_alphabetic() || b == b'_' {
+            t[c] |= NAME_START | NAME;
+        }
+        if b.is_ascii_digit() || b == b'-' || b == b'.' {
+            t[c] |= NAME;
+        }
+        if b.is_ascii_alphanumeric() || matches!(b, b' ' | b'=' | b'"' | b'\'' | b'.' | b'_' | b'-')
+        {
+            t[c] |= DECLARATION;
+        }
+        c += 1;
+    }
+    t
+};

@@ -252,6 +252,15 @@ fn fast_path_takes_real_requests_and_agrees_with_the_full_parser() {
         ),
         (r#"<request protocol="3.0"></request><request/>"#, false),
         (r#"<!DOCTYPE r><request protocol="3.0"></request>"#, false),
+        // A declaration holding anything but plain characters, or never closed.
+        (
+            r#"<?xml version="1.0" encoding="UTF-8" x="?"?><request protocol="3.0"></request>"#,
+            true,
+        ),
+        (
+            r#"<?xml version="1.0" <request protocol="3.0"></request>"#,
+            false,
+        ),
     ] {
         assert_eq!(fast_path_agrees(doc.as_bytes(), &limits), None, "{doc}");
         assert_eq!(Request::parse(doc.as_bytes()).is_ok(), parses, "{doc}");
