@@ -358,6 +358,15 @@ impl Writer {
 /// attribute-value normalisation on the other side gives back the same string.
 /// Characters XML 1.0 cannot carry at all are dropped.
 fn escape_attr_into(out: &mut String, value: &str) {
+    // The usual value (ASCII, nothing to escape) in one copy; the check has no early exit,
+    // so the compiler vectorises it.
+    let plain = value.bytes().fold(true, |acc, b| {
+        acc & ((0x20..0x80).contains(&b) && !matches!(b, b'&' | b'<' | b'>' | b'"' | b'\''))
+    });
+    if plain {
+        out.push_str(value);
+        return;
+    }
     for c in value.chars() {
         match c {
             '&' => out.push_str("&amp;"),
@@ -431,6 +440,15 @@ mod tests {
         let tree = parse_tree(s.as_bytes(), &Limits::default()).unwrap();
         assert_eq!(tree.attr("x"), Some("<\"&'>\t\n"));
         assert_eq!(tree.children.len(), 1);
+        // Plain ASCII is copied as it stands; anything else goes character by character:
+        // non-ASCII kept, what XML 1.0 cannot carry dropped.
+        let mut w = Writer::new();
+        w.open("a")
+            .attr("p", "{E96281A6-d1af} 3815.2.0_x86-64 ok=1")
+            .attr("u", "é\u{1}x\u{FFFE}y\u{7f}");
+        assert!(w
+            .finish()
+            .ends_with("<a p=\"{E96281A6-d1af} 3815.2.0_x86-64 ok=1\" u=\"éxy\u{7f}\"></a>\n"));
     }
 
     #[test]
