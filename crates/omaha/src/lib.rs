@@ -18,6 +18,8 @@ mod response;
 mod xml;
 
 #[doc(hidden)]
+pub use request::fast_request_agrees;
+#[doc(hidden)]
 pub use xml::fast_path_agrees;
 
 pub use event::{error_code, event_result, event_type, ErrorCode, ErrorFlags, EventKind};

@@ -3,8 +3,10 @@
 use std::borrow::Cow;
 
 use crate::event::{event_result, event_type, ErrorCode, EventKind};
-use crate::xml::{parse_tree, Element, Writer};
+use crate::xml::{checked_text, parse_checked, Element, Writer};
 use crate::{Limits, ParseError, PROTOCOL_VERSION};
+
+mod fast;
 
 /// A request's text: borrowed from the body it was parsed from (a server answers without
 /// copying a string), or owned (a client builds its request). `"x".into()` and
@@ -187,14 +189,6 @@ pub fn normalize_appid(appid: &str) -> String {
     inner.to_ascii_lowercase()
 }
 
-const REQUEST_ATTRS: &[&str] = &[
-    "protocol",
-    "version",
-    "updaterversion",
-    "installsource",
-    "ismachine",
-];
-
 impl RequestApp<'_> {
     /// The client can apply delta payloads (`delta_okay="true"`; stock Flatcar
     /// sends "false").
@@ -219,44 +213,11 @@ impl<'a> Request<'a> {
     }
 
     pub fn parse_with_limits(input: &'a [u8], limits: &Limits) -> Result<Request<'a>, ParseError> {
-        let mut root = parse_tree(input, limits)?;
-        if root.name != "request" {
-            return Err(ParseError::UnexpectedRoot(root.name.into_owned()));
+        let text = checked_text(input, limits)?;
+        match fast::parse(text, limits) {
+            Some(req) => Ok(req),
+            None => from_tree(text, limits),
         }
-        let protocol = root.take("protocol").ok_or(ParseError::MissingAttribute {
-            element: "request",
-            attribute: "protocol",
-        })?;
-        if protocol != PROTOCOL_VERSION {
-            return Err(ParseError::UnsupportedProtocol(protocol.into_owned()));
-        }
-        let os = root.child_mut("os").map(|os| Os {
-            version: os.take("version"),
-            platform: os.take("platform"),
-            sp: os.take("sp"),
-            arch: os.take("arch"),
-        });
-        let mut apps = Vec::new();
-        for app in root.children.iter_mut().filter(|c| c.name == "app") {
-            if apps.len() >= limits.max_apps {
-                return Err(ParseError::LimitExceeded("too many apps"));
-            }
-            apps.push(parse_app(app, limits)?);
-        }
-        Ok(Request {
-            protocol,
-            version: root.take("version"),
-            updater_version: root.take("updaterversion"),
-            install_source: root.take("installsource"),
-            is_machine: root.take("ismachine"),
-            os,
-            apps,
-            extra: root
-                .attrs
-                .drain(..)
-                .filter(|(k, _)| !REQUEST_ATTRS.contains(&k.as_ref()))
-                .collect(),
-        })
     }
 
     /// Serialises the request the way update_engine lays it out.
@@ -322,6 +283,133 @@ impl<'a> Request<'a> {
     }
 }
 
+/// Whether the direct path accepts `input`, and if so whether its request equals the one
+/// built from the element tree (for the fuzz target; `None` when it declines).
+#[doc(hidden)]
+pub fn fast_request_agrees(input: &[u8], limits: &Limits) -> Option<bool> {
+    let text = checked_text(input, limits).ok()?;
+    let fast = fast::parse(text, limits)?;
+    Some(from_tree(text, limits).as_ref() == Ok(&fast))
+}
+
+/// The request from the element tree: every document the direct path declines.
+fn from_tree<'a>(text: &'a str, limits: &Limits) -> Result<Request<'a>, ParseError> {
+    let mut root = parse_checked(text, limits)?;
+    if root.name != "request" {
+        return Err(ParseError::UnexpectedRoot(root.name.into_owned()));
+    }
+    let mut req = Request::default();
+    let mut protocol = None;
+    for (key, value) in root.attrs.drain(..) {
+        request_attr(&mut req, &mut protocol, key, value);
+    }
+    let protocol = protocol.ok_or(ParseError::MissingAttribute {
+        element: "request",
+        attribute: "protocol",
+    })?;
+    if protocol != PROTOCOL_VERSION {
+        return Err(ParseError::UnsupportedProtocol(protocol.into_owned()));
+    }
+    req.protocol = protocol;
+    req.os = root.child_mut("os").map(|os| {
+        let mut out = Os::default();
+        for (key, value) in os.attrs.drain(..) {
+            os_attr(&mut out, &key, value);
+        }
+        out
+    });
+    for app in root.children.iter_mut().filter(|c| c.name == "app") {
+        if req.apps.len() >= limits.max_apps {
+            return Err(ParseError::LimitExceeded("too many apps"));
+        }
+        req.apps.push(parse_app(app, limits)?);
+    }
+    Ok(req)
+}
+
+/// Puts one `<request>` attribute where it belongs (`protocol` into `protocol`, unknown ones
+/// into `extra`, in document order). Both parse paths use it.
+fn request_attr<'a>(
+    out: &mut Request<'a>,
+    protocol: &mut Option<Text<'a>>,
+    key: Text<'a>,
+    value: Text<'a>,
+) {
+    let slot = match key.as_ref() {
+        "protocol" => protocol,
+        "version" => &mut out.version,
+        "updaterversion" => &mut out.updater_version,
+        "installsource" => &mut out.install_source,
+        "ismachine" => &mut out.is_machine,
+        _ => {
+            out.extra.push((key, value));
+            return;
+        }
+    };
+    *slot = Some(value);
+}
+
+/// One `<os>` attribute; others are dropped.
+fn os_attr<'a>(out: &mut Os<'a>, key: &str, value: Text<'a>) {
+    let slot = match key {
+        "version" => &mut out.version,
+        "platform" => &mut out.platform,
+        "sp" => &mut out.sp,
+        "arch" => &mut out.arch,
+        _ => return,
+    };
+    *slot = Some(value);
+}
+
+/// One `<ping>` attribute; others are dropped.
+fn ping_attr<'a>(out: &mut Ping<'a>, key: &str, value: Text<'a>) {
+    let slot = match key {
+        "active" => &mut out.active,
+        "a" => &mut out.a,
+        "r" => &mut out.r,
+        _ => return,
+    };
+    *slot = Some(value);
+}
+
+/// One `<updatecheck>` attribute; others are dropped.
+fn update_check_attr<'a>(out: &mut UpdateCheck<'a>, key: &str, value: Text<'a>) {
+    if key == "targetversionprefix" {
+        out.target_version_prefix = Some(value);
+    }
+}
+
+/// Puts one `<app>` attribute where it belongs (`appid` into `appid`, unknown ones into
+/// `extra`, in document order). Both parse paths use it.
+fn app_attr<'a>(
+    out: &mut RequestApp<'a>,
+    appid: &mut Option<Text<'a>>,
+    key: Text<'a>,
+    value: Text<'a>,
+) {
+    let slot = match key.as_ref() {
+        "appid" => appid,
+        "version" => &mut out.version,
+        "track" => &mut out.track,
+        "bootid" => &mut out.bootid,
+        "oem" => &mut out.oem,
+        "oemversion" => &mut out.oem_version,
+        "alephversion" => &mut out.aleph_version,
+        "machineid" => &mut out.machine_id,
+        "machinealias" => &mut out.machine_alias,
+        "lang" => &mut out.lang,
+        "board" => &mut out.board,
+        "hardware_class" => &mut out.hardware_class,
+        "delta_okay" => &mut out.delta_okay,
+        crate::PAYLOAD_OPS_ATTR => &mut out.payload_ops,
+        _ => {
+            out.extra.push((key, value));
+            return;
+        }
+    };
+    *slot = Some(value);
+}
+
 fn parse_app<'a>(app: &mut Element<'a>, limits: &Limits) -> Result<RequestApp<'a>, ParseError> {
     let missing_appid = ParseError::MissingAttribute {
         element: "app",
@@ -335,52 +423,38 @@ fn parse_app<'a>(app: &mut Element<'a>, limits: &Limits) -> Result<RequestApp<'a
         if events.len() >= limits.max_events_per_app {
             return Err(ParseError::LimitExceeded("too many events in one app"));
         }
-        events.push(parse_event(ev)?);
+        events.push(parse_event(|name| ev.attr(name))?);
     }
     let mut out = RequestApp {
-        ping: app.child_mut("ping").map(|p| Ping {
-            active: p.take("active"),
-            a: p.take("a"),
-            r: p.take("r"),
+        ping: app.child_mut("ping").map(|p| {
+            let mut out = Ping::default();
+            for (key, value) in p.attrs.drain(..) {
+                ping_attr(&mut out, &key, value);
+            }
+            out
         }),
-        update_check: app.child_mut("updatecheck").map(|u| UpdateCheck {
-            target_version_prefix: u.take("targetversionprefix"),
+        update_check: app.child_mut("updatecheck").map(|u| {
+            let mut out = UpdateCheck::default();
+            for (key, value) in u.attrs.drain(..) {
+                update_check_attr(&mut out, &key, value);
+            }
+            out
         }),
         events,
         ..RequestApp::default()
     };
     let mut appid = None;
-    // One pass over the attributes (names are unique within an element).
     for (key, value) in app.attrs.drain(..) {
-        let slot = match key.as_ref() {
-            "appid" => &mut appid,
-            "version" => &mut out.version,
-            "track" => &mut out.track,
-            "bootid" => &mut out.bootid,
-            "oem" => &mut out.oem,
-            "oemversion" => &mut out.oem_version,
-            "alephversion" => &mut out.aleph_version,
-            "machineid" => &mut out.machine_id,
-            "machinealias" => &mut out.machine_alias,
-            "lang" => &mut out.lang,
-            "board" => &mut out.board,
-            "hardware_class" => &mut out.hardware_class,
-            "delta_okay" => &mut out.delta_okay,
-            crate::PAYLOAD_OPS_ATTR => &mut out.payload_ops,
-            _ => {
-                out.extra.push((key, value));
-                continue;
-            }
-        };
-        *slot = Some(value);
+        app_attr(&mut out, &mut appid, key, value);
     }
     out.appid = appid.ok_or(missing_appid)?;
     Ok(out)
 }
 
-fn parse_event(ev: &Element) -> Result<Event, ParseError> {
+/// An `<event>` from its attributes (`attr` looks one up by name).
+fn parse_event<'s>(attr: impl Fn(&str) -> Option<&'s str>) -> Result<Event, ParseError> {
     let num = |name: &'static str| -> Result<u32, ParseError> {
-        let raw = ev.attr(name).ok_or(ParseError::MissingAttribute {
+        let raw = attr(name).ok_or(ParseError::MissingAttribute {
             element: "event",
             attribute: name,
         })?;
@@ -392,7 +466,7 @@ fn parse_event(ev: &Element) -> Result<Event, ParseError> {
                 value: raw.to_owned(),
             })
     };
-    let error_code = match ev.attr("errorcode") {
+    let error_code = match attr("errorcode") {
         None => None,
         Some(raw) => Some(
             ErrorCode::parse(raw).ok_or_else(|| ParseError::InvalidAttribute {
@@ -406,6 +480,6 @@ fn parse_event(ev: &Element) -> Result<Event, ParseError> {
         event_type: num("eventtype")?,
         event_result: num("eventresult")?,
         error_code,
-        previous_version: ev.attr_owned("previousversion"),
+        previous_version: attr("previousversion").map(str::to_owned),
     })
 }

@@ -12,7 +12,7 @@ use quick_xml::{Reader, XmlVersion};
 
 use crate::{Limits, ParseError};
 
-mod fast;
+pub(crate) mod fast;
 
 /// One parsed element: name, attributes in document order, child elements. Names and
 /// values borrow from the input where the fast path read them as they stand.
@@ -34,16 +34,6 @@ impl<'a> Element<'a> {
 
     pub fn attr_owned(&self, name: &str) -> Option<String> {
         self.attr(name).map(str::to_owned)
-    }
-
-    /// Moves an attribute's value out (the name stays, with an empty value): for
-    /// building a typed value from the tree without copying each string again.
-    /// Names are unique within an element (the reader refuses duplicates).
-    pub fn take(&mut self, name: &str) -> Option<Cow<'a, str>> {
-        self.attrs
-            .iter_mut()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| std::mem::take(v))
     }
 
     /// The first child element named `name`, mutably.
@@ -75,7 +65,11 @@ impl<'a> Element<'a> {
 /// Parses `input` into an element tree, enforcing `limits` as it goes: the fast path
 /// for plain documents, else the full parser.
 pub(crate) fn parse_tree<'a>(input: &'a [u8], limits: &Limits) -> Result<Element<'a>, ParseError> {
-    let text = checked_text(input, limits)?;
+    parse_checked(checked_text(input, limits)?, limits)
+}
+
+/// [`parse_tree`] of a text [`checked_text`] passed.
+pub(crate) fn parse_checked<'a>(text: &'a str, limits: &Limits) -> Result<Element<'a>, ParseError> {
     match fast::parse(text, limits) {
         Some(tree) => Ok(tree),
         None => parse_full(text, limits),
@@ -92,7 +86,7 @@ pub fn fast_path_agrees(input: &[u8], limits: &Limits) -> Option<bool> {
 }
 
 /// The size limit, UTF-8 and the characters XML 1.0 forbids.
-fn checked_text<'a>(input: &'a [u8], limits: &Limits) -> Result<&'a str, ParseError> {
+pub(crate) fn checked_text<'a>(input: &'a [u8], limits: &Limits) -> Result<&'a str, ParseError> {
     if input.len() > limits.max_bytes {
         return Err(ParseError::TooLarge {
             size: input.len(),

@@ -15,22 +15,62 @@ use std::borrow::Cow;
 use super::Element;
 use crate::Limits;
 
-/// The tree of `text` when it lies in the plain subset, else `None`.
-pub(super) fn parse<'a>(text: &'a str, limits: &Limits) -> Option<Element<'a>> {
-    let mut s = Scanner {
-        b: text.as_bytes(),
-        text,
-        pos: 0,
-    };
-    s.declaration()?;
-    let mut stack: Vec<Element<'a>> = Vec::new();
-    let mut root: Option<Element<'a>> = None;
-    let mut elements = 0usize;
-    let mut attrs: Vec<(&'a str, &'a str)> = Vec::new();
-    loop {
+/// One step of a plain document, as [`Tags`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tag<'a> {
+    /// A start tag (its attributes are [`Tags::attrs`] until the next step); `true` when it
+    /// closes itself (`<a/>`).
+    Start(&'a str, bool),
+    /// The end tag of the innermost open element.
+    End,
+    /// The end of the document, every element closed.
+    Eof,
+}
+
+/// The tags of a document in the plain subset, in order. `None` from [`Tags::next`] means the
+/// document leaves the subset (or breaks a limit) and the full parser must decide. Start and
+/// end tags are checked to match, and there is one root, so a reader of the tags sees a
+/// well-formed document.
+pub(crate) struct Tags<'a> {
+    s: Scanner<'a>,
+    limits: Limits,
+    /// The names of the open elements.
+    open: Vec<&'a str>,
+    /// The last start tag's attributes.
+    attrs: Vec<(&'a str, &'a str)>,
+    elements: usize,
+    root_done: bool,
+}
+
+impl<'a> Tags<'a> {
+    /// Reads the `<?xml ...?>` declaration, if any.
+    pub(crate) fn new(text: &'a str, limits: &Limits) -> Option<Self> {
+        let mut s = Scanner {
+            b: text.as_bytes(),
+            text,
+            pos: 0,
+        };
+        s.declaration()?;
+        Some(Tags {
+            s,
+            limits: *limits,
+            open: Vec::new(),
+            attrs: Vec::new(),
+            elements: 0,
+            root_done: false,
+        })
+    }
+
+    /// The attributes of the last [`Tag::Start`], in document order, names unique.
+    pub(crate) fn attrs(&self) -> &[(&'a str, &'a str)] {
+        &self.attrs
+    }
+
+    pub(crate) fn next(&mut self) -> Option<Tag<'a>> {
+        let s = &mut self.s;
         s.skip_ws();
         if s.pos == s.b.len() {
-            break;
+            return (self.open.is_empty() && self.root_done).then_some(Tag::Eof);
         }
         if s.b[s.pos] != b'<' {
             return None; // text content
@@ -41,24 +81,21 @@ pub(super) fn parse<'a>(text: &'a str, limits: &Limits) -> Option<Element<'a>> {
             let name = s.name()?;
             s.skip_ws();
             s.expect(b'>')?;
-            let el = stack.pop()?;
-            if el.name != name {
+            if self.open.pop()? != name {
                 return None;
             }
-            attach(&mut stack, &mut root, el);
-            continue;
+            self.root_done = self.open.is_empty();
+            return Some(Tag::End);
         }
-        if root.is_some() && stack.is_empty() {
+        if self.root_done {
             return None; // a second root
         }
         let name = s.name()?;
-        elements += 1;
-        if elements > limits.max_elements || stack.len() + 1 > limits.max_depth {
+        self.elements += 1;
+        if self.elements > self.limits.max_elements || self.open.len() + 1 > self.limits.max_depth {
             return None;
         }
-        // Attributes gather in `attrs` (reused across elements) and move into the element
-        // in one exact-size allocation once its tag ends.
-        attrs.clear();
+        self.attrs.clear();
         let self_closing = loop {
             let spaced = s.skip_ws() > 0;
             match s.peek()? {
@@ -75,33 +112,56 @@ pub(super) fn parse<'a>(text: &'a str, limits: &Limits) -> Option<Element<'a>> {
                     let key = s.name()?;
                     s.expect(b'=')?;
                     let value = s.value()?;
-                    if attrs.len() >= limits.max_attributes || attrs.iter().any(|&(k, _)| k == key)
+                    if self.attrs.len() >= self.limits.max_attributes
+                        || self.attrs.iter().any(|&(k, _)| k == key)
                     {
                         return None;
                     }
-                    attrs.push((key, value));
+                    self.attrs.push((key, value));
                 }
                 _ => return None,
             }
         };
-        let el = Element {
-            name: Cow::Borrowed(name),
-            attrs: attrs
-                .iter()
-                .map(|&(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v)))
-                .collect(),
-            children: Vec::new(),
-        };
         if self_closing {
-            attach(&mut stack, &mut root, el);
+            self.root_done = self.open.is_empty();
         } else {
-            stack.push(el);
+            self.open.push(name);
+        }
+        Some(Tag::Start(name, self_closing))
+    }
+}
+
+/// The tree of `text` when it lies in the plain subset, else `None`.
+pub(super) fn parse<'a>(text: &'a str, limits: &Limits) -> Option<Element<'a>> {
+    let mut tags = Tags::new(text, limits)?;
+    let mut stack: Vec<Element<'a>> = Vec::new();
+    let mut root: Option<Element<'a>> = None;
+    loop {
+        match tags.next()? {
+            Tag::Eof => return root,
+            Tag::End => {
+                let el = stack.pop()?;
+                attach(&mut stack, &mut root, el);
+            }
+            Tag::Start(name, self_closing) => {
+                // The attributes move into the element in one exact-size allocation.
+                let el = Element {
+                    name: Cow::Borrowed(name),
+                    attrs: tags
+                        .attrs()
+                        .iter()
+                        .map(|&(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v)))
+                        .collect(),
+                    children: Vec::new(),
+                };
+                if self_closing {
+                    attach(&mut stack, &mut root, el);
+                } else {
+                    stack.push(el);
+                }
+            }
         }
     }
-    if !stack.is_empty() {
-        return None;
-    }
-    root
 }
 
 fn attach<'a>(stack: &mut [Element<'a>], root: &mut Option<Element<'a>>, el: Element<'a>) {

@@ -212,7 +212,7 @@ fn engine_written_request_has_flatcar_attribute_names() {
 /// decides.
 #[test]
 fn fast_path_takes_real_requests_and_agrees_with_the_full_parser() {
-    use fastpatch_omaha::{fast_path_agrees, Limits};
+    use fastpatch_omaha::{fast_path_agrees, fast_request_agrees, Limits};
     let limits = Limits::default();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let mut requests = 0;
@@ -225,6 +225,7 @@ fn fast_path_takes_real_requests_and_agrees_with_the_full_parser() {
         requests += 1;
         let body = std::fs::read(&path).expect("read");
         assert_eq!(fast_path_agrees(&body, &limits), Some(true), "{name}");
+        assert_eq!(fast_request_agrees(&body, &limits), Some(true), "{name}");
         let written = Request::parse(&body).expect("parses").to_xml();
         assert_eq!(
             fast_path_agrees(written.as_bytes(), &limits),
@@ -275,5 +276,78 @@ fn fast_path_takes_real_requests_and_agrees_with_the_full_parser() {
     };
     let doc = br#"<request protocol="3.0" version="1"></request>"#;
     assert_eq!(fast_path_agrees(doc, &tight), None);
+    assert!(Request::parse_with_limits(doc, &tight).is_err());
+}
+
+/// The direct path (tags straight into a `Request`) takes the usual request shape and
+/// declines everything else, which the tree path then decides, with the same answer as
+/// before: unknown elements are ignored, the first `<os>`/`<ping>` counts, errors stay errors.
+#[test]
+fn the_direct_path_declines_what_it_does_not_model() {
+    use fastpatch_omaha::{fast_request_agrees, Limits};
+    let limits = Limits::default();
+    let app = r#"<app appid="{x}" version="1.0.0" machineid="m" foo="bar">"#;
+    // Accepted: self-closing tags, events, extra attributes in order.
+    for doc in [
+        r#"<request protocol="3.0"/>"#.to_owned(),
+        format!(
+            r#"<request protocol="3.0" x="1"><os platform="CoreOS"/>{app}<ping active="1"/><updatecheck/><event eventtype="3" eventresult="2" previousversion=""/></app></request>"#
+        ),
+    ] {
+        assert_eq!(
+            fast_request_agrees(doc.as_bytes(), &limits),
+            Some(true),
+            "{doc}"
+        );
+    }
+    // Declined; the tree path answers (Ok or Err, as it always did).
+    for (doc, parses) in [
+        (
+            format!(r#"<request protocol="3.0">{app}<data name="x"/></app></request>"#),
+            true,
+        ),
+        (
+            r#"<request protocol="3.0"><os version="1"/><os version="2"/></request>"#.to_owned(),
+            true,
+        ),
+        (
+            format!(
+                r#"<request protocol="3.0">{app}<ping active="1"/><ping active="0"/></app></request>"#
+            ),
+            true,
+        ),
+        (
+            format!(r#"<request protocol="3.0">{app}<ping><x/></ping></app></request>"#),
+            true,
+        ),
+        (
+            r#"<request protocol="3.0"><app version="1"/></request>"#.to_owned(),
+            false,
+        ),
+        (r#"<request protocol="2.0"/>"#.to_owned(), false),
+        (r#"<request/>"#.to_owned(), false),
+        (r#"<response protocol="3.0"/>"#.to_owned(), false),
+        (
+            format!(
+                r#"<request protocol="3.0">{app}<event eventtype="x" eventresult="1"/></app></request>"#
+            ),
+            false,
+        ),
+    ] {
+        assert_eq!(fast_request_agrees(doc.as_bytes(), &limits), None, "{doc}");
+        assert_eq!(Request::parse(doc.as_bytes()).is_ok(), parses, "{doc}");
+    }
+    // The first <os> and <ping> count on the tree path, as before.
+    let two_os =
+        Request::parse(br#"<request protocol="3.0"><os version="1"/><os version="2"/></request>"#)
+            .expect("parses");
+    assert_eq!(two_os.os.and_then(|o| o.version).as_deref(), Some("1"));
+    // Over the app limit: declined, and the tree path refuses it.
+    let tight = Limits {
+        max_apps: 1,
+        ..Limits::default()
+    };
+    let doc = br#"<request protocol="3.0"><app appid="a"/><app appid="b"/></request>"#;
+    assert_eq!(fast_request_agrees(doc, &tight), None);
     assert!(Request::parse_with_limits(doc, &tight).is_err());
 }
