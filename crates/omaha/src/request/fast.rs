@@ -11,8 +11,8 @@
 //! target checks this on every input).
 
 use super::{
-    app_attr, os_attr, parse_event, ping_attr, request_attr, update_check_attr, Os, Ping, Request,
-    RequestApp, UpdateCheck,
+    app_attr, os_attr, parse_event, ping_attr, request_attr, update_check_attr, Request,
+    RequestApp, Text,
 };
 use crate::xml::fast::{Tag, Tags};
 use crate::{Limits, PROTOCOL_VERSION};
@@ -34,12 +34,7 @@ pub(super) fn parse<'a>(text: &'a str, limits: &Limits) -> Option<Request<'a>> {
             match tags.next()? {
                 Tag::End => break,
                 Tag::Start("os", closed) if req.os.is_none() => {
-                    let mut os = Os::default();
-                    for &(key, value) in tags.attrs() {
-                        os_attr(&mut os, key, value.into());
-                    }
-                    req.os = Some(os);
-                    leaf(&mut tags, closed)?;
+                    req.os = Some(leaf(&mut tags, closed, os_attr)?);
                 }
                 Tag::Start("app", closed) if req.apps.len() < limits.max_apps => {
                     req.apps.push(app(&mut tags, closed, limits)?);
@@ -66,20 +61,10 @@ fn app<'a>(tags: &mut Tags<'a>, closed: bool, limits: &Limits) -> Option<Request
         match tags.next()? {
             Tag::End => return Some(out),
             Tag::Start("ping", closed) if out.ping.is_none() => {
-                let mut ping = Ping::default();
-                for &(key, value) in tags.attrs() {
-                    ping_attr(&mut ping, key, value.into());
-                }
-                out.ping = Some(ping);
-                leaf(tags, closed)?;
+                out.ping = Some(leaf(tags, closed, ping_attr)?);
             }
             Tag::Start("updatecheck", closed) if out.update_check.is_none() => {
-                let mut check = UpdateCheck::default();
-                for &(key, value) in tags.attrs() {
-                    update_check_attr(&mut check, key, value.into());
-                }
-                out.update_check = Some(check);
-                leaf(tags, closed)?;
+                out.update_check = Some(leaf(tags, closed, update_check_attr)?);
             }
             Tag::Start("event", closed) if out.events.len() < limits.max_events_per_app => {
                 let attrs = tags.attrs();
@@ -87,15 +72,29 @@ fn app<'a>(tags: &mut Tags<'a>, closed: bool, limits: &Limits) -> Option<Request
                     parse_event(|name| attrs.iter().find(|(k, _)| *k == name).map(|&(_, v)| v))
                         .ok()?;
                 out.events.push(event);
-                leaf(tags, closed)?;
+                end_of_leaf(tags, closed)?;
             }
             _ => return None,
         }
     }
 }
 
+/// An element with no children, its start tag just read: `set` places each attribute.
+fn leaf<'a, T: Default>(
+    tags: &mut Tags<'a>,
+    closed: bool,
+    set: impl Fn(&mut T, &str, Text<'a>),
+) -> Option<T> {
+    let mut out = T::default();
+    for &(key, value) in tags.attrs() {
+        set(&mut out, key, value.into());
+    }
+    end_of_leaf(tags, closed)?;
+    Some(out)
+}
+
 /// The end of an element that must have no children.
-fn leaf(tags: &mut Tags<'_>, closed: bool) -> Option<()> {
+fn end_of_leaf(tags: &mut Tags<'_>, closed: bool) -> Option<()> {
     if closed {
         return Some(());
     }
