@@ -9,6 +9,9 @@
 //! a duplicate attribute, a mismatched end tag, a limit reached) makes it decline, and
 //! the full quick-xml parser decides. When it accepts, its tree equals the full
 //! parser's (the `omaha_request` fuzz target checks this on every input).
+//!
+//! The scan yields tags ([`Tags`]): [`parse`] builds the tree from them, and the request's
+//! direct path (`request/fast.rs`) reads them into a `Request` without one.
 
 use std::borrow::Cow;
 
