@@ -311,13 +311,7 @@ fn from_tree<'a>(text: &'a str, limits: &Limits) -> Result<Request<'a>, ParseErr
         return Err(ParseError::UnsupportedProtocol(protocol.into_owned()));
     }
     req.protocol = protocol;
-    req.os = root.child_mut("os").map(|os| {
-        let mut out = Os::default();
-        for (key, value) in os.attrs.drain(..) {
-            os_attr(&mut out, &key, value);
-        }
-        out
-    });
+    req.os = root.child_mut("os").map(|os| from_attrs(os, os_attr));
     for app in root.children.iter_mut().filter(|c| c.name == "app") {
         if req.apps.len() >= limits.max_apps {
             return Err(ParseError::LimitExceeded("too many apps"));
@@ -325,6 +319,15 @@ fn from_tree<'a>(text: &'a str, limits: &Limits) -> Result<Request<'a>, ParseErr
         req.apps.push(parse_app(app, limits)?);
     }
     Ok(req)
+}
+
+/// A value built from an element's attributes alone (`set` places each one), moving them out.
+fn from_attrs<'a, T: Default>(el: &mut Element<'a>, set: impl Fn(&mut T, &str, Text<'a>)) -> T {
+    let mut out = T::default();
+    for (key, value) in el.attrs.drain(..) {
+        set(&mut out, &key, value);
+    }
+    out
 }
 
 /// Puts one `<request>` attribute where it belongs (`protocol` into `protocol`, unknown ones
@@ -426,20 +429,10 @@ fn parse_app<'a>(app: &mut Element<'a>, limits: &Limits) -> Result<RequestApp<'a
         events.push(parse_event(|name| ev.attr(name))?);
     }
     let mut out = RequestApp {
-        ping: app.child_mut("ping").map(|p| {
-            let mut out = Ping::default();
-            for (key, value) in p.attrs.drain(..) {
-                ping_attr(&mut out, &key, value);
-            }
-            out
-        }),
-        update_check: app.child_mut("updatecheck").map(|u| {
-            let mut out = UpdateCheck::default();
-            for (key, value) in u.attrs.drain(..) {
-                update_check_attr(&mut out, &key, value);
-            }
-            out
-        }),
+        ping: app.child_mut("ping").map(|p| from_attrs(p, ping_attr)),
+        update_check: app
+            .child_mut("updatecheck")
+            .map(|u| from_attrs(u, update_check_attr)),
         events,
         ..RequestApp::default()
     };
